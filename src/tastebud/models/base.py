@@ -1,0 +1,173 @@
+"""The :class:`Recommender` interface every model meets, and the :class:`Recommendations` it returns."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tastebud.data.dataset import Dataset, IdMap
+from tastebud.errors import BundleError, NotFittedError, ParameterError
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's hyperparameters: unknown fields are refused, values validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Recommendations:
+    """One row per query id: item ids and scores, best first. A row may be shorter than ``k``.
+
+    Attributes:
+        query_ids: the user ids (``recommend``) or item ids (``similar_items``) asked about, in order.
+        item_ids: per query, external item ids best first.
+        scores: per query, float scores aligned with ``item_ids``.
+        explanations: optional, per query and per item, the query user's item ids that contributed most
+            (``None`` where the model cannot explain).
+    """
+
+    query_ids: list[str]
+    item_ids: list[list[str]]
+    scores: list[np.ndarray]
+    explanations: list[list[list[str]]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def row(self, i: int) -> list[tuple[str, float]]:
+        """Pairs (item id, score) of row ``i``."""
+        return list(zip(self.item_ids[i], (float(s) for s in self.scores[i]), strict=True))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Query id -> item ids."""
+        return dict(zip(self.query_ids, self.item_ids, strict=True))
+
+
+class Recommender(ABC):
+    """A recommendation model: fit on a :class:`Dataset`, recommend with external ids, save without pickle.
+
+    Subclasses set ``name`` (the CLI's ``--model`` value) and ``config_class`` (a :class:`ModelConfig`).
+    ``__init__`` only validates and stores the config; learned state has a trailing underscore and is set in ``fit``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
+        if config is not None and params:
+            raise ParameterError("give either a config object or keyword parameters, not both")
+        self.config = config if config is not None else build_config(self.config_class, params, self.name)
+        self.users_: IdMap | None = None
+        self.items_: IdMap | None = None
+        self.seen_: Any = None  # csr_matrix of what each user interacted with in training
+
+    # ------------------------------------------------------------------ interface
+    @abstractmethod
+    def fit(self, dataset: Dataset) -> Self:
+        """Learn from ``dataset``; returns self."""
+
+    @abstractmethod
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendations:
+        """Top-``k`` items per user (external ids in and out), optionally restricted to ``candidates``."""
+
+    @abstractmethod
+    def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
+        """Top-``k`` most similar items per item (the query item itself excluded)."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write the fitted model as ``.npy`` arrays and JSON into ``directory``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> Self:
+        """Read a model written by :meth:`save`."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    @property
+    def is_fitted(self) -> bool:
+        return self.users_ is not None
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name} model is not fitted: call fit(dataset) first")
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters, exactly as logged and written to manifests."""
+        return self.config.model_dump(mode="json")
+
+
+def build_config(config_class: type[ModelConfig], params: dict[str, Any], model: str) -> ModelConfig:
+    """Validate ``params`` through ``config_class``, turning errors into a clear ``ParameterError``."""
+    try:
+        return config_class(**params)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(params)"
+            if e["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(config_class.model_fields))
+                problems.append(f"unknown parameter {loc!r} (allowed: {allowed})")
+            else:
+                problems.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ParameterError(f"{model}: " + "; ".join(problems)) from err
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON (UTF-8, sorted keys)."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON with a clear error naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise BundleError(f"{path}: missing file") from err
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from err
+
+
+def load_array(path: Path) -> np.ndarray:
+    """Load a ``.npy`` array without pickle, with a clear error naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise BundleError(f"{path}: missing file") from err
+    except (ValueError, OSError, EOFError) as err:
+        raise BundleError(f"{path}: unreadable array ({err})") from err
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``k`` of a 2-D score array (``-inf`` entries dropped), best first.
+
+    Returns (indices, scores), each a 2-D array of shape (rows, min(k, n_cols)); positions with ``-inf``
+    score carry index -1.
+    """
+    n = scores.shape[1]
+    kk = min(k, n)
+    if kk <= 0:
+        return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (scores.shape[0], 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1)
+    val = np.take_along_axis(part_scores, order, axis=1)
+    idx = np.where(np.isneginf(val), -1, idx)
+    return idx, val
