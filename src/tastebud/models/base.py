@@ -83,8 +83,13 @@ class Recommender(ABC):
         *,
         exclude_seen: bool = True,
         candidates: Sequence[str] | None = None,
+        explain: bool = False,
     ) -> Recommendations:
-        """Top-``k`` items per user (external ids in and out), optionally restricted to ``candidates``."""
+        """Top-``k`` items per user (external ids in and out), optionally restricted to ``candidates``.
+
+        With ``explain=True`` a model that can explain fills ``Recommendations.explanations`` (per item, the
+        user's own items that contributed most); others leave it ``None``.
+        """
 
     @abstractmethod
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:

@@ -1,0 +1,314 @@
+"""Shared base of the factor models (ALS, BPR): factors, scoring, similar items, fold-in, save/load.
+
+A user's score for an item is the inner product of their factors. Similar items are ranked by the cosine of
+item factors. ``fold_in`` solves the implicit-ALS least-squares problem for a new user against the fixed item
+factors (Hu, Koren and Volinsky, "Collaborative Filtering for Implicit Feedback Datasets", ICDM 2008), so a
+user's vector can follow their latest interactions without retraining.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from pydantic import ConfigDict, Field
+
+from tastebud.data.dataset import Dataset
+from tastebud.errors import BundleError, DataValidationError, ParameterError
+from tastebud.models import _scoring as sc
+from tastebud.models.ann import FaissIndex
+from tastebud.models.base import ModelConfig, Recommendations, Recommender
+
+
+class FactorConfig(ModelConfig):
+    """Hyperparameters shared by the factor models."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    factors: int = Field(64, ge=1, le=4096)
+    """Number of latent factors per user and item (default 64)."""
+    regularization: float = Field(0.01, ge=0.0)
+    """L2 penalty on the factors (default 0.01); also used by ``fold_in``."""
+    iterations: int = Field(15, ge=1)
+    """Training passes over the data."""
+    random_state: int = 42
+    """Seed for the factor initialisation (and BPR's sampling)."""
+    num_threads: int = Field(0, ge=0)
+    """Training threads; 0 uses every core."""
+    show_progress: bool = False
+    """Show implicit's progress bar while fitting (for the CLI)."""
+    use_ann: bool = False
+    """Answer ``recommend`` and ``similar_items`` from a FAISS index (over-fetch, then drop seen items)."""
+    ann_threshold: int = Field(100_000, ge=1)
+    """With ``use_ann``: catalogs with at least this many items get HNSW, smaller ones exact search."""
+
+
+class FactorRecommender(Recommender):
+    """Base of ALS and BPR: learned ``user_factors_`` (n_users x d) and ``item_factors_`` (n_items x d)."""
+
+    config: FactorConfig
+    #: extra factor columns the library adds (BPR keeps an item bias column).
+    extra_dims: ClassVar[int] = 0
+
+    def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self.user_factors_: np.ndarray | None = None
+        self.item_factors_: np.ndarray | None = None
+        self.ann_: FaissIndex | None = None
+        self.ann_similar_: FaissIndex | None = None
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def _train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Learn (user_factors, item_factors) from the user x item value matrix."""
+
+    def _confidence(self, values: np.ndarray) -> np.ndarray:
+        """Confidence ``c_ui`` of observed values used by ``fold_in`` (unobserved cells have confidence 1)."""
+        return values.astype(np.float64)
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def n_dims(self) -> int:
+        """Width of the factor vectors."""
+        return self.config.factors + self.extra_dims
+
+    def fit(self, dataset: Dataset) -> Self:
+        """Factorise ``dataset``'s user x item ``value`` matrix; returns self.
+
+        Raises:
+            DataValidationError: training produced factors of the wrong shape or with NaN/inf values.
+        """
+        matrix = dataset.matrix("value")
+        user_factors, item_factors = self._train(matrix)
+        user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        expected = ((dataset.n_users, self.n_dims), (dataset.n_items, self.n_dims))
+        if (user_factors.shape, item_factors.shape) != expected:
+            # the classic mistake is passing an item x user matrix: it trains and gives plausible numbers
+            raise DataValidationError(
+                f"{self.name}: factor shapes {user_factors.shape} and {item_factors.shape}, "
+                f"expected {expected[0]} (users) and {expected[1]} (items)"
+            )
+        for what, arr in (("user", user_factors), ("item", item_factors)):
+            if not np.isfinite(arr).all():
+                raise DataValidationError(
+                    f"{self.name}: {what} factors contain NaN or infinite values; lower the learning rate "
+                    "or raise the regularization"
+                )
+        self.user_factors_, self.item_factors_ = user_factors, item_factors
+        self.seen_ = matrix
+        self.users_, self.items_ = dataset.users, dataset.items
+        self._build_ann()
+        return self
+
+    def _build_ann(self) -> None:
+        self.ann_ = self.ann_similar_ = None
+        if self.config.use_ann and self.item_factors_ is not None:
+            self.ann_ = FaissIndex(hnsw_threshold=self.config.ann_threshold).build(self.item_factors_)
+            self.ann_similar_ = FaissIndex(hnsw_threshold=self.config.ann_threshold).build(self._unit_items())
+
+    def _unit_items(self) -> np.ndarray:
+        assert self.item_factors_ is not None
+        norms = np.linalg.norm(self.item_factors_, axis=1, keepdims=True)
+        return self.item_factors_ / np.maximum(norms, 1e-12)
+
+    # ------------------------------------------------------------------ scoring
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        explain: bool = False,
+    ) -> Recommendations:
+        """Top-``k`` items per user by the inner product of user and item factors.
+
+        With ``use_ann`` and no ``candidates`` the FAISS index answers, over-fetching by the seen counts.
+        """
+        self.check_fitted()
+        assert self.users_ is not None and self.items_ is not None and self.user_factors_ is not None
+        k = sc.check_k(k)
+        rows = self.users_.index(user_ids, kind="user")
+        cands = sc.resolve_candidates(self.items_, candidates)
+        exclude = self.seen_[rows] if exclude_seen else None
+        if self.ann_ is not None and cands is None:
+            idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)
+        else:
+            idx, scores = sc.rank(
+                self._score, rows, k, n_items=len(self.items_), exclude=exclude, candidates=cands
+            )
+        explanations = self._explain(rows, idx) if explain else None
+        return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+
+    def recommend_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        *,
+        exclude: Sequence[str] | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendations:
+        """Top-``k`` items for arbitrary user vectors (one, or one per row), e.g. from :meth:`fold_in`.
+
+        Args:
+            vector: shape (d,) or (n, d).
+            k: list length.
+            exclude: item ids never to return (typically the items the vector was folded in from).
+            candidates: restrict to these item ids.
+
+        Returns:
+            One row per vector; query ids are the row numbers as strings.
+        """
+        self.check_fitted()
+        assert self.items_ is not None and self.item_factors_ is not None
+        k = sc.check_k(k)
+        vectors = np.atleast_2d(np.asarray(vector, dtype=np.float32))
+        if vectors.ndim != 2 or vectors.shape[1] != self.n_dims:
+            raise ParameterError(
+                f"{self.name}: expected vectors of length {self.n_dims}, got shape {vectors.shape}"
+            )
+        cands = sc.resolve_candidates(self.items_, candidates)
+        mask = None
+        if exclude is not None:
+            ex_idx = np.unique(self.items_.index(exclude, kind="item"))
+            mask = sp.csr_matrix(
+                (
+                    np.ones(len(ex_idx) * len(vectors), dtype=np.float32),
+                    np.tile(ex_idx, len(vectors)),
+                    np.arange(len(vectors) + 1) * len(ex_idx),
+                ),
+                shape=(len(vectors), len(self.items_)),
+            )
+        if self.ann_ is not None and cands is None:
+            idx, scores = self._ann_search(self.ann_, vectors, k, mask)
+        else:
+            idx, scores = sc.rank(
+                lambda r, c: self._score_vectors(vectors[r], c),
+                np.arange(len(vectors)),
+                k,
+                n_items=len(self.items_),
+                exclude=mask,
+                candidates=cands,
+            )
+        return sc.build_recommendations([str(i) for i in range(len(vectors))], idx, scores, self.items_)
+
+    def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
+        """Top-``k`` items per item by the cosine of their factors, the item itself excluded."""
+        self.check_fitted()
+        assert self.items_ is not None
+        k = sc.check_k(k)
+        rows = self.items_.index(item_ids, kind="item")
+        unit = self._unit_items()
+        mask = sc.query_mask(rows, len(self.items_))
+        if self.ann_similar_ is not None:
+            idx, scores = self._ann_search(self.ann_similar_, unit[rows], k, mask)
+        else:
+            idx, scores = sc.rank(
+                lambda r, c: unit[r] @ (unit.T if c is None else unit[c].T),
+                rows,
+                k,
+                n_items=len(self.items_),
+                exclude=mask,
+            )
+        return sc.build_recommendations(list(item_ids), idx, scores, self.items_)
+
+    def _score(self, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        assert self.user_factors_ is not None
+        return self._score_vectors(self.user_factors_[rows], cols)
+
+    def _score_vectors(self, vectors: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        assert self.item_factors_ is not None
+        items = self.item_factors_ if cols is None else self.item_factors_[cols]
+        return vectors @ items.T
+
+    def _ann_search(
+        self, index: FaissIndex, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Search ``index``, fetching enough extra results that ``k`` remain after dropping excluded items."""
+        extra = int(np.diff(exclude.indptr).max(initial=0)) if exclude is not None else 0
+        ids, scores = index.search(queries, k + extra)
+        keep = sc.filter_pairs(np.arange(len(ids)), ids, exclude) if exclude is not None else ids >= 0
+        idx_rows, score_rows = [], []
+        for i_row, s_row, k_row in zip(ids, scores, keep, strict=True):
+            idx_rows.append(i_row[k_row][:k])
+            score_rows.append(s_row[k_row][:k])
+        return idx_rows, score_rows
+
+    def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]] | None:
+        """Explanations for recommended items; ``None`` where the model cannot explain."""
+        return None
+
+    # ------------------------------------------------------------------ fold-in
+    def fold_in(
+        self, item_ids: Sequence[str], values: Sequence[float] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """A user vector for someone who interacted with ``item_ids``, item factors held fixed.
+
+        Solves ``x = (YᵀY + λI + Yᵀ(C - I)Y)⁻¹ YᵀCp`` (Hu et al. 2008) in float64, with the model's
+        regularization and confidence convention. Pass the result to :meth:`recommend_vector`.
+
+        Args:
+            item_ids: the items the user interacted with (unknown ids raise ``UnknownItemError``).
+            values: interaction values aligned with ``item_ids`` (default 1.0 each).
+
+        Returns:
+            A float32 vector of length ``n_dims``.
+        """
+        self.check_fitted()
+        assert self.items_ is not None
+        idx = self.items_.index(item_ids, kind="item")
+        vals = np.ones(len(idx)) if values is None else np.asarray(values, dtype=np.float64)
+        if vals.shape != idx.shape:
+            raise ParameterError(f"{self.name}: fold_in got {len(idx)} item ids but {vals.size} values")
+        if not np.isfinite(vals).all() or (vals < 0).any():
+            raise ParameterError(f"{self.name}: fold_in values must be finite and >= 0")
+        a, b = self._user_system(idx, self._confidence(vals))
+        return scipy.linalg.solve(a, b, assume_a="pos").astype(np.float32)
+
+    def _user_system(self, idx: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form)."""
+        assert self.item_factors_ is not None
+        y = self.item_factors_.astype(np.float64)
+        ys = y[idx]
+        a = y.T @ y + self.config.regularization * np.eye(y.shape[1])
+        a += (ys * (confidence - 1.0)[:, None]).T @ ys
+        b = ys.T @ confidence
+        return a, b
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        """Write factors, id maps, config and the seen matrix (and FAISS indexes when ``use_ann``)."""
+        self.check_fitted()
+        directory = Path(directory)
+        sc.save_state(self, directory, {"n_dims": self.n_dims})
+        np.save(directory / "user_factors.npy", self.user_factors_, allow_pickle=False)
+        np.save(directory / "item_factors.npy", self.item_factors_, allow_pickle=False)
+        if self.ann_ is not None and self.ann_similar_ is not None:
+            self.ann_.save(directory / "ann_items.faiss")
+            self.ann_similar_.save(directory / "ann_similar.faiss")
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """Read a model written by :meth:`save`."""
+        directory = Path(directory)
+        model, _ = sc.load_state(cls, directory)
+        d = model.n_dims
+        model.user_factors_ = sc.load_checked(
+            directory / "user_factors.npy", (len(model.users_), d), np.floating
+        )
+        model.item_factors_ = sc.load_checked(
+            directory / "item_factors.npy", (len(model.items_), d), np.floating
+        )
+        if model.config.use_ann:
+            model.ann_ = FaissIndex.load(directory / "ann_items.faiss")
+            model.ann_similar_ = FaissIndex.load(directory / "ann_similar.faiss")
+            for index in (model.ann_, model.ann_similar_):
+                if (index.n_vectors, index.dim) != (len(model.items_), d):
+                    raise BundleError(f"{directory}: FAISS index does not match the item factors")
+        return model

@@ -1,0 +1,281 @@
+"""Helpers shared by the models: batched top-k with exclusions and candidates, explanations, save/load.
+
+Every model turns its own scores into recommendations the same way: score a chunk of queries against all
+items (or only the candidates), mask what must not be returned with ``-inf``, take the row-wise top-k, and map
+indices back to external ids. Chunks bound memory to about ``max_cells`` scores at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from tastebud.data.dataset import IdMap
+from tastebud.errors import BundleError, ParameterError
+from tastebud.models.base import Recommendations, Recommender, load_array, read_json, top_k, write_json
+
+M = TypeVar("M", bound=Recommender)
+
+#: Upper bound on the number of scores held in memory by one chunk (float32: 64 MiB).
+MAX_CELLS = 1 << 24
+#: How many of the user's own items each explanation names.
+EXPLAIN_TOP = 3
+#: Version of the on-disk layout written by :func:`save_state`.
+FORMAT_VERSION = 1
+
+#: ``score_fn(rows, cols)``: dense scores of shape (len(rows), len(cols)), or all items when ``cols`` is None.
+ScoreFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
+# ---------------------------------------------------------------------- arguments
+def check_k(k: int) -> int:
+    """Validate a list length: an integer of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ParameterError(f"k must be an integer >= 1 (got {k!r})")
+    return int(k)
+
+
+def resolve_candidates(items: IdMap, candidates: Sequence[str] | None) -> np.ndarray | None:
+    """Sorted unique item indices of ``candidates`` (``None`` stays ``None``).
+
+    Raises:
+        UnknownItemError: a candidate id is not in ``items``.
+    """
+    if candidates is None:
+        return None
+    if isinstance(candidates, str):
+        raise ParameterError("candidates must be a sequence of item ids, not a single string")
+    return np.unique(items.index(candidates, kind="item"))
+
+
+def query_mask(indices: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A one-entry-per-row CSR mask: row ``r`` marks item ``indices[r]`` (used to drop the query item)."""
+    n = len(indices)
+    return sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), np.asarray(indices, dtype=np.int64), np.arange(n + 1)),
+        shape=(n, n_items),
+    )
+
+
+# ---------------------------------------------------------------------- ranking
+def rank(
+    score_fn: ScoreFn,
+    rows: np.ndarray,
+    k: int,
+    *,
+    n_items: int,
+    exclude: sp.csr_matrix | None = None,
+    candidates: np.ndarray | None = None,
+    max_cells: int = MAX_CELLS,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Row-wise top-``k`` item indices and scores, best first.
+
+    Args:
+        score_fn: scores a chunk of ``rows`` against ``candidates`` (or every item when ``None``).
+        rows: the query rows (user or item indices), passed through to ``score_fn``.
+        k: list length (validated by the caller).
+        n_items: catalog size.
+        exclude: optional CSR, one row per entry of ``rows`` (same order); its non-zero columns are dropped.
+        candidates: optional sorted unique item indices to restrict to.
+        max_cells: at most this many scores are materialised at once.
+
+    Returns:
+        Per row, item indices (int64) and their scores; rows are shorter than ``k`` when fewer items remain.
+    """
+    rows = np.asarray(rows)
+    n_cols = n_items if candidates is None else len(candidates)
+    out_idx: list[np.ndarray] = []
+    out_scores: list[np.ndarray] = []
+    if len(rows) == 0:
+        return out_idx, out_scores
+    if n_cols == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return [empty] * len(rows), [np.empty(0, dtype=np.float32)] * len(rows)
+    position = None
+    if candidates is not None and exclude is not None:
+        # item index -> column in the candidate-restricted score matrix (-1: not a candidate)
+        position = np.full(n_items, -1, dtype=np.int64)
+        position[candidates] = np.arange(len(candidates))
+    chunk = max(1, max_cells // n_cols)
+    for start in range(0, len(rows), chunk):
+        stop = min(start + chunk, len(rows))
+        scores = np.array(score_fn(rows[start:stop], candidates), copy=True)
+        if exclude is not None:
+            _mask(scores, exclude[start:stop], position)
+        idx, val = top_k(scores, k)
+        if candidates is not None:
+            idx = np.where(idx >= 0, candidates[np.maximum(idx, 0)], -1)
+        for i_row, v_row in zip(idx, val, strict=True):
+            keep = i_row >= 0
+            out_idx.append(i_row[keep].astype(np.int64, copy=False))
+            out_scores.append(v_row[keep])
+    return out_idx, out_scores
+
+
+def _mask(scores: np.ndarray, exclude: sp.csr_matrix, position: np.ndarray | None) -> None:
+    """Set excluded (row, item) cells of ``scores`` to ``-inf`` in place."""
+    exclude = exclude.tocsr()
+    counts = np.diff(exclude.indptr)
+    r = np.repeat(np.arange(exclude.shape[0]), counts)
+    c = exclude.indices.astype(np.int64)
+    if position is not None:
+        c = position[c]
+        r, c = r[c >= 0], c[c >= 0]
+    if not np.issubdtype(scores.dtype, np.floating):
+        raise TypeError("scores must be floating point")
+    scores[r, c] = -np.inf
+
+
+def filter_pairs(rows: np.ndarray, ids: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
+    """Boolean mask over ``ids`` (rows x m item indices, -1 for none) of entries not excluded for their row.
+
+    ``exclude`` has one row per row of ``ids``; used after an approximate search that over-fetched.
+    """
+    n_items = exclude.shape[1]
+    exclude = exclude.tocsr()
+    ex_rows = np.repeat(np.arange(exclude.shape[0], dtype=np.int64), np.diff(exclude.indptr))
+    ex_keys = ex_rows * n_items + exclude.indices.astype(np.int64)
+    keys = np.arange(ids.shape[0], dtype=np.int64)[:, None] * n_items + ids
+    return (ids >= 0) & ~np.isin(keys, ex_keys)
+
+
+def build_recommendations(
+    query_ids: Sequence[str],
+    idx_rows: list[np.ndarray],
+    score_rows: list[np.ndarray],
+    items: IdMap,
+    explanations: list[list[list[str]]] | None = None,
+) -> Recommendations:
+    """Wrap per-row indices and scores as :class:`Recommendations` with external ids."""
+    ids = items.ids
+    return Recommendations(
+        query_ids=[str(q) for q in query_ids],
+        item_ids=[[str(x) for x in ids[r].tolist()] for r in idx_rows],
+        scores=list(score_rows),
+        explanations=explanations,
+    )
+
+
+# ---------------------------------------------------------------------- explanations
+def top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, n: int = EXPLAIN_TOP) -> list[list[int]]:
+    """Per column of ``contrib`` (seen items x recommended items), the ``n`` seen items contributing most.
+
+    Only positive contributions count: an item that pulled the score down does not explain the recommendation.
+    """
+    if contrib.size == 0:
+        return [[] for _ in range(contrib.shape[1])]
+    idx, _ = top_k(np.where(contrib > 0, contrib, -np.inf).T, n)
+    return [[int(seen_idx[j]) for j in row[row >= 0]] for row in idx]
+
+
+def explain_linear(
+    seen: sp.csr_matrix,
+    rows: np.ndarray,
+    rec_rows: list[np.ndarray],
+    items: IdMap,
+    weights: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n: int = EXPLAIN_TOP,
+) -> list[list[list[str]]]:
+    """Explanations for models scoring ``x_u @ W``: item ``j`` contributes ``x_uj * W[j, i]`` to item ``i``.
+
+    Args:
+        seen: user x item matrix the scores were computed from.
+        rows: user indices, aligned with ``rec_rows``.
+        rec_rows: recommended item indices per user.
+        items: the item vocabulary.
+        weights: ``weights(seen_items, rec_items)`` gives the dense block ``W[seen_items][:, rec_items]``.
+        n: how many contributing items to name per recommendation.
+    """
+    ids = items.ids
+    out: list[list[list[str]]] = []
+    for u, rec in zip(rows.tolist(), rec_rows, strict=True):
+        lo, hi = seen.indptr[u], seen.indptr[u + 1]
+        seen_idx, vals = seen.indices[lo:hi], seen.data[lo:hi]
+        contrib = np.asarray(weights(seen_idx, rec), dtype=np.float64) * vals[:, None]
+        out.append([[str(ids[j]) for j in row] for row in top_contributors(contrib, seen_idx, n)])
+    return out
+
+
+# ---------------------------------------------------------------------- save / load
+def save_csr(directory: Path, prefix: str, mat: sp.csr_matrix) -> dict[str, Any]:
+    """Write a CSR matrix as ``<prefix>_data/indices/indptr.npy``; returns its shape for the JSON metadata."""
+    mat = mat.tocsr()
+    np.save(directory / f"{prefix}_data.npy", mat.data, allow_pickle=False)
+    np.save(directory / f"{prefix}_indices.npy", mat.indices, allow_pickle=False)
+    np.save(directory / f"{prefix}_indptr.npy", mat.indptr, allow_pickle=False)
+    return {"shape": list(mat.shape)}
+
+
+def load_csr(directory: Path, prefix: str, shape: Sequence[int]) -> sp.csr_matrix:
+    """Read a CSR matrix written by :func:`save_csr`, checking it is well-formed."""
+    data = load_array(directory / f"{prefix}_data.npy")
+    indices = load_array(directory / f"{prefix}_indices.npy")
+    indptr = load_array(directory / f"{prefix}_indptr.npy")
+    try:
+        shape_t = (int(shape[0]), int(shape[1]))
+        mat = sp.csr_matrix((data, indices, indptr), shape=shape_t)
+        mat.check_format(full_check=True)
+    except (ValueError, TypeError, IndexError) as err:
+        raise BundleError(
+            f"{directory}: {prefix} arrays do not form a valid {tuple(shape)} CSR matrix ({err})"
+        ) from err
+    return mat
+
+
+def load_checked(path: Path, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+    """Load an array and check its shape (and dtype kind), with a :class:`BundleError` naming the file."""
+    arr = load_array(path)
+    if arr.shape != shape:
+        raise BundleError(f"{path}: expected an array of shape {shape}, found {arr.shape}")
+    if dtype is not None and not np.issubdtype(arr.dtype, dtype):
+        raise BundleError(f"{path}: expected {np.dtype(dtype).name} values, found {arr.dtype}")
+    return arr
+
+
+def save_state(model: Recommender, directory: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write what every model shares: ``model.json`` (name, params, sizes), id maps and the seen matrix."""
+    model.check_fitted()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    assert model.users_ is not None and model.items_ is not None
+    meta = {
+        "model": model.name,
+        "format": FORMAT_VERSION,
+        "params": model.params(),
+        "n_users": len(model.users_),
+        "n_items": len(model.items_),
+        "seen": save_csr(directory, "seen", model.seen_),
+        **(extra or {}),
+    }
+    write_json(directory / "model.json", meta)
+    write_json(directory / "users.json", model.users_.to_list())
+    write_json(directory / "items.json", model.items_.to_list())
+
+
+def load_state(cls: type[M], directory: Path) -> tuple[M, dict[str, Any]]:
+    """Rebuild config, id maps and seen matrix written by :func:`save_state`; returns (model, metadata)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a model directory")
+    meta = read_json(directory / "model.json")
+    if not isinstance(meta, dict) or meta.get("model") != cls.name:
+        found = meta.get("model") if isinstance(meta, dict) else None
+        raise BundleError(f"{directory}/model.json: expected a {cls.name!r} model, found {found!r}")
+    if meta.get("format") != FORMAT_VERSION:
+        raise BundleError(f"{directory}/model.json: unsupported format {meta.get('format')!r}")
+    try:
+        model = cls(**meta["params"])
+    except (ParameterError, KeyError, TypeError) as err:
+        raise BundleError(f"{directory}/model.json: invalid parameters ({err})") from err
+    users, items = read_json(directory / "users.json"), read_json(directory / "items.json")
+    if not (isinstance(users, list) and len(users) == meta.get("n_users")):
+        raise BundleError(f"{directory}/users.json: expected {meta.get('n_users')} user ids")
+    if not (isinstance(items, list) and len(items) == meta.get("n_items")):
+        raise BundleError(f"{directory}/items.json: expected {meta.get('n_items')} item ids")
+    model.users_, model.items_ = IdMap(users), IdMap(items)
+    model.seen_ = load_csr(directory, "seen", (len(users), len(items)))
+    return model, meta

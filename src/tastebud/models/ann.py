@@ -1,0 +1,146 @@
+"""Inner-product nearest-neighbour search over item vectors with FAISS: exact for small catalogs, HNSW beyond.
+
+Exact search (``IndexFlatIP``) is fast enough up to about 100K items; above ``hnsw_threshold`` a graph
+index (``IndexHNSWFlat`` with the inner-product metric; Malkov and Yashunin, "Efficient and robust approximate
+nearest neighbor search using Hierarchical Navigable Small World graphs", 2018) trades a little recall for
+speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import faiss
+import numpy as np
+
+from tastebud.errors import BundleError, NotFittedError, ParameterError
+
+
+class FaissIndex:
+    """A FAISS inner-product index over row vectors; ids are the row positions.
+
+    Args:
+        hnsw_threshold: catalogs with at least this many vectors get an HNSW index, smaller ones exact search.
+        hnsw_m: HNSW graph degree (links per node); more is slower to build and more accurate.
+        ef_construction: HNSW candidate list size while building.
+        ef_search: HNSW candidate list size while searching (raised to ``k`` when smaller).
+    """
+
+    def __init__(
+        self,
+        *,
+        hnsw_threshold: int = 100_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+    ) -> None:
+        for name, value in (
+            ("hnsw_threshold", hnsw_threshold),
+            ("hnsw_m", hnsw_m),
+            ("ef_construction", ef_construction),
+            ("ef_search", ef_search),
+        ):
+            if value < 1:
+                raise ParameterError(f"FaissIndex: {name} must be >= 1 (got {value})")
+        self.hnsw_threshold = hnsw_threshold
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.index_: faiss.Index | None = None
+
+    # ------------------------------------------------------------------ build and query
+    def build(self, vectors: np.ndarray) -> Self:
+        """Index ``vectors`` (n x d); returns self."""
+        vectors = _as_float32(vectors)
+        n, d = vectors.shape
+        if n >= self.hnsw_threshold:
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.ef_construction
+            index.hnsw.efSearch = self.ef_search
+        else:
+            index = faiss.IndexFlatIP(d)
+        index.add(vectors)
+        self.index_ = index
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``"flat"`` (exact) or ``"hnsw"``."""
+        return "hnsw" if isinstance(self._index, faiss.IndexHNSW) else "flat"
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` rows with the largest inner product per query, best first.
+
+        Returns:
+            (ids, scores), each of shape (n_queries, min(k, n_vectors)); missing results have id -1 and score
+            ``-inf``.
+        """
+        index = self._index
+        queries = _as_float32(queries)
+        if queries.shape[1] != index.d:
+            raise ParameterError(
+                f"FaissIndex: queries have {queries.shape[1]} dimensions, the index {index.d}"
+            )
+        kk = min(int(k), index.ntotal)
+        if kk < 1 or len(queries) == 0:
+            return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+        if isinstance(index, faiss.IndexHNSW) and index.hnsw.efSearch < kk:
+            # a candidate list shorter than k would cap the results at efSearch
+            index.hnsw.efSearch = kk
+        scores, ids = index.search(queries, kk)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        return ids.astype(np.int64), scores
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        """Write the index to ``path`` (FAISS's own format, no pickle)."""
+        faiss.write_index(self._index, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> FaissIndex:
+        """Read an index written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: missing index file")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise BundleError(f"{path}: unreadable FAISS index ({str(err).splitlines()[0]})") from err
+        if (
+            not isinstance(index, faiss.IndexHNSW | faiss.IndexFlat)
+            or index.metric_type != faiss.METRIC_INNER_PRODUCT
+        ):
+            raise BundleError(
+                f"{path}: expected an inner-product flat or HNSW index, found {type(index).__name__}"
+            )
+        out = cls()
+        if isinstance(index, faiss.IndexHNSW):
+            out.hnsw_threshold = min(out.hnsw_threshold, max(1, int(index.ntotal)))
+            out.ef_construction = int(index.hnsw.efConstruction)
+            out.ef_search = int(index.hnsw.efSearch)
+        out.index_ = index
+        return out
+
+    @property
+    def _index(self) -> faiss.Index:
+        if self.index_ is None:
+            raise NotFittedError("FaissIndex is empty: call build(vectors) first")
+        return self.index_
+
+
+def _as_float32(vectors: np.ndarray) -> np.ndarray:
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ParameterError(f"FaissIndex: expected a 2-D array of vectors, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ParameterError("FaissIndex: vectors contain NaN or infinite values")
+    return arr

@@ -1,0 +1,53 @@
+"""Shared fixtures: small datasets with known structure, built through ``Dataset.from_frame``."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tastebud.data.dataset import Dataset
+
+#: Planted structure of ``cluster_dataset``: clusters, users and items per cluster, interactions per user.
+N_CLUSTERS, USERS_PER_CLUSTER, ITEMS_PER_CLUSTER, ITEMS_PER_USER = 4, 30, 20, 10
+
+
+@pytest.fixture(scope="session")
+def toy_dataset() -> Dataset:
+    """40 users x 25 items, random interactions (4-10 per user) with ratings, timestamps and genres."""
+    rng = np.random.default_rng(7)
+    users, items, ratings, stamps = [], [], [], []
+    for u in range(40):
+        chosen = rng.choice(25, size=rng.integers(4, 11), replace=False)
+        users += [f"u{u:02d}"] * len(chosen)
+        items += [f"i{i:02d}" for i in chosen]
+        ratings += rng.integers(1, 6, size=len(chosen)).tolist()
+        stamps += (1_600_000_000 + rng.integers(0, 90 * 86_400, size=len(chosen))).tolist()
+    frame = pl.DataFrame({"user_id": users, "item_id": items, "rating": ratings, "timestamp": stamps})
+    genres = ["Drama|Comedy", "Action", "Comedy", "Drama", "Action|Thriller"]
+    meta = pl.DataFrame(
+        {"item_id": [f"i{i:02d}" for i in range(25)], "genres": [genres[i % 5] for i in range(25)]}
+    )
+    return Dataset.from_frame(frame, items=meta, name="toy")
+
+
+@pytest.fixture(scope="session")
+def cluster_dataset() -> Dataset:
+    """Users and items in 4 disjoint clusters: users only interact with items of their own cluster.
+
+    User ``c<c>u<n>`` and item ``c<c>i<n>`` belong to cluster ``c``; each item's genre is ``g<c>``. Within a
+    cluster, item popularity is skewed (lower item numbers are chosen more often).
+    """
+    rng = np.random.default_rng(11)
+    weights = 1.0 / np.arange(1, ITEMS_PER_CLUSTER + 1) ** 0.5
+    weights /= weights.sum()
+    users, items = [], []
+    for c in range(N_CLUSTERS):
+        for u in range(USERS_PER_CLUSTER):
+            chosen = rng.choice(ITEMS_PER_CLUSTER, size=ITEMS_PER_USER, replace=False, p=weights)
+            users += [f"c{c}u{u:02d}"] * ITEMS_PER_USER
+            items += [f"c{c}i{i:02d}" for i in chosen]
+    frame = pl.DataFrame({"user_id": users, "item_id": items})
+    all_items = [f"c{c}i{i:02d}" for c in range(N_CLUSTERS) for i in range(ITEMS_PER_CLUSTER)]
+    meta = pl.DataFrame({"item_id": all_items, "genres": [[f"g{x[1]}"] for x in all_items]})
+    return Dataset.from_frame(frame, items=meta, name="clusters")

@@ -1,0 +1,99 @@
+"""FaissIndex: exact search below the threshold, HNSW above, persistence, and recall of HNSW."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tastebud.errors import BundleError, NotFittedError, ParameterError
+from tastebud.models.ann import FaissIndex
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return np.random.default_rng(5).normal(size=(3000, 16)).astype(np.float32)
+
+
+def test_flat_index_is_exact(vectors: np.ndarray) -> None:
+    index = FaissIndex().build(vectors)
+    assert index.kind == "flat" and index.n_vectors == 3000 and index.dim == 16
+    queries = vectors[:20] * 0.5
+    ids, scores = index.search(queries, 10)
+    brute = queries @ vectors.T
+    expected = np.argsort(-brute, axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, axis=1), rtol=1e-5)
+
+
+def test_hnsw_recall_against_exact(vectors: np.ndarray) -> None:
+    exact = FaissIndex().build(vectors)
+    hnsw = FaissIndex(hnsw_threshold=100).build(vectors)
+    assert hnsw.kind == "hnsw"
+    queries = np.random.default_rng(6).normal(size=(200, 16)).astype(np.float32)
+    ids_exact, _ = exact.search(queries, 10)
+    ids_hnsw, _ = hnsw.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids_exact, ids_hnsw, strict=True)])
+    assert recall >= 0.9
+
+
+def test_k_beyond_size_and_ef_search(vectors: np.ndarray) -> None:
+    small = FaissIndex().build(vectors[:7])
+    ids, _ = small.search(vectors[:2], 50)
+    assert ids.shape == (2, 7) and (ids >= 0).all()
+    hnsw = FaissIndex(hnsw_threshold=10, ef_search=16).build(vectors[:500])
+    ids, _ = hnsw.search(vectors[:3], 40)
+    assert ids.shape == (3, 40) and (ids >= 0).all()  # efSearch is raised to k
+
+
+@pytest.mark.parametrize("threshold", [100_000, 100])
+def test_save_load_round_trip(vectors: np.ndarray, tmp_path: Path, threshold: int) -> None:
+    index = FaissIndex(hnsw_threshold=threshold).build(vectors[:1000])
+    index.save(tmp_path / "ann.faiss")
+    loaded = FaissIndex.load(tmp_path / "ann.faiss")
+    assert loaded.kind == index.kind
+    a, b = index.search(vectors[:30], 10), loaded.search(vectors[:30], 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_errors(vectors: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(NotFittedError):
+        FaissIndex().search(vectors[:1], 5)
+    with pytest.raises(ParameterError):
+        FaissIndex(hnsw_threshold=0)
+    with pytest.raises(ParameterError):
+        FaissIndex().build(np.full((3, 2), np.nan))
+    with pytest.raises(ParameterError, match="dimensions"):
+        FaissIndex().build(vectors).search(np.ones((1, 3)), 5)
+    with pytest.raises(BundleError, match="missing"):
+        FaissIndex.load(tmp_path / "none.faiss")
+    (tmp_path / "bad.faiss").write_bytes(b"not an index")
+    with pytest.raises(BundleError, match="unreadable"):
+        FaissIndex.load(tmp_path / "bad.faiss")
+
+
+def test_factor_model_hnsw_agrees_with_exact() -> None:
+    """A factor model forced onto HNSW returns mostly the exact top-10."""
+    import polars as pl
+
+    from tastebud.data.dataset import Dataset
+    from tastebud.models.als import ALSRecommender
+
+    rng = np.random.default_rng(9)
+    frame = pl.DataFrame(
+        {"user_id": rng.integers(0, 300, 6000), "item_id": rng.integers(0, 800, 6000)}
+    ).unique()
+    data = Dataset.from_frame(frame)
+    exact = ALSRecommender(factors=16, iterations=5).fit(data)
+    approx = ALSRecommender(factors=16, iterations=5, use_ann=True, ann_threshold=100).fit(data)
+    assert approx.ann_ is not None and approx.ann_.kind == "hnsw"
+    users = data.users.ids[:100].tolist()
+    a, b = exact.recommend(users, k=10), approx.recommend(users, k=10)
+    recall = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a.item_ids, b.item_ids, strict=True)])
+    assert recall >= 0.9
+    seen = data.user_item
+    for u, items in zip(users, b.item_ids, strict=True):
+        row = seen[data.user_index([u])[0]]
+        assert not set(data.item_index(items)) & set(row.indices)
