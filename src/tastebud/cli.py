@@ -199,8 +199,9 @@ def data_prepare(
         str | None,
         typer.Option(help="Merge duplicate (user, item) rows: latest, first, sum, max or mean."),
     ] = "latest",
-    min_user: Annotated[int, typer.Option(help="k-core: minimum interactions per user (0 = off).", min=0)] = 0,
-    min_item: Annotated[int, typer.Option(help="k-core: minimum interactions per item (0 = off).", min=0)] = 0,
+    min_user: Annotated[int, typer.Option(help="k-core: minimum interactions per user (1 = off).", min=1)] = 1,
+    min_item: Annotated[int, typer.Option(help="k-core: minimum interactions per item (1 = off).", min=1)] = 1,
+    compact: Annotated[bool, typer.Option(help="Drop users and items left without interactions.")] = False,
     implicit_threshold: Annotated[
         float | None,
         typer.Option(help="Turn ratings >= this into implicit interactions (others dropped).", show_default=False),
@@ -217,10 +218,11 @@ def data_prepare(
     from tastebud.data.prepare import PrepareConfig, prepare
 
     ds = _read(ctx, source, fmt)
-    config = PrepareConfig(
+    config = PrepareConfig.from_params(
         dedupe=dedupe,
         min_user_interactions=min_user,
         min_item_interactions=min_item,
+        compact=compact,
         implicit_threshold=implicit_threshold,
         confidence=confidence,
         alpha=alpha,
