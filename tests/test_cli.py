@@ -36,7 +36,7 @@ def ratings_csv(tmp_path: Path) -> Path:
         for j, i in enumerate(items):
             rows.append((f"u{u}", f"i{i}", float(rng.integers(1, 6)), 1_600_000_000 + u * 100 + j))
     df = pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "timestamp"], orient="row")
-    path = tmp_path / "events.csv"
+    path = tmp_path / "ratings.csv"
     df.write_csv(path)
     return path
 

@@ -67,15 +67,19 @@ FormatOption = Annotated[
 def _root(
     ctx: typer.Context,
     home: HomeOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details (INFO level).")] = False,
 ) -> None:
     overrides: dict[str, Any] = {}
     if home is not None:
         overrides["home"] = home
     settings = build_settings(**overrides)
+    from rich.logging import RichHandler
+
     logging.basicConfig(
-        level=logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if verbose else getattr(logging, settings.log_level.upper(), logging.WARNING),
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
     )
     ctx.obj = settings
 

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".tastebud"), description="Directory holding everything Tastebud writes.")
     seed: int = Field(42, description="Default random seed for splits and training.")
-    log_level: str = Field("INFO", description="Logging level of the command line and the server.")
+    log_level: str = Field("WARNING", description="Logging level of the command line and the server.")
     data: DataSettings = Field(default_factory=DataSettings, description="Dataset fetching.")
 
     @classmethod

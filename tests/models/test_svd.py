@@ -14,8 +14,6 @@ from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError, ParameterError, UnknownItemError, UnknownUserError
 from tastebud.models.svd import SVDRecommender
 
-ML100K = Path("/tmp/ml-100k/ml-100k.inter")
-
 
 def _rated_clusters(seed: int = 5, n_clusters: int = 4, users: int = 25, items: int = 15) -> Dataset:
     """Users love the items of their own cluster (4-5 stars) and dislike a few of the others (1-2 stars)."""
@@ -184,14 +182,12 @@ def test_truncated_variant_save_load(toy_dataset: Dataset, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ML100K.is_file(), reason="MovieLens-100K copy not available")
-def test_ml100k_cross_validated_rmse() -> None:
+@pytest.mark.integration
+def test_ml100k_cross_validated_rmse(ml100k: Dataset) -> None:
     """5-fold RMSE on MovieLens-100K stays under the recorded floor (measured 0.912; Surprise SVD 0.934)."""
     from sklearn.model_selection import KFold
 
-    frame = pl.read_csv(ML100K, separator="\t")
-    frame.columns = ["user_id", "item_id", "rating", "timestamp"]
-    full = Dataset.from_frame(frame.with_columns(pl.col("timestamp").cast(pl.Int64)))
+    full = ml100k
     inter = full.interactions
     rmses = []
     for train_rows, test_rows in KFold(5, shuffle=True, random_state=42).split(np.arange(inter.height)):

@@ -358,6 +358,8 @@ def _normalise_interactions(frame: pl.DataFrame, source: str) -> pl.DataFrame:
 def _id_expr(frame: pl.DataFrame, col: str) -> pl.Expr:
     """Ids keep integer dtypes (fast to map); floats (pandas' 1.0) become integers, everything else strings."""
     dtype = frame.schema[col]
+    if isinstance(dtype, pl.Categorical):
+        return pl.col(col)  # mapped through its integer codes in _vocabulary
     if dtype.is_float():
         return pl.col(col).cast(pl.Int64)
     if dtype.is_integer():
@@ -376,7 +378,11 @@ def _vocabulary(ids: pl.Series) -> tuple[IdMap, pl.Series]:
     order = as_str.arg_sort().to_numpy()
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
-    index = ids.replace_strict(uniq, pl.Series(rank), return_dtype=pl.Int32)
+    if isinstance(ids.dtype, pl.Categorical):
+        # Categorical ids (the Last.fm reader): map integer codes instead of hashing every string again.
+        index = ids.to_physical().replace_strict(uniq.to_physical(), pl.Series(rank), return_dtype=pl.Int32)
+    else:
+        index = ids.replace_strict(uniq, pl.Series(rank), return_dtype=pl.Int32)
     return IdMap(as_str.to_numpy()[order].astype(object)), index.rename("idx")
 
 

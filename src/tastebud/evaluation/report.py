@@ -193,7 +193,7 @@ class Comparison:
         from rich import box
 
         console = console or Console()
-        table = Table(title=f"Offline evaluation at k={self.k}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+        table = Table(title=f"Offline evaluation at k={self.k}", box=box.SIMPLE_HEAD, padding=(0, 0))
         k = self.k
         table.add_column("Model", no_wrap=True)
         for label, width in (
