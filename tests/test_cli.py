@@ -79,7 +79,7 @@ def test_describe_a_csv_file(capsys: pytest.CaptureFixture[str], ratings_csv: Pa
     assert code == 0, err
     assert '"users": 60' in out
     assert '"interactions": 720' in out
-    code2, out2, _ = run(capsys, "data", "describe", str(ratings_csv), "--json")
+    _, out2, _ = run(capsys, "data", "describe", str(ratings_csv), "--json")
     snap = [line for line in out.splitlines() if "snapshot_id" in line]
     assert snap and snap == [line for line in out2.splitlines() if "snapshot_id" in line]
 
@@ -117,8 +117,16 @@ def test_prepare_and_split_write_datasets(
 ) -> None:
     prepared = tmp_path / "prepared"
     code, _, err = run(
-        capsys, "data", "prepare", str(ratings_csv), "--out", str(prepared), "--min-user", "5",
-        "--implicit-threshold", "3",
+        capsys,
+        "data",
+        "prepare",
+        str(ratings_csv),
+        "--out",
+        str(prepared),
+        "--min-user",
+        "5",
+        "--implicit-threshold",
+        "3",
     )
     assert code == 0, err
     code, out, err = run(capsys, "data", "describe", str(prepared), "--json")
@@ -126,7 +134,14 @@ def test_prepare_and_split_write_datasets(
     assert '"ratings": null' not in out or '"interactions"' in out
     splits = tmp_path / "splits"
     code, out, err = run(
-        capsys, "data", "split", str(ratings_csv), "--method", "temporal-user", "--out", str(splits),
+        capsys,
+        "data",
+        "split",
+        str(ratings_csv),
+        "--method",
+        "temporal-user",
+        "--out",
+        str(splits),
     )
     assert code == 0, err
     assert (splits / "train").is_dir() and (splits / "test").is_dir()
@@ -138,8 +153,18 @@ def test_evaluate_on_a_dataset_writes_report(
 ) -> None:
     out_dir = tmp_path / "report"
     code, out, err = run(
-        capsys, "evaluate", "--dataset", str(ratings_csv), "--models", "popular,ease",
-        "--param", "ease.l2=50", "--k", "5", "--out", str(out_dir),
+        capsys,
+        "evaluate",
+        "--dataset",
+        str(ratings_csv),
+        "--models",
+        "popular,ease",
+        "--param",
+        "ease.l2=50",
+        "--k",
+        "5",
+        "--out",
+        str(out_dir),
     )
     assert code == 0, err
     for name in ("comparison.md", "comparison.json", "comparison.png"):
@@ -147,15 +172,25 @@ def test_evaluate_on_a_dataset_writes_report(
     assert "ease" in out and "popular" in out
 
 
-def test_evaluate_with_user_split_files(capsys: pytest.CaptureFixture[str], ratings_csv: Path, tmp_path: Path) -> None:
+def test_evaluate_with_user_split_files(
+    capsys: pytest.CaptureFixture[str], ratings_csv: Path, tmp_path: Path
+) -> None:
     df = pl.read_csv(ratings_csv)
     train = tmp_path / "train.csv"
     test = tmp_path / "test.csv"
     df.filter(pl.col("timestamp") % 100 < 9).write_csv(train)
     df.filter(pl.col("timestamp") % 100 >= 9).write_csv(test)
     code, _, err = run(
-        capsys, "evaluate", "--train", str(train), "--test", str(test), "--models", "popular",
-        "--out", str(tmp_path / "r"),
+        capsys,
+        "evaluate",
+        "--train",
+        str(train),
+        "--test",
+        str(test),
+        "--models",
+        "popular",
+        "--out",
+        str(tmp_path / "r"),
     )
     assert code == 0, err
     assert (tmp_path / "r" / "comparison.json").exists()
@@ -169,3 +204,19 @@ def test_param_without_model_prefix_is_refused_for_several_models(
     )
     assert code == 1
     assert "prefix the model name" in err
+
+
+def test_tune_saves_a_study(capsys: pytest.CaptureFixture[str], ratings_csv: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "study"
+    code, out, err = run(
+        capsys, "tune", "--model", "ease", "--dataset", str(ratings_csv), "--trials", "2", "--out", str(out_dir)
+    )
+    assert code == 0, err
+    assert "best ndcg@10" in out
+    assert (out_dir / "best.json").is_file() and (out_dir / "study.db").is_file()
+
+
+def test_tune_refuses_zero_trials(capsys: pytest.CaptureFixture[str], ratings_csv: Path) -> None:
+    code, _, err = run(capsys, "tune", "--dataset", str(ratings_csv), "--trials", "0")
+    assert code == 2
+    assert "Traceback" not in err

@@ -60,7 +60,7 @@ def test_bad_yaml_gives_config_error(
 
 def test_missing_yaml_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TASTEBUD_CONFIG", str(tmp_path / "nope.yaml"))
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         build_settings()
 
 

@@ -197,8 +197,15 @@ class Comparison:
         k = self.k
         table.add_column("Model", no_wrap=True)
         for label, width in (
-            (f"NDCG@{k}", 11), (f"Recall@{k}", 11), ("Prec", 5), ("MAP", 5), ("MRR", 5), ("Hit", 5),
-            ("Cov", 4), ("RMSE", 5), ("Fit s", 5),
+            (f"NDCG@{k}", 11),
+            (f"Recall@{k}", 11),
+            ("Prec", 5),
+            ("MAP", 5),
+            ("MRR", 5),
+            ("Hit", 5),
+            ("Cov", 4),
+            ("RMSE", 5),
+            ("Fit s", 5),
         ):
             table.add_column(label, justify="right", no_wrap=True, min_width=width)
         notes = self.notes()
@@ -218,7 +225,9 @@ class Comparison:
         for i, rep in enumerate(self.reports):
             if notes[i]:
                 console.print(f"[yellow]{rep.model}: {'; '.join(notes[i])}[/yellow]")
-        console.print(f"best by {_LABELS.get(self.primary, self.primary)}@{k}: [bold]{self.best().model}[/bold]")
+        console.print(
+            f"best by {_LABELS.get(self.primary, self.primary)}@{k}: [bold]{self.best().model}[/bold]"
+        )
 
     @staticmethod
     def _short(rep: Report, key: str, *, ci: bool = False) -> str:

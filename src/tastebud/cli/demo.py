@@ -1,0 +1,46 @@
+"""`tastebud demo`: the main job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tastebud.cli._app import app, console, print_split, print_summary, settings_of
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    models: Annotated[
+        str, typer.Option("--models", "-m", help="Models to train and compare.")
+    ] = "popular,itemknn,als,ease",
+    k: Annotated[int, typer.Option(help="List length K.", min=1)] = 10,
+) -> None:
+    """The main job: fetch MovieLens-100K, prepare, split, describe, then train and compare models."""
+    from tastebud.data.describe import describe_dataset
+    from tastebud.data.fetch import fetch_dataset, is_fetched
+    from tastebud.data.prepare import PrepareConfig, prepare
+    from tastebud.data.readers import read_dataset
+    from tastebud.data.split import make_split
+    from tastebud.evaluation.report import run_evaluation
+
+    settings = settings_of(ctx)
+    console.rule("[bold]1. fetch MovieLens-100K")
+    if is_fetched("ml-100k", settings):
+        console.print("ml-100k already fetched")
+    else:
+        fetch_dataset("ml-100k", settings)
+    console.rule("[bold]2. read and prepare")
+    ds = prepare(read_dataset("ml-100k", settings=settings), PrepareConfig(dedupe="latest"))
+    print_summary(describe_dataset(ds))
+    console.rule("[bold]3. split (per-user random 80/20)")
+    split = make_split(ds, "random", test_fraction=0.2, seed=settings.seed)
+    print_split(split, describe_dataset)
+    console.rule("[bold]4. train and evaluate")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    out_dir = settings.runs_dir / "demo"
+    comparison = run_evaluation(ds, names, split="random", k=k, seed=settings.seed, out_dir=out_dir)
+    comparison.print_table(console)
+    console.print(f"report: {out_dir / 'comparison.md'}  plot: {out_dir / 'comparison.png'}")
