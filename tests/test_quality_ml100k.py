@@ -19,8 +19,15 @@ from tastebud.models.base import Recommendations, Recommender
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 #: NDCG@10 floors per model (recorded values in bench/RESULTS.md).
-FLOORS = {"popular": 0.20, "itemknn": 0.34, "userknn": 0.38, "als": 0.43, "bpr": 0.25, "ease": 0.44,
-          "hybrid": 0.43}
+FLOORS = {
+    "popular": 0.20,
+    "itemknn": 0.34,
+    "userknn": 0.38,
+    "als": 0.43,
+    "bpr": 0.25,
+    "ease": 0.44,
+    "hybrid": 0.43,
+}
 COLLABORATIVE = ("itemknn", "userknn", "als", "bpr", "ease", "hybrid")
 
 
@@ -79,7 +86,9 @@ class _Direct(Recommender):
     def fit(self, dataset: Dataset) -> _Direct:  # pragma: no cover - built fitted
         return self
 
-    def recommend(self, user_ids, k=10, *, exclude_seen=True, candidates=None, explain=False) -> Recommendations:
+    def recommend(
+        self, user_ids, k=10, *, exclude_seen=True, candidates=None, explain=False
+    ) -> Recommendations:
         rows = self.users_.index(user_ids, kind="user")
         scores = self.scores_[rows].copy()
         if exclude_seen:

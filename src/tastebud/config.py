@@ -93,7 +93,9 @@ def load_yaml_settings(path: Path) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(content).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of settings at the top level, got {type(content).__name__}"
+        )
     return content
 
 

@@ -30,25 +30,25 @@ def describe_dataset(ds: Dataset) -> dict[str, Any]:
         "snapshot_id": ds.snapshot_id,
     }
     if ds.has_ratings:
-        counts = (
-            inter.filter(pl.col("rating").is_not_null())
-            .group_by("rating")
-            .len()
-            .sort("rating")
-        )
+        counts = inter.filter(pl.col("rating").is_not_null()).group_by("rating").len().sort("rating")
         summary["ratings"] = {
-            _fmt_rating(r): int(c) for r, c in zip(counts["rating"].to_list(), counts["len"].to_list(), strict=True)
+            _fmt_rating(r): int(c)
+            for r, c in zip(counts["rating"].to_list(), counts["len"].to_list(), strict=True)
         }
         summary["rating_mean"] = float(inter["rating"].mean())  # type: ignore[arg-type]
     else:
         summary["ratings"] = None
     values = inter["value"]
-    summary["value"] = {
-        "min": float(values.min()),  # type: ignore[arg-type]
-        "median": float(values.median()),  # type: ignore[arg-type]
-        "max": float(values.max()),  # type: ignore[arg-type]
-        "sum": float(values.sum()),
-    } if n else None
+    summary["value"] = (
+        {
+            "min": float(values.min()),  # type: ignore[arg-type]
+            "median": float(values.median()),  # type: ignore[arg-type]
+            "max": float(values.max()),  # type: ignore[arg-type]
+            "sum": float(values.sum()),
+        }
+        if n
+        else None
+    )
     if n and inter["timestamp"].null_count() < n:
         ts = inter["timestamp"].drop_nulls()
         summary["time_range"] = {

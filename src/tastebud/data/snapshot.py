@@ -43,7 +43,9 @@ def _row_hashes(interactions: pl.DataFrame) -> np.ndarray:
     users = interactions["user_idx"].to_numpy().astype(np.uint64)
     items = interactions["item_idx"].to_numpy().astype(np.uint64)
     value = interactions["value"].to_numpy().astype("<f4").view("<u4").astype(np.uint64)
-    rating = interactions["rating"].fill_null(float("nan")).to_numpy().astype("<f4").view("<u4").astype(np.uint64)
+    rating = (
+        interactions["rating"].fill_null(float("nan")).to_numpy().astype("<f4").view("<u4").astype(np.uint64)
+    )
     stamp = interactions["timestamp"].fill_null(_NULL_TS).to_numpy().astype("<i8").view("<u8")
     shift = np.uint64(32)
     with np.errstate(over="ignore"):
