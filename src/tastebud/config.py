@@ -29,6 +29,48 @@ class DataSettings(BaseModel):
     recbole_version: str = Field("1.2.1", description="RecBole wheel that carries the offline ML-100K copy.")
 
 
+class RegistrySettings(BaseModel):
+    """Experiment tracking, the model registry and promotion gates."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; None uses MLFLOW_TRACKING_URI if set, else an SQLite store in the home.",
+    )
+    experiment: str = Field("tastebud", description="MLflow experiment that training runs are logged to.")
+    promotion_margin: float = Field(
+        0.01, ge=0.0, description="Relative NDCG@10 gain a challenger needs over the champion (0.01 = 1%)."
+    )
+    coverage_tolerance: float = Field(
+        0.10, ge=0.0, description="Largest relative drop in catalog coverage a promotion may cause."
+    )
+    rmse_tolerance: float = Field(0.02, ge=0.0, description="Largest relative RMSE increase a promotion may cause.")
+
+
+class StoreSettings(BaseModel):
+    """The event store and request log (SQLAlchemy)."""
+
+    url: str | None = Field(
+        None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; None uses SQLite in the home."
+    )
+
+
+class ServingSettings(BaseModel):
+    """The recommendation API."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    model_name: str = Field("movielens-100k", description="Registered model to serve.")
+    alias: str = Field("champion", description="Registry alias to serve and watch.")
+    watch_interval_s: float = Field(5.0, ge=0.0, description="Seconds between alias checks; 0 disables watching.")
+    admin_token: str | None = Field(None, description="Bearer token for /admin endpoints; no default (admin off).")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    sparse_history_threshold: int = Field(
+        5, ge=0, description="Users with fewer interactions get content/hybrid scores (sparse_history)."
+    )
+    request_log_queue: int = Field(10_000, ge=1, description="Bound of the background request-log queue.")
+
+
 class Settings(BaseSettings):
     """Effective settings of a Tastebud installation."""
 
@@ -40,6 +82,9 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Default random seed for splits and training.")
     log_level: str = Field("WARNING", description="Logging level of the command line and the server.")
     data: DataSettings = Field(default_factory=DataSettings, description="Dataset fetching.")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Tracking and registry.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Event store and request log.")
+    serving: ServingSettings = Field(default_factory=ServingSettings, description="The HTTP API.")
 
     @classmethod
     def settings_customise_sources(
@@ -62,6 +107,21 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Downloads kept for re-use (archives, wheels)."""
         return self.home / "cache"
+
+    @property
+    def bundles_dir(self) -> Path:
+        """Model bundles written by training (before and after registration)."""
+        return self.home / "bundles"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The embedded MLflow store: ``mlflow.db`` and ``artifacts/``."""
+        return self.home / "mlflow"
+
+    @property
+    def store_url(self) -> str:
+        """SQLAlchemy URL of the event store and request log."""
+        return self.store.url or f"sqlite:///{(self.home / 'tastebud.db').resolve()}"
 
     @property
     def runs_dir(self) -> Path:

@@ -1,0 +1,3 @@
+"""`tastebud models` commands."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`tastebud serve` commands."""
+
+from __future__ import annotations
