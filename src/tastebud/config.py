@@ -71,6 +71,21 @@ class ServingSettings(BaseModel):
     request_log_queue: int = Field(10_000, ge=1, description="Bound of the background request-log queue.")
 
 
+class StreamSettings(BaseModel):
+    """Event streaming: Kafka topics and the consumer."""
+
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers (host:port,...); None uses the embedded HTTP event path only."
+    )
+    ratings_topic: str = Field("tastebud.ratings", description="Topic of rating events.")
+    interactions_topic: str = Field("tastebud.interactions", description="Topic of interaction events.")
+    served_topic: str = Field("tastebud.recommendations-served", description="Topic of served recommendations.")
+    dead_letter_topic: str = Field("tastebud.dead-letter", description="Topic of messages that failed validation.")
+    group_id: str = Field("tastebud-consumer", description="Consumer group id.")
+    batch_size: int = Field(500, ge=1, description="Messages per consumer batch (one store transaction).")
+    consume_in_server: bool = Field(False, description="Run the Kafka consumer inside the serving process.")
+
+
 class Settings(BaseSettings):
     """Effective settings of a Tastebud installation."""
 
@@ -85,6 +100,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Tracking and registry.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Event store and request log.")
     serving: ServingSettings = Field(default_factory=ServingSettings, description="The HTTP API.")
+    stream: StreamSettings = Field(default_factory=StreamSettings, description="Event streaming.")
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,3 @@
+"""`tastebud stream` commands."""
+
+from __future__ import annotations
