@@ -27,9 +27,7 @@ def time_call(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(
-    fns: Mapping[str, Callable[[], Any]], repeats: int, *, warmup: bool = True
-) -> dict[str, list[float]]:
+def alternate(fns: Mapping[str, Callable[[], Any]], repeats: int, *, warmup: bool = True) -> dict[str, list[float]]:
     """Time each of ``fns`` ``repeats`` times, in turns (a, b, a, b ...), after one untimed warm-up each.
 
     Alternating spreads slow phases of a shared machine over every contender instead of one of them.
@@ -73,10 +71,12 @@ def wait_for_quiet(threshold: float = 1.5, max_wait: float = 600.0, step: float 
 
 
 def run_child(argv: Sequence[str]) -> tuple[str, float]:
-    """Run a child process to completion; its stdout and its own peak resident memory in MiB.
+    """Run a child process to completion; its stdout and the ``ru_maxrss`` of ``os.wait4`` in MiB.
 
-    The peak comes from ``os.wait4``'s rusage, which covers that child alone (not earlier children).
-    Output goes through temporary files, so the child never blocks on a full pipe while we wait.
+    On Linux that ``ru_maxrss`` is at least the parent's resident size when it forked (the kernel carries
+    the pre-``exec`` high-water mark over), so a big parent inflates it: children that measure memory
+    should report :func:`peak_rss_mib` of their own instead. Output goes through temporary files, so the
+    child never blocks on a full pipe while we wait.
 
     Raises:
         RuntimeError: the child exited non-zero (the end of its stderr is included).
@@ -92,6 +92,14 @@ def run_child(argv: Sequence[str]) -> tuple[str, float]:
         raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{stderr[-4000:]}")
     # ru_maxrss is in KiB on Linux
     return stdout, usage.ru_maxrss / 1024
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process since its ``exec``, in MiB (``VmHWM`` of ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
