@@ -92,5 +92,26 @@ class BundleError(TastebudError):
     code = "bad_bundle"
 
 
+class StoreError(TastebudError):
+    """The event store or request log cannot be reached or refused a write; names the URL, never its password."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
 class DataWarning(UserWarning):
     """Input was converted or repaired silently enough that the user should know."""
+
+
+class RegistryError(TastebudError):
+    """A registered model, version or alias does not exist, or the registry refused an operation."""
+
+    status_code = 404
+    code = "registry_error"
+
+
+class StreamError(TastebudError):
+    """The event stream (Kafka broker or topic) cannot be reached or refuses a request."""
+
+    status_code = 503
+    code = "stream_unavailable"

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from tastebud.cli._app import app, console, print_split, print_summary, settings_of
+from tastebud.config import Settings
 
 
 # ---------------------------------------------------------------------------------------------------- demo
@@ -17,6 +18,9 @@ def demo(
         str, typer.Option("--models", "-m", help="Models to train and compare.")
     ] = "popular,itemknn,als,ease",
     k: Annotated[int, typer.Option(help="List length K.", min=1)] = 10,
+    champion: Annotated[
+        str, typer.Option(help="Model to train, register and promote as champion ('' skips this step).")
+    ] = "ease",
 ) -> None:
     """The main job: fetch MovieLens-100K, prepare, split, describe, then train and compare models."""
     from tastebud.data.describe import describe_dataset
@@ -44,3 +48,26 @@ def demo(
     comparison = run_evaluation(ds, names, split="random", k=k, seed=settings.seed, out_dir=out_dir)
     comparison.print_table(console)
     console.print(f"report: {out_dir / 'comparison.md'}  plot: {out_dir / 'comparison.png'}")
+    if champion:
+        _register_champion(settings, champion, k)
+
+
+def _register_champion(settings: Settings, model: str, k: int) -> None:
+    """Train ``model`` on ML-100K, track and register it, promote it through the gate, print the registry."""
+    from tastebud.cli.models import print_versions
+    from tastebud.pipeline.promote import promote
+    from tastebud.pipeline.train import train
+    from tastebud.registry.aliases import ModelRegistry
+
+    console.rule(f"[bold]5. train, track and register the champion ({model})")
+    registry = ModelRegistry(settings)
+    result = train("ml-100k", model, settings=settings, k=k, registry=registry)
+    assert result.version is not None
+    console.print(
+        f"{result.version.name} version {result.version.version}: ndcg@{k} "
+        f"{result.metrics.get(f'ndcg_at_{k}') or float('nan'):.4f} on validation; run {result.run_id}"
+    )
+    console.rule("[bold]6. promote through the gate")
+    outcome = promote(registry, result.version.name, result.version.version, settings=settings, actor="demo")
+    console.print(f"{outcome.decision.action}: {outcome.decision.reason}")
+    print_versions(registry.list_versions(result.version.name), f"Registry: {result.version.name}")

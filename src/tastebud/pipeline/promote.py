@@ -1,0 +1,171 @@
+"""Promotion with a gate, and rollback; every decision goes to the decision log and onto the version's tags.
+
+Serving learns about a new champion through the registry alias (it watches it), never through an import.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tastebud.config import Settings
+from tastebud.errors import RegistryError
+from tastebud.registry.aliases import CHAMPION, ModelRegistry, ModelVersion
+from tastebud.registry.bundle import load_bundle, utc_now
+from tastebud.registry.decisions import Decision, append_decision, champion_history, default_actor, read_decisions
+from tastebud.registry.gates import GateResult, check_gate
+
+logger = logging.getLogger(__name__)
+
+#: Version tag mirroring the latest decision about that version.
+DECISION_TAG = "tastebud.decision"
+
+
+@dataclass
+class PromotionResult:
+    """Outcome of a promotion request."""
+
+    decision: Decision
+    gate: GateResult
+
+    @property
+    def promoted(self) -> bool:
+        """Whether ``champion`` now points at the candidate."""
+        return self.decision.action in ("promoted", "forced")
+
+
+def _eval_key(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    ev = manifest.get("extra", {}).get("evaluation", {})
+    return ev.get("eval_snapshot_id"), ev.get("k")
+
+
+def _primary(manifest: dict[str, Any]) -> str:
+    return f"ndcg_at_{manifest.get('extra', {}).get('evaluation', {}).get('k', 10)}"
+
+
+def compare_versions(
+    registry: ModelRegistry, candidate: ModelVersion, champion: ModelVersion | None, settings: Settings
+) -> GateResult:
+    """Run the gate, re-evaluating both on the candidate's validation split when their snapshots differ."""
+    cand_manifest = registry.manifest(candidate)
+    primary = _primary(cand_manifest)
+    if champion is None:
+        return check_gate(cand_manifest["metrics"], None, settings.registry, primary=primary)
+    champ_manifest = registry.manifest(champion)
+    if _eval_key(cand_manifest) == _eval_key(champ_manifest) and _eval_key(cand_manifest)[0] is not None:
+        return check_gate(cand_manifest["metrics"], champ_manifest["metrics"], settings.registry, primary=primary)
+    from tastebud.evaluation.protocol import evaluate
+    from tastebud.pipeline.train import rebuild_split, report_metrics
+
+    logger.info("validation snapshots differ: re-evaluating both", extra={"model": candidate.name})
+    split = rebuild_split(cand_manifest, settings)
+    k = int(_eval_key(cand_manifest)[1] or 10)
+    seed = int(cand_manifest["data"]["split"].get("seed", 0))
+    metrics = []
+    for mv in (candidate, champion):
+        bundle = load_bundle(registry.bundle_path(mv))
+        metrics.append(report_metrics(evaluate(bundle.model, split, part="validation", k=k, seed=seed)))
+    result = check_gate(metrics[0], metrics[1], settings.registry, primary=primary)
+    result.reevaluated = True
+    return result
+
+
+def _record(registry: ModelRegistry, settings: Settings, decision: Decision) -> None:
+    append_decision(settings, decision)
+    try:
+        registry.set_tag(decision.model_name, decision.version, DECISION_TAG, decision.to_json()[:5000])
+    except Exception as err:  # the log is the record; a failed tag copy must not undo the decision
+        logger.warning("could not tag the version with the decision", extra={"error": str(err)})
+
+
+def promote(
+    registry: ModelRegistry,
+    name: str,
+    version: int,
+    *,
+    settings: Settings,
+    force: bool = False,
+    actor: str | None = None,
+) -> PromotionResult:
+    """Point ``champion`` at ``version`` if it passes the gate (or ``force``); log the decision either way.
+
+    Raises:
+        RegistryError: the version does not exist or is already the champion.
+    """
+    candidate = registry.get(name, version)
+    current = registry.get_alias(name, CHAMPION)
+    if current == candidate.version:
+        raise RegistryError(f"{name} version {version} is already the champion")
+    champion = registry.get(name, current) if current is not None else None
+    gate = compare_versions(registry, candidate, champion, settings)
+    if gate.passed:
+        action, reason = "promoted", gate.summary
+    elif force:
+        action, reason = "forced", f"forced past the gate: {gate.summary}"
+    else:
+        action, reason = "refused", gate.summary
+    if action != "refused":
+        registry.set_alias(name, CHAMPION, candidate.version)
+    decision = Decision(
+        time=utc_now(),
+        model_name=name,
+        action=action,
+        version=candidate.version,
+        previous=current,
+        actor=actor or default_actor(),
+        reason=reason,
+        numbers=gate.numbers(),
+    )
+    _record(registry, settings, decision)
+    logger.info("promotion decision", extra={"model": name, "version": version, "action": action})
+    return PromotionResult(decision, gate)
+
+
+def rollback(registry: ModelRegistry, name: str, *, settings: Settings, actor: str | None = None) -> Decision:
+    """Return ``champion`` to the previous champion (from the decision log) and log it.
+
+    Raises:
+        RegistryError: there is no champion, or no earlier champion to return to.
+    """
+    current = registry.get_alias(name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{name} has no champion to roll back")
+    history = champion_history(read_decisions(settings, name))
+    if history and history[-1] == current:
+        history = history[:-1]
+    previous = next((v for v in reversed(history) if v != current), None)
+    if previous is None:
+        raise RegistryError(f"{name}: no previous champion to roll back to (current is version {current})")
+    registry.set_alias(name, CHAMPION, previous)
+    decision = Decision(
+        time=utc_now(),
+        model_name=name,
+        action="rolled_back",
+        version=previous,
+        previous=current,
+        actor=actor or default_actor(),
+        reason=f"champion returned from version {current} to version {previous}",
+        numbers={"from": current, "to": previous},
+    )
+    _record(registry, settings, decision)
+    return decision
+
+
+def decision_rows(decisions: list[Decision]) -> list[dict[str, str]]:
+    """Decisions as table rows (strings)."""
+    return [
+        {
+            "time": d.time,
+            "model": d.model_name,
+            "action": d.action,
+            "version": str(d.version),
+            "previous": "" if d.previous is None else str(d.previous),
+            "actor": d.actor,
+            "reason": d.reason,
+        }
+        for d in decisions
+    ]
+
+
+__all__ = ["DECISION_TAG", "PromotionResult", "compare_versions", "decision_rows", "promote", "rollback"]

@@ -1,0 +1,370 @@
+"""Model bundles: a directory with a manifest, the model's arrays, fallback models and item metadata.
+
+A bundle is everything serving needs to answer requests, written as plain ``.npy`` arrays and JSON (never
+pickle). ``manifest.json`` is the one source of truth for provenance (model parameters, data snapshot, git SHA,
+metrics) and lists the sha256 of every other file, so a truncated, altered, missing or unexpected file is
+refused on load with an error naming it.
+
+Layout::
+
+    manifest.json
+    model/                 the main model (Recommender.save)
+    fallback/popular/      always
+    fallback/content/      when the training data has item metadata
+    items.json             item metadata aligned with the model's item ids
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tastebud.data.dataset import Dataset
+from tastebud.data.io import atomic_dir
+from tastebud.errors import BundleError
+from tastebud.models import MODELS, model_class
+from tastebud.models.base import Recommender, load_array, read_json
+
+#: Version of the bundle layout and manifest; a loader refuses any other.
+BUNDLE_SCHEMA_VERSION: int = 1
+MANIFEST = "manifest.json"
+ITEMS_FILE = "items.json"
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle.
+
+    Attributes:
+        path: the bundle directory.
+        manifest: the parsed ``manifest.json``.
+        model: the main model, loaded.
+        fallback: fallback models by name (``popular`` always; ``content`` when the data has item metadata).
+        item_meta: item metadata aligned with ``model.items_`` (``item_id, title, year, genres, tags``).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    model: Recommender
+    fallback: dict[str, Recommender]
+    item_meta: pl.DataFrame
+
+    @property
+    def name(self) -> str:
+        """Model family (``als``, ``ease`` ...)."""
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def snapshot_id(self) -> str:
+        """Snapshot id of the training data."""
+        return str(self.manifest["data"]["snapshot_id"])
+
+    @property
+    def git_sha(self) -> str:
+        """Git commit of the code that trained the model (``unknown`` outside a checkout)."""
+        return str(self.manifest.get("git_sha", "unknown"))
+
+    @property
+    def created_at(self) -> str:
+        """UTC ISO time the bundle was written."""
+        return str(self.manifest["created_at"])
+
+
+# ---------------------------------------------------------------------------------------------------- provenance
+def git_sha(path: Path | None = None) -> str:
+    """The git commit of the code at ``path`` (default: this package's source), or ``unknown``; never raises."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) >= 7 else "unknown"
+
+
+def package_version() -> str:
+    """Installed version of the ``tastebud`` package."""
+    from tastebud import __version__
+
+    return __version__
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with seconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def write_bundle(
+    model: Recommender,
+    directory: Path,
+    *,
+    train: Dataset,
+    metrics: dict[str, float],
+    fallback: dict[str, Recommender] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fitted model, its fallbacks and item metadata as a bundle directory, atomically.
+
+    Args:
+        model: the fitted main model.
+        directory: where the bundle goes (replaced if it exists; built in a temporary sibling and renamed).
+        train: the data the model was fitted on (snapshot id, sizes, split provenance, item metadata).
+        metrics: validation metrics (name -> value) to record in the manifest.
+        fallback: fitted fallback models by name; ``popular`` is required by serving.
+        extra: more JSON-able provenance (how to rebuild the data, split parameters, timings).
+
+    Returns:
+        The bundle directory.
+
+    Raises:
+        BundleError: a model is not fitted, has empty arrays or non-finite values, or metrics are not numbers.
+    """
+    fallback = dict(fallback or {})
+    _check_fitted(model, "model")
+    for name, fb in fallback.items():
+        _check_fitted(fb, f"fallback {name!r}")
+    clean_metrics = _check_metrics(metrics)
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        model.save(tmp / "model")
+        _check_arrays(tmp / "model", f"model {model.name!r}")
+        for name, fb in fallback.items():
+            fb.save(tmp / "fallback" / name)
+            _check_arrays(tmp / "fallback" / name, f"fallback {name!r}")
+        _write_items(tmp / ITEMS_FILE, model, train)
+        files = {_rel(p, tmp): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {
+            "schema_version": BUNDLE_SCHEMA_VERSION,
+            "model": {"name": model.name, "class": MODELS[model.name], "params": model.params()},
+            "created_at": utc_now(),
+            "package_version": package_version(),
+            "git_sha": git_sha(),
+            "data": {
+                "name": train.name,
+                "snapshot_id": train.snapshot_id,
+                "n_users": train.n_users,
+                "n_items": train.n_items,
+                "n_interactions": train.n_interactions,
+                # The full split parameters (method, fractions, seed) when the caller has them, else the part's tag.
+                "split": _json_safe((extra or {}).get("split", train.meta.get("split", {}))),
+            },
+            "metrics": clean_metrics,
+            "fallback": sorted(fallback),
+            "files": files,
+            "extra": _json_safe({k: v for k, v in (extra or {}).items() if k != "split"}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return directory
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _check_fitted(model: Recommender, what: str) -> None:
+    if not model.is_fitted:
+        raise BundleError(f"refusing to bundle {what} ({model.name}): it is not fitted")
+    assert model.users_ is not None and model.items_ is not None
+    if len(model.items_) == 0 or len(model.users_) == 0:
+        raise BundleError(
+            f"refusing to bundle {what} ({model.name}): empty vocabulary "
+            f"({len(model.users_)} users, {len(model.items_)} items)"
+        )
+
+
+def _check_arrays(directory: Path, what: str) -> None:
+    """Refuse empty models: no arrays, an empty or all-zero parameter matrix, or any NaN/inf value.
+
+    Parameter matrices (float arrays of two or more dimensions: factors, weights) can never legitimately be
+    empty or all zero after ``fit``; 1-D arrays (biases, the seen matrix's data) may be.
+    """
+    arrays = sorted(directory.rglob("*.npy"))
+    total = 0
+    for path in arrays:
+        arr = load_array(path)
+        total += arr.size
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise BundleError(f"refusing to bundle {what}: {path.name} holds {bad} NaN/inf values")
+        if arr.ndim >= 2 and arr.size == 0:
+            raise BundleError(f"refusing to bundle {what}: {path.name} is empty (shape {arr.shape})")
+        if arr.ndim >= 2 and not np.any(arr):
+            raise BundleError(f"refusing to bundle {what}: {path.name} is all zeros (an empty model)")
+    if not arrays or total == 0:
+        raise BundleError(f"refusing to bundle {what}: it saved no non-empty arrays")
+
+
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if value is None:
+            out[str(key)] = None
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as err:
+            raise BundleError(f"metric {key!r} is not a number: {value!r}") from err
+        out[str(key)] = number if np.isfinite(number) else None
+    return out
+
+
+def _write_items(path: Path, model: Recommender, train: Dataset) -> None:
+    assert model.items_ is not None
+    meta = train.item_meta
+    ids = model.items_.to_list()
+    if meta.height == len(ids) and meta["item_id"].to_list() == ids:
+        aligned = meta
+    else:
+        aligned = pl.DataFrame({"item_id": ids}).join(meta, on="item_id", how="left", maintain_order="left")
+    path.write_text(json.dumps(aligned.to_dicts(), ensure_ascii=False), encoding="utf-8")
+
+
+def _json_safe(obj: Any) -> Any:
+    """Round-trip through JSON so that only plain values (str/number/bool/list/dict/None) remain."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Parse ``manifest.json`` and check its schema version (no checksums).
+
+    Raises:
+        BundleError: the directory or manifest is missing, not JSON, or of another schema version.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: bundle directory not found")
+    manifest = read_json(directory / MANIFEST)
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{directory / MANIFEST}: expected a JSON object")
+    version = manifest.get("schema_version")
+    if version != BUNDLE_SCHEMA_VERSION:
+        raise BundleError(
+            f"{directory / MANIFEST}: schema_version {version!r} is not supported (expected {BUNDLE_SCHEMA_VERSION})"
+        )
+    for key in ("model", "data", "files", "metrics", "created_at"):
+        if key not in manifest:
+            raise BundleError(f"{directory / MANIFEST}: missing field {key!r}")
+    return manifest
+
+
+def verify_bundle(directory: Path) -> dict[str, Any]:
+    """Check the manifest and the sha256 of every file; returns the manifest.
+
+    Raises:
+        BundleError: naming the first file that is missing, unexpected, truncated or altered.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    listed: dict[str, str] = manifest["files"]
+    present = {_rel(p, directory) for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise BundleError(f"{directory / missing[0]}: file listed in the manifest is missing")
+    unexpected = sorted(present - set(listed))
+    if unexpected:
+        raise BundleError(f"{directory / unexpected[0]}: unexpected file, not listed in the manifest")
+    for rel, expected in sorted(listed.items()):
+        actual = sha256_file(directory / rel)
+        if actual != expected:
+            raise BundleError(
+                f"{directory / rel}: sha256 mismatch (file truncated or altered; "
+                f"expected {expected[:12]}..., got {actual[:12]}...)"
+            )
+    return manifest
+
+
+def _load_model(name: str, directory: Path, where: Path) -> Recommender:
+    # Only classes from the MODELS table can be loaded, so a manifest cannot make us import arbitrary code.
+    if name not in MODELS:
+        raise BundleError(f"{where}: unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    try:
+        return model_class(name).load(directory)
+    except BundleError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{directory}: cannot load {name} model ({err})") from err
+
+
+def load_bundle(directory: Path, *, verify: bool = True) -> Bundle:
+    """Load a bundle (after verifying every checksum unless ``verify`` is false).
+
+    Raises:
+        BundleError: the bundle is missing, corrupt or of another schema version; the message names the file.
+    """
+    directory = Path(directory)
+    manifest = verify_bundle(directory) if verify else read_manifest(directory)
+    model_info = manifest["model"]
+    if model_info.get("class") != MODELS.get(model_info.get("name")):
+        raise BundleError(
+            f"{directory / MANIFEST}: model class {model_info.get('class')!r} does not match "
+            f"model {model_info.get('name')!r}"
+        )
+    model = _load_model(model_info["name"], directory / "model", directory / MANIFEST)
+    fallback = {
+        name: _load_model(name, directory / "fallback" / name, directory / MANIFEST)
+        for name in manifest.get("fallback", [])
+    }
+    item_meta = _read_items(directory / ITEMS_FILE)
+    return Bundle(path=directory, manifest=manifest, model=model, fallback=fallback, item_meta=item_meta)
+
+
+def _read_items(path: Path) -> pl.DataFrame:
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise BundleError(f"{path}: expected a JSON list of items")
+    schema = {
+        "item_id": pl.String,
+        "title": pl.String,
+        "year": pl.Int32,
+        "genres": pl.List(pl.String),
+        "tags": pl.List(pl.String),
+    }
+    try:
+        frame = pl.DataFrame(rows, schema_overrides=schema, infer_schema_length=None) if rows else None
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as err:
+        raise BundleError(f"{path}: malformed item metadata ({err})") from err
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    return frame
+
+
+def bundle_size(directory: Path) -> int:
+    """Total bytes of the files of a bundle."""
+    return sum(os.path.getsize(p) for p in Path(directory).rglob("*") if p.is_file())
+
+
+__all__ = [
+    "BUNDLE_SCHEMA_VERSION",
+    "Bundle",
+    "git_sha",
+    "load_bundle",
+    "package_version",
+    "read_manifest",
+    "verify_bundle",
+    "write_bundle",
+]

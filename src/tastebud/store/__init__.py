@@ -1,0 +1,26 @@
+"""The event store and request log: the only package that speaks SQL.
+
+SQLite (WAL mode) in the home directory by default, PostgreSQL when ``settings.store.url`` names one::
+
+    store = create_store(settings)
+    store.init_schema()
+    writer = RequestLogWriter(store, maxsize=settings.serving.request_log_queue)
+    writer.start()
+    writer.submit({"request_id": "...", "timestamp": datetime.now(UTC), "endpoint": "recommend", ...})
+    writer.close()
+"""
+
+from tastebud.store.schema import dead_letters, events, metadata, request_logs
+from tastebud.store.sql import SUPPORTED_BACKENDS, Store, create_store
+from tastebud.store.writer import RequestLogWriter
+
+__all__ = [
+    "SUPPORTED_BACKENDS",
+    "RequestLogWriter",
+    "Store",
+    "create_store",
+    "dead_letters",
+    "events",
+    "metadata",
+    "request_logs",
+]

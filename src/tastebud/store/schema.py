@@ -1,0 +1,309 @@
+"""The store's tables, as SQLAlchemy Core: the request log, interaction events and dead letters.
+
+One :data:`metadata` serves SQLite and PostgreSQL alike: JSON columns use SQLAlchemy's portable ``JSON`` type and
+every timestamp goes through :class:`UTCDateTime`, so a timezone-aware datetime goes in and a UTC-aware one comes
+out on both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+from tastebud.errors import DataValidationError
+
+#: Table definitions of the store; :meth:`Store.init_schema` creates whatever is missing.
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a 64-bit identity.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC: timezone-aware in, timezone-aware (UTC) out.
+
+    PostgreSQL keeps it as ``timestamptz``. SQLite has no timestamp type, so the value is stored as naive UTC text,
+    which still sorts and compares correctly, and UTC is attached again when it is read.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC (naive UTC for SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            # The store validates records first; this guards direct use of the tables.
+            raise ValueError(f"naive datetime {value.isoformat()} given; timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return the stored instant as an aware UTC datetime."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _json() -> sa.JSON:
+    # none_as_null: a Python None is SQL NULL, not the JSON literal 'null'.
+    return sa.JSON(none_as_null=True)
+
+
+#: One row per served request (``/recommend``, ``/similar``), written by the background request-log writer.
+request_logs = sa.Table(
+    "request_logs",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(255), nullable=True),
+    sa.Column("item_id", sa.String(255), nullable=True),
+    sa.Column("model_name", sa.String(255), nullable=True),
+    sa.Column("model_version", sa.Integer(), nullable=True),
+    sa.Column("alias", sa.String(64), nullable=True),
+    sa.Column("item_ids", _json(), nullable=False),
+    sa.Column("scores", _json(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=False),
+    sa.Column("is_fallback", sa.Boolean(), nullable=False),
+    sa.Column("fallback_reason", sa.String(64), nullable=True),
+    sa.Column("variant", sa.String(64), nullable=True),
+    sa.Column("provenance", _json(), nullable=False),
+    sa.Index("ix_request_logs_timestamp", "timestamp"),
+    sa.Index("ix_request_logs_user_id", "user_id"),
+)
+
+#: Interaction events (rating, view, play, click); ``event_id`` is unique so a redelivery is a no-op.
+events = sa.Table(
+    "events",
+    metadata,
+    # A surrogate sequence gives readers a stable arrival order to page through.
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("item_id", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("rating", sa.Float(), nullable=True),
+    sa.Column("value", sa.Float(), nullable=True),
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("event_id", name="uq_events_event_id"),
+    sa.Index("ix_events_user_id_timestamp", "user_id", "timestamp"),
+    sa.Index("ix_events_timestamp", "timestamp"),
+)
+
+#: Messages that could not be decoded or validated, kept with the reason for inspection and replay.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_dead_letters_received_at", "received_at"),
+)
+
+#: Column names of each table, in declaration order (what a read returns as dict keys).
+REQUEST_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in request_logs.columns)
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
+DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(c.name for c in dead_letters.columns)
+
+
+def row_dict(row: sa.Row[Any]) -> dict[str, Any]:
+    """A result row as a plain dict keyed by column name."""
+    return dict(row._mapping)
+
+
+# --- records -> rows ---------------------------------------------------------------------------------------------
+
+_REQUEST_REQUIRED = ("request_id", "timestamp", "endpoint", "latency_ms", "status_code")
+_REQUEST_DEFAULTS: dict[str, Any] = {
+    "user_id": None,
+    "item_id": None,
+    "model_name": None,
+    "model_version": None,
+    "alias": None,
+    "item_ids": (),
+    "scores": (),
+    "is_fallback": False,
+    "fallback_reason": None,
+    "variant": None,
+    "provenance": None,
+}
+_EVENT_REQUIRED = ("event_id", "user_id", "item_id", "kind", "timestamp")
+_EVENT_DEFAULTS: dict[str, Any] = {"rating": None, "value": None, "source": None, "received_at": None}
+_DEAD_LETTER_REQUIRED = ("source", "reason", "payload")
+
+
+def request_log_row(record: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """Validate one request-log record and convert it to a row of :data:`request_logs`.
+
+    ``timestamp`` may be an aware datetime, an ISO-8601 string with an offset or epoch seconds. ``item_ids`` and
+    ``scores`` may be any sequence or numpy array; a non-finite score is stored as JSON ``null`` (JSON has no NaN).
+
+    Raises:
+        DataValidationError: naming the record's position and field when a field is missing, unknown or invalid.
+    """
+    where = f"request log record {index} ({_ident(record, 'request_id')})"
+    row = _fill(record, _REQUEST_REQUIRED, _REQUEST_DEFAULTS, where)
+    row["request_id"] = _text(row["request_id"], where, "request_id")
+    row["endpoint"] = _text(row["endpoint"], where, "endpoint")
+    for key in ("user_id", "item_id", "model_name", "alias", "fallback_reason", "variant"):
+        row[key] = _text(row[key], where, key, nullable=True)
+    row["timestamp"] = to_utc(row["timestamp"], where=f"{where}, field 'timestamp'")
+    row["model_version"] = _integer(row["model_version"], where, "model_version", nullable=True)
+    row["status_code"] = _integer(row["status_code"], where, "status_code")
+    row["latency_ms"] = _number(row["latency_ms"], where, "latency_ms")
+    row["is_fallback"] = bool(row["is_fallback"])
+    row["item_ids"] = [str(i) for i in _as_list(row["item_ids"], where, "item_ids")]
+    scores = np.asarray(_as_list(row["scores"], where, "scores"), dtype=np.float64)
+    values: list[float | None] = scores.tolist()
+    if not np.isfinite(scores).all():
+        values = [v if finite else None for v, finite in zip(values, np.isfinite(scores).tolist(), strict=True)]
+    row["scores"] = values
+    provenance = row["provenance"]
+    if provenance is None:
+        provenance = {}
+    if not isinstance(provenance, Mapping):
+        raise DataValidationError(
+            f"{where}, field 'provenance': expected a JSON object, got {type(provenance).__name__}"
+        )
+    row["provenance"] = dict(provenance)
+    return row
+
+
+def event_row(record: Mapping[str, Any], index: int = 0, *, received_at: datetime | None = None) -> dict[str, Any]:
+    """Validate one interaction event and convert it to a row of :data:`events`.
+
+    Ids are stored as strings; ``received_at`` defaults to ``received_at`` (the batch's arrival time).
+
+    Raises:
+        DataValidationError: naming the event's position and field.
+    """
+    where = f"event {index} ({_ident(record, 'event_id')})"
+    row = _fill(record, _EVENT_REQUIRED, _EVENT_DEFAULTS, where)
+    for key in ("event_id", "user_id", "item_id", "kind"):
+        row[key] = _text(row[key], where, key)
+    row["source"] = _text(row["source"], where, "source", nullable=True)
+    row["rating"] = _number(row["rating"], where, "rating", nullable=True)
+    row["value"] = _number(row["value"], where, "value", nullable=True)
+    row["timestamp"] = to_utc(row["timestamp"], where=f"{where}, field 'timestamp'")
+    arrived = row["received_at"] if row["received_at"] is not None else received_at or datetime.now(UTC)
+    row["received_at"] = to_utc(arrived, where=f"{where}, field 'received_at'")
+    return row
+
+
+def dead_letter_row(
+    record: Mapping[str, Any], index: int = 0, *, received_at: datetime | None = None
+) -> dict[str, Any]:
+    """Validate one dead letter (``source``, ``reason``, ``payload`` bytes, optional ``received_at``).
+
+    Raises:
+        DataValidationError: naming the record's position and field.
+    """
+    where = f"dead letter {index}"
+    row = _fill(record, _DEAD_LETTER_REQUIRED, {"received_at": None}, where)
+    row["source"] = _text(row["source"], where, "source")
+    row["reason"] = _text(row["reason"], where, "reason")
+    payload = row["payload"]
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise DataValidationError(f"{where}, field 'payload': expected bytes, got {type(payload).__name__}")
+    row["payload"] = bytes(payload)
+    arrived = row["received_at"] if row["received_at"] is not None else received_at or datetime.now(UTC)
+    row["received_at"] = to_utc(arrived, where=f"{where}, field 'received_at'")
+    return row
+
+
+def to_utc(value: Any, *, where: str = "timestamp") -> datetime:
+    """An aware UTC datetime from an aware datetime, an ISO-8601 string with offset, or epoch seconds.
+
+    Raises:
+        DataValidationError: for a naive datetime (its zone is unknowable), a string without an offset or
+            another type; the message starts with ``where``.
+    """
+    if isinstance(value, bool):
+        raise DataValidationError(f"{where}: expected a timezone-aware datetime, got bool")
+    if isinstance(value, int | float | np.integer | np.floating):
+        if not np.isfinite(value):
+            raise DataValidationError(f"{where}: epoch seconds must be finite, got {value}")
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as err:
+            raise DataValidationError(f"{where}: {value!r} is not an ISO-8601 timestamp") from err
+    if not isinstance(value, datetime):
+        raise DataValidationError(f"{where}: expected a timezone-aware datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise DataValidationError(
+            f"{where}: {value.isoformat()} has no timezone; pass an aware datetime (e.g. datetime.now(UTC))"
+        )
+    return value.astimezone(UTC)
+
+
+def _ident(record: Any, key: str) -> str:
+    return repr(record.get(key)) if isinstance(record, Mapping) else "?"
+
+
+def _fill(record: Mapping[str, Any], required: tuple[str, ...], defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(record, Mapping):
+        raise DataValidationError(f"{where}: expected a mapping of fields, got {type(record).__name__}")
+    missing = [key for key in required if record.get(key) is None]
+    if missing:
+        raise DataValidationError(f"{where}: missing required field(s) {', '.join(missing)}")
+    unknown = sorted(set(record) - set(required) - set(defaults))
+    if unknown:
+        expected = ", ".join((*required, *defaults))
+        raise DataValidationError(f"{where}: unknown field(s) {', '.join(unknown)}; expected {expected}")
+    return {**defaults, **record}
+
+
+def _text(value: Any, where: str, key: str, *, nullable: bool = False) -> str | None:
+    if value is None:
+        if nullable:
+            return None
+        raise DataValidationError(f"{where}, field '{key}': must not be empty")
+    if isinstance(value, str | int | np.integer) and not isinstance(value, bool):
+        return str(value)
+    raise DataValidationError(f"{where}, field '{key}': expected a string, got {type(value).__name__}")
+
+
+def _integer(value: Any, where: str, key: str, *, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise DataValidationError(f"{where}, field '{key}': expected an integer, got {value!r}")
+
+
+def _number(value: Any, where: str, key: str, *, nullable: bool = False) -> float | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        number = float(value)
+        if np.isfinite(number):
+            return number
+    raise DataValidationError(f"{where}, field '{key}': expected a finite number, got {value!r}")
+
+
+def _as_list(value: Any, where: str, key: str) -> list[Any]:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise DataValidationError(f"{where}, field '{key}': expected a list, got {type(value).__name__}")
+    return list(value)

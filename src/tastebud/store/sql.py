@@ -1,0 +1,395 @@
+"""The :class:`Store`: request log, events and dead letters over SQLAlchemy (SQLite in WAL mode, or PostgreSQL).
+
+Every write is one transaction and idempotent on its natural key (``request_id``, ``event_id``) through
+``INSERT .. ON CONFLICT DO NOTHING``, which both dialects speak. Failures surface as :class:`StoreError` naming the
+URL with its password hidden; invalid records as :class:`DataValidationError` naming the record and field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from tastebud.config import Settings, get_settings
+from tastebud.errors import DataValidationError, StoreError
+from tastebud.store.schema import (
+    dead_letter_row,
+    dead_letters,
+    event_row,
+    events,
+    metadata,
+    request_log_row,
+    request_logs,
+    row_dict,
+    to_utc,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Backends the store supports (``ON CONFLICT DO NOTHING`` is dialect-specific).
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+def create_store(
+    settings: Settings | None = None,
+    *,
+    url: str | None = None,
+    busy_timeout_s: float = 5.0,
+    connect_timeout_s: float = 5.0,
+) -> Store:
+    """Open the store at ``url``, else at ``settings.store_url`` (SQLite in the home unless ``store.url`` is set).
+
+    Nothing is connected yet; call :meth:`Store.init_schema` once to create the tables.
+
+    Args:
+        settings: settings to read the URL from; :func:`get_settings` when omitted.
+        url: SQLAlchemy URL overriding the settings, e.g. ``postgresql+psycopg://user:pw@host/db``.
+        busy_timeout_s: how long SQLite waits for a lock held by another writer before failing.
+        connect_timeout_s: how long PostgreSQL connection attempts may take.
+
+    Raises:
+        StoreError: for a malformed URL, an unsupported backend or a missing database driver.
+    """
+    if url is None:
+        url = (settings or get_settings()).store_url
+    return Store(url, busy_timeout_s=busy_timeout_s, connect_timeout_s=connect_timeout_s)
+
+
+class Store:
+    """Request log, events and dead letters in one SQL database; safe to share between threads.
+
+    Attributes:
+        url: the database URL with any password replaced by ``***`` (safe to log).
+        engine: the SQLAlchemy engine.
+        backend: ``"sqlite"`` or ``"postgresql"``.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 5.0, connect_timeout_s: float = 5.0) -> None:
+        """Build the engine for ``url`` without connecting.
+
+        Raises:
+            StoreError: for a malformed URL, an unsupported backend or a missing driver.
+        """
+        parsed = _parse_url(url)
+        self.url: str = parsed.render_as_string(hide_password=True)
+        self._password = parsed.password
+        self.backend: str = parsed.get_backend_name()
+        if self.backend not in SUPPORTED_BACKENDS:
+            raise StoreError(f"store URL {self.url}: unsupported backend {self.backend!r}; use sqlite or postgresql")
+        try:
+            if self.backend == "sqlite":
+                self.engine: Engine = _sqlite_engine(parsed, busy_timeout_s)
+            else:
+                self.engine = _postgres_engine(parsed, connect_timeout_s)
+        except (ImportError, sa.exc.NoSuchModuleError) as err:
+            hint = " (install tastebud[postgres] for psycopg)" if self.backend == "postgresql" else ""
+            raise StoreError(f"store URL {self.url}: database driver not available{hint}: {err}") from err
+        except OSError as err:
+            raise StoreError(f"store URL {self.url}: cannot create the database directory: {err}") from err
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema --------------------------------------------------------------------------------------------------
+
+    def init_schema(self) -> None:
+        """Create every missing table and index; running it again changes nothing.
+
+        Raises:
+            StoreError: when the database cannot be reached or refuses the DDL.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._begin("schema creation") as conn:
+                    metadata.create_all(conn)
+                return
+            except StoreError as err:
+                # Two processes creating the schema at once: the loser sees "already exists"; a second pass
+                # finds every table and creates nothing.
+                raced = isinstance(err.__cause__, sa.exc.IntegrityError | sa.exc.ProgrammingError)
+                if attempt == 2 or not raced:
+                    raise
+
+    def table_names(self) -> list[str]:
+        """Names of the tables present in the database, sorted."""
+        with self._begin("schema inspection") as conn:
+            return sorted(sa.inspect(conn).get_table_names())
+
+    # --- request log ---------------------------------------------------------------------------------------------
+
+    def write_request_logs(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Insert request-log records in one transaction, skipping request ids already stored.
+
+        Args:
+            records: dicts with the ``request_logs`` fields (see :func:`tastebud.store.schema.request_log_row`).
+
+        Returns:
+            How many records were new; a repeated ``request_id`` (stored or earlier in the batch) keeps its first row.
+
+        Raises:
+            DataValidationError: when a record is invalid (nothing is written).
+            StoreError: when the database cannot be reached or refuses the write (nothing is written).
+        """
+        rows = _first_per_key([request_log_row(r, i) for i, r in enumerate(records)], "request_id")
+        return self._insert_new(request_logs, "request_id", rows, "request log write")
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        """The stored request-log record of ``request_id``, or None."""
+        query = sa.select(request_logs).where(request_logs.c.request_id == str(request_id))
+        with self._begin("request log read") as conn:
+            row = conn.execute(query).first()
+        return None if row is None else row_dict(row)
+
+    def query_request_logs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        user_id: str | None = None,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Request-log records with ``since <= timestamp < until``, oldest first (newest first if asked).
+
+        Args:
+            since: inclusive lower bound (timezone-aware).
+            until: exclusive upper bound (timezone-aware).
+            limit: most records returned.
+            user_id: only this user's requests.
+            newest_first: order by descending time, so that ``limit`` keeps the latest records.
+        """
+        query = sa.select(request_logs)
+        query = _time_window(query, request_logs.c.timestamp, since, until)
+        if user_id is not None:
+            query = query.where(request_logs.c.user_id == str(user_id))
+        order = (request_logs.c.timestamp, request_logs.c.request_id)
+        query = query.order_by(*(c.desc() for c in order) if newest_first else order)
+        return self._fetch(_limited(query, limit), "request log read")
+
+    # --- events --------------------------------------------------------------------------------------------------
+
+    def write_events(self, records: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+        """Insert interaction events in one transaction, idempotently on ``event_id``.
+
+        Args:
+            records: dicts with ``event_id``, ``user_id``, ``item_id``, ``kind``, ``timestamp`` and optional
+                ``rating``, ``value``, ``source``, ``received_at`` (default: now, UTC).
+
+        Returns:
+            ``(inserted, duplicates)``: duplicates are events whose id was stored already or repeated in the batch.
+
+        Raises:
+            DataValidationError: when an event is invalid (nothing is written).
+            StoreError: when the database cannot be reached or refuses the write (nothing is written).
+        """
+        now = datetime.now(UTC)
+        rows = [event_row(r, i, received_at=now) for i, r in enumerate(records)]
+        inserted = self._insert_new(events, "event_id", _first_per_key(rows, "event_id"), "event write")
+        return inserted, len(rows) - inserted
+
+    def query_events(
+        self,
+        *,
+        user_id: str | None = None,
+        item_id: str | None = None,
+        kind: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored events matching every given filter, ordered by event time, then arrival (``id``).
+
+        Args:
+            user_id: only this user's events.
+            item_id: only events on this item.
+            kind: only this kind (``rating``, ``view``, ...).
+            since: inclusive lower bound on the event ``timestamp``.
+            until: exclusive upper bound on the event ``timestamp``.
+            after_id: only events stored after the one with this ``id`` (for readers paging through arrivals).
+            limit: most events returned.
+        """
+        query = _time_window(sa.select(events), events.c.timestamp, since, until)
+        for column, value in ((events.c.user_id, user_id), (events.c.item_id, item_id), (events.c.kind, kind)):
+            if value is not None:
+                query = query.where(column == str(value))
+        if after_id is not None:
+            query = query.where(events.c.id > int(after_id))
+        query = query.order_by(events.c.timestamp, events.c.id)
+        return self._fetch(_limited(query, limit), "event read")
+
+    # --- dead letters --------------------------------------------------------------------------------------------
+
+    def write_dead_letters(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Store undecodable or invalid messages (``source``, ``reason``, ``payload`` bytes) in one transaction.
+
+        Returns:
+            How many were stored.
+        """
+        now = datetime.now(UTC)
+        rows = [dead_letter_row(r, i, received_at=now) for i, r in enumerate(records)]
+        if not rows:
+            return 0
+        with self._begin("dead letter write") as conn:
+            conn.execute(sa.insert(dead_letters), rows)
+        return len(rows)
+
+    def query_dead_letters(
+        self, *, source: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored dead letters, oldest first, optionally of one ``source`` and received at or after ``since``."""
+        query = _time_window(sa.select(dead_letters), dead_letters.c.received_at, since, None)
+        if source is not None:
+            query = query.where(dead_letters.c.source == source)
+        query = query.order_by(dead_letters.c.received_at, dead_letters.c.id)
+        return self._fetch(_limited(query, limit), "dead letter read")
+
+    def close(self) -> None:
+        """Close every pooled connection; the store can be used again afterwards (it reconnects)."""
+        self.engine.dispose()
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    def _insert_new(self, table: sa.Table, key: str, rows: list[dict[str, Any]], what: str) -> int:
+        """Insert ``rows`` skipping conflicts on ``key``; the number actually inserted."""
+        if not rows:
+            return 0
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        # RETURNING lists only the rows inserted, which counts them on both dialects (rowcount of an
+        # executemany is not reliable across drivers).
+        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+        with self._begin(what) as conn:
+            return len(conn.execute(stmt, rows).all())
+
+    def _fetch(self, query: sa.Select[Any], what: str) -> list[dict[str, Any]]:
+        with self._begin(what) as conn:
+            return [row_dict(row) for row in conn.execute(query)]
+
+    @contextmanager
+    def _begin(self, what: str) -> Iterator[Connection]:
+        """A connection in a transaction, committed on success; database errors become :class:`StoreError`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError as err:
+            raise self._error(what, err) from err
+        except sa.exc.StatementError as err:
+            # Raised before reaching the database: a parameter could not be converted (e.g. a JSON value).
+            raise DataValidationError(f"{what} at {self.url}: a value cannot be stored: {err.orig}") from err
+        except sa.exc.SQLAlchemyError as err:
+            raise StoreError(f"{what} at {self.url} failed: {self._scrub(str(err))}") from err
+
+    def _error(self, what: str, err: sa.exc.DBAPIError) -> StoreError:
+        detail = self._scrub(str(err.orig).strip() or type(err.orig).__name__)
+        if isinstance(err, sa.exc.OperationalError | sa.exc.InterfaceError) or err.connection_invalidated:
+            return StoreError(f"{what} failed: cannot reach or use the store at {self.url}: {detail}")
+        return StoreError(f"{what} refused by the store at {self.url}: {detail}")
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._password, "***") if self._password else message
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as err:
+        raise StoreError(f"store URL {url.split('@')[-1]!r} is not a valid SQLAlchemy URL: {err}") from err
+    # A bare postgresql:// would pick psycopg2, which we do not ship; psycopg (3) is the supported driver.
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _json_default(value: Any) -> Any:
+    """Make common non-JSON values (datetimes, numpy scalars and arrays, paths) storable."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# NaN is not JSON, and PostgreSQL rejects it: refuse it on both backends alike.
+_json_dumps = partial(json.dumps, default=_json_default, allow_nan=False, ensure_ascii=False)
+
+
+def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if in_memory:
+        # One shared connection, so that every thread (the background writer included) sees the same database.
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}, json_serializer=_json_dumps
+        )
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
+            json_serializer=_json_dumps,
+        )
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                # WAL lets readers run beside the writer; NORMAL sync is durable at checkpoints, fast per commit.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _postgres_engine(url: URL, connect_timeout_s: float) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = max(1, round(connect_timeout_s))
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, json_serializer=_json_dumps)
+
+
+def _time_window(query: sa.Select[Any], column: Any, since: Any, until: Any) -> sa.Select[Any]:
+    if since is not None:
+        query = query.where(column >= to_utc(since, where="since"))
+    if until is not None:
+        query = query.where(column < to_utc(until, where="until"))
+    return query
+
+
+def _limited(query: sa.Select[Any], limit: int | None) -> sa.Select[Any]:
+    if limit is None:
+        return query
+    if limit < 0:
+        raise DataValidationError(f"limit must be >= 0, got {limit}")
+    return query.limit(int(limit))
+
+
+def _first_per_key(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Rows with a repeated ``key`` dropped, the first kept (one INSERT must not carry a key twice)."""
+    seen: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(row[key], row)
+    return list(seen.values())

@@ -1,0 +1,344 @@
+"""Behaviour every store backend must show: request log, events, dead letters, transactions, time zones.
+
+A backend's test file subclasses :class:`StoreContract` and provides ``store_url``, a fixture giving the URL of a
+fresh, empty database for each test::
+
+    class TestSQLiteStore(StoreContract):
+        @pytest.fixture
+        def store_url(self, tmp_path):
+            return f"sqlite:///{tmp_path / 'store.db'}"
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from tastebud.errors import DataValidationError, StoreError
+from tastebud.store import RequestLogWriter, Store, create_store
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+#: A zone east of UTC with a non-whole-hour offset, so a dropped or double-applied offset shows.
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+def log_record(n: int, **fields: Any) -> dict[str, Any]:
+    """A complete request-log record number ``n``, ``n`` seconds after ``T0``."""
+    record = {
+        "request_id": f"req-{n:05d}",
+        "timestamp": T0 + timedelta(seconds=n),
+        "endpoint": "recommend",
+        "user_id": f"u{n % 7}",
+        "item_id": None,
+        "model_name": "movielens-100k",
+        "model_version": 3,
+        "alias": "champion",
+        "item_ids": [f"i{n}", f"i{n + 1}", f"i{n + 2}"],
+        "scores": [0.9, 0.5 + n / 1000, 0.1],
+        "latency_ms": 1.25 + n,
+        "status_code": 200,
+        "is_fallback": n % 2 == 1,
+        "fallback_reason": "unknown_user" if n % 2 == 1 else None,
+        "variant": "B",
+        "provenance": {"git_sha": "abc123", "snapshot_id": f"snap-{n}", "nested": {"k": [1, 2]}},
+    }
+    record.update(fields)
+    return record
+
+
+def event(n: int, **fields: Any) -> dict[str, Any]:
+    """Interaction event number ``n``, ``n`` minutes after ``T0``."""
+    record = {
+        "event_id": f"ev-{n:05d}",
+        "user_id": f"u{n % 3}",
+        "item_id": f"i{n % 5}",
+        "kind": "rating" if n % 2 == 0 else "view",
+        "rating": float(1 + n % 5) if n % 2 == 0 else None,
+        "value": 1.0,
+        "timestamp": T0 + timedelta(minutes=n),
+        "source": "http",
+    }
+    record.update(fields)
+    return record
+
+
+def row_count(store: Store, table: str) -> int:
+    """Rows in ``table``."""
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+
+
+class StoreContract:
+    """Every behaviour test of :class:`~tastebud.store.Store`, run against each backend."""
+
+    @pytest.fixture
+    def store(self, store_url: str) -> Iterator[Store]:
+        store = create_store(url=store_url)
+        store.init_schema()
+        yield store
+        store.close()
+
+    # --- schema --------------------------------------------------------------------------------------------------
+
+    def test_init_schema_creates_tables_and_is_idempotent(self, store: Store) -> None:
+        assert {"request_logs", "events", "dead_letters"} <= set(store.table_names())
+        store.write_request_logs([log_record(1)])
+        store.init_schema()
+        store.init_schema()
+        assert store.get_request("req-00001") is not None
+        assert row_count(store, "request_logs") == 1
+
+    def test_store_is_usable_after_close(self, store: Store) -> None:
+        store.write_request_logs([log_record(1)])
+        store.close()
+        assert store.write_request_logs([log_record(2)]) == 1
+        assert row_count(store, "request_logs") == 2
+
+    # --- request log ---------------------------------------------------------------------------------------------
+
+    def test_request_log_round_trip_keeps_every_field(self, store: Store) -> None:
+        records = [log_record(n) for n in range(4)]
+        assert store.write_request_logs(records) == 4
+        for record in records:
+            assert store.get_request(record["request_id"]) == record
+
+    def test_get_request_of_unknown_id_is_none(self, store: Store) -> None:
+        store.write_request_logs([log_record(1)])
+        assert store.get_request("no-such-request") is None
+
+    def test_timestamps_come_back_as_the_same_instant_in_utc(self, store: Store) -> None:
+        local = datetime(2024, 5, 1, 23, 59, 59, 987654, tzinfo=IST)
+        store.write_request_logs([log_record(1, timestamp=local)])
+        stored = store.get_request("req-00001")
+        assert stored is not None
+        assert stored["timestamp"] == local
+        assert stored["timestamp"].utcoffset() == timedelta(0)
+        assert stored["timestamp"].hour == 18 and stored["timestamp"].microsecond == 987654
+
+    def test_epoch_seconds_and_iso_strings_are_utc(self, store: Store) -> None:
+        store.write_request_logs(
+            [
+                log_record(1, timestamp=T0.timestamp()),
+                log_record(2, timestamp=T0.astimezone(IST).isoformat()),
+            ]
+        )
+        assert store.get_request("req-00001")["timestamp"] == T0  # type: ignore[index]
+        assert store.get_request("req-00002")["timestamp"] == T0  # type: ignore[index]
+
+    def test_rewriting_a_request_id_is_a_no_op(self, store: Store) -> None:
+        assert store.write_request_logs([log_record(1)]) == 1
+        assert store.write_request_logs([log_record(1, endpoint="similar", status_code=500)]) == 0
+        stored = store.get_request("req-00001")
+        assert stored is not None and stored["endpoint"] == "recommend" and stored["status_code"] == 200
+        assert row_count(store, "request_logs") == 1
+
+    def test_write_counts_only_new_records_and_keeps_the_first_of_a_batch(self, store: Store) -> None:
+        store.write_request_logs([log_record(0), log_record(1)])
+        batch = [log_record(n) for n in range(5)] + [log_record(4, endpoint="similar")]
+        assert store.write_request_logs(batch) == 3
+        assert row_count(store, "request_logs") == 5
+        assert store.get_request("req-00004")["endpoint"] == "recommend"  # type: ignore[index]
+
+    def test_empty_batches_write_nothing(self, store: Store) -> None:
+        assert store.write_request_logs([]) == 0
+        assert store.write_events([]) == (0, 0)
+        assert store.write_dead_letters([]) == 0
+
+    def test_a_batch_is_one_transaction(self, store: Store) -> None:
+        # One INSERT per row, and the database fails the third: the two before it must be rolled back.
+        store.engine.dialect.insertmanyvalues_page_size = 1
+        calls = {"n": 0}
+
+        def fail_third_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("INSERT"):
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise RuntimeError("injected failure on the third row")
+
+        sa.event.listen(store.engine, "before_cursor_execute", fail_third_insert)
+        try:
+            with pytest.raises((StoreError, RuntimeError)):
+                store.write_request_logs([log_record(n) for n in range(5)])
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", fail_third_insert)
+        assert calls["n"] == 3
+        assert row_count(store, "request_logs") == 0
+        assert store.write_request_logs([log_record(n) for n in range(5)]) == 5
+
+    def test_query_window_is_half_open_and_ordered(self, store: Store) -> None:
+        order = np.random.default_rng(3).permutation(10)
+        store.write_request_logs([log_record(int(n)) for n in order])
+        since, until = (T0 + timedelta(seconds=3)).astimezone(IST), T0 + timedelta(seconds=7)
+        rows = store.query_request_logs(since=since, until=until)
+        assert [r["request_id"] for r in rows] == [f"req-{n:05d}" for n in range(3, 7)]
+        assert [r["request_id"] for r in store.query_request_logs(limit=2)] == ["req-00000", "req-00001"]
+        newest = store.query_request_logs(limit=3, newest_first=True)
+        assert [r["request_id"] for r in newest] == ["req-00009", "req-00008", "req-00007"]
+        assert {r["user_id"] for r in store.query_request_logs(user_id="u2")} == {"u2"}
+        assert len(store.query_request_logs(user_id="u2")) == 2  # records 2 and 9
+        assert store.query_request_logs(since=T0 + timedelta(days=1)) == []
+
+    def test_json_columns_round_trip_portably(self, store: Store) -> None:
+        provenance = {"title": "Amélie 🎬", "nested": {"list": [1, 2.5, None, True]}, "when": T0}
+        record = log_record(
+            1,
+            item_ids=np.array(["a", "b", "c"]),
+            scores=np.array([0.1 + 0.2, np.float32(0.5), np.nan], dtype=np.float64),
+            provenance=provenance,
+        )
+        store.write_request_logs([record])
+        stored = store.get_request("req-00001")
+        assert stored is not None
+        assert stored["item_ids"] == ["a", "b", "c"]
+        assert stored["scores"] == [0.1 + 0.2, 0.5, None]  # float64 exact; NaN is not JSON
+        assert stored["provenance"] == {**provenance, "when": T0.isoformat()}
+
+    def test_nullable_fields_round_trip_as_none(self, store: Store) -> None:
+        minimal = {
+            "request_id": "bare",
+            "timestamp": T0,
+            "endpoint": "similar",
+            "latency_ms": 0.5,
+            "status_code": 404,
+        }
+        store.write_request_logs([minimal])
+        stored = store.get_request("bare")
+        assert stored is not None
+        for key in ("user_id", "item_id", "model_name", "model_version", "alias", "fallback_reason", "variant"):
+            assert stored[key] is None, key
+        assert stored["item_ids"] == [] and stored["scores"] == [] and stored["provenance"] == {}
+        assert stored["is_fallback"] is False
+
+    @pytest.mark.parametrize(
+        ("change", "field"),
+        [
+            ({"timestamp": datetime(2024, 5, 1, 12, 0)}, "timestamp"),  # naive: its zone is unknown
+            ({"endpoint": None}, "endpoint"),
+            ({"status_code": "OK"}, "status_code"),
+            ({"latency_ms": float("inf")}, "latency_ms"),
+            ({"provenance": ["not", "an", "object"]}, "provenance"),
+            ({"colour": "blue"}, "colour"),
+        ],
+    )
+    def test_invalid_record_is_rejected_naming_it_and_nothing_is_written(
+        self, store: Store, change: dict[str, Any], field: str
+    ) -> None:
+        batch = [log_record(0), log_record(1, **change), log_record(2)]
+        with pytest.raises(DataValidationError) as info:
+            store.write_request_logs(batch)
+        message = str(info.value)
+        assert "record 1" in message and "req-00001" in message and field in message
+        assert row_count(store, "request_logs") == 0
+
+    def test_concurrent_writers_all_land(self, store: Store) -> None:
+        errors: list[BaseException] = []
+
+        def write(worker: int) -> None:
+            try:
+                for b in range(10):
+                    base = worker * 1000 + b * 10
+                    store.write_request_logs([log_record(base + n) for n in range(5)])
+            except BaseException as err:  # collected: an assert in a thread would be lost
+                errors.append(err)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert row_count(store, "request_logs") == 4 * 10 * 5
+
+    def test_background_writer_stores_each_request_once(self, store: Store) -> None:
+        drops: list[int] = []
+        writer = RequestLogWriter(store, batch_size=16, flush_interval=0.01, on_drop=drops.append)
+        writer.start()
+        for n in range(100):
+            assert writer.submit(log_record(n % 60))  # 40 repeats of stored request ids
+        writer.close(timeout=10)
+        assert drops == []
+        assert writer.pending == 0 and writer.written == 100
+        assert row_count(store, "request_logs") == 60
+        assert store.get_request("req-00059") == log_record(59)
+
+    # --- events --------------------------------------------------------------------------------------------------
+
+    def test_events_are_idempotent_on_event_id(self, store: Store) -> None:
+        assert store.write_events([event(n) for n in range(3)]) == (3, 0)
+        assert store.write_events([event(n) for n in range(3)]) == (0, 3)
+        assert store.write_events([event(2), event(3), event(3, kind="click")]) == (1, 2)
+        stored = store.query_events()
+        assert [e["event_id"] for e in stored] == [f"ev-{n:05d}" for n in range(4)]
+        assert stored[3]["kind"] == "view"  # the first of the repeated ids was kept
+        assert row_count(store, "events") == 4
+
+    def test_event_round_trip(self, store: Store) -> None:
+        received = datetime(2024, 6, 1, tzinfo=IST)
+        store.write_events(
+            [event(0, received_at=received), event(1, timestamp=(T0 + timedelta(minutes=1)).timestamp())]
+        )
+        first, second = store.query_events()
+        expected = {**event(0), "received_at": received}
+        assert {k: first[k] for k in expected} == expected
+        assert first["received_at"].utcoffset() == timedelta(0)
+        assert second["rating"] is None and second["kind"] == "view"
+        assert second["timestamp"] == T0 + timedelta(minutes=1)
+        assert isinstance(first["id"], int) and second["id"] > first["id"]
+
+    def test_received_at_defaults_to_now_in_utc(self, store: Store) -> None:
+        before = datetime.now(UTC)
+        store.write_events([event(0)])
+        after = datetime.now(UTC)
+        (stored,) = store.query_events()
+        assert before - timedelta(seconds=1) <= stored["received_at"] <= after + timedelta(seconds=1)
+
+    def test_query_events_filters_and_orders_by_time(self, store: Store) -> None:
+        order = np.random.default_rng(5).permutation(12)
+        store.write_events([event(int(n)) for n in order])
+        all_events = store.query_events()
+        assert [e["timestamp"] for e in all_events] == sorted(e["timestamp"] for e in all_events)
+        assert [e["event_id"] for e in store.query_events(user_id="u1")] == [
+            "ev-00001",
+            "ev-00004",
+            "ev-00007",
+            "ev-00010",
+        ]
+        assert {e["item_id"] for e in store.query_events(item_id="i2")} == {"i2"}
+        assert {e["kind"] for e in store.query_events(kind="rating")} == {"rating"}
+        window = store.query_events(since=T0 + timedelta(minutes=2), until=(T0 + timedelta(minutes=5)).astimezone(IST))
+        assert [e["event_id"] for e in window] == ["ev-00002", "ev-00003", "ev-00004"]
+        assert len(store.query_events(limit=5)) == 5
+        by_arrival = sorted(all_events, key=lambda e: e["id"])
+        later = store.query_events(after_id=by_arrival[5]["id"])
+        assert {e["event_id"] for e in later} == {e["event_id"] for e in by_arrival[6:]}
+
+    def test_invalid_event_is_rejected_and_nothing_is_written(self, store: Store) -> None:
+        with pytest.raises(DataValidationError, match=r"event 1 .*user_id"):
+            store.write_events([event(0), event(1, user_id=None)])
+        with pytest.raises(DataValidationError, match="timestamp"):
+            store.write_events([event(0, timestamp=datetime(2024, 1, 1))])
+        with pytest.raises(DataValidationError, match="rating"):
+            store.write_events([event(0, rating="five")])
+        assert row_count(store, "events") == 0
+
+    # --- dead letters --------------------------------------------------------------------------------------------
+
+    def test_dead_letters_keep_payload_bytes(self, store: Store) -> None:
+        payload = bytes(range(256))
+        stored_count = store.write_dead_letters(
+            [
+                {"source": "kafka:events", "reason": "schema mismatch: missing event_id", "payload": payload},
+                {"source": "http", "reason": "not JSON", "payload": "{oops"},
+            ]
+        )
+        assert stored_count == 2
+        letters = store.query_dead_letters()
+        assert [d["payload"] for d in letters] == [payload, b"{oops"]
+        assert [d["reason"] for d in store.query_dead_letters(source="http")] == ["not JSON"]
+        assert all(d["received_at"].utcoffset() == timedelta(0) for d in letters)

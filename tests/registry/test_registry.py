@@ -1,0 +1,167 @@
+"""The model registry over MLflow: embedded SQLite store, and a real tracking server (integration)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tastebud.config import Settings, build_settings
+from tastebud.data.split import Split
+from tastebud.errors import BundleError, RegistryError
+from tastebud.models import create
+from tastebud.registry import ModelRegistry, load_bundle, write_bundle
+from tastebud.registry.aliases import local_path
+
+
+def _bundle(tmp: Path, split: Split, model: str = "ease", ndcg: float = 0.2) -> Path:
+    fitted = create(model).fit(split.train)
+    return write_bundle(
+        fitted,
+        tmp / f"bundle-{model}",
+        train=split.train,
+        metrics={"ndcg_at_10": ndcg, "coverage": 0.5},
+        fallback={"popular": create("popular").fit(split.train)},
+    )
+
+
+def test_importing_the_registry_does_not_import_mlflow() -> None:
+    code = "import sys, tastebud.registry, tastebud.registry.bundle; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _exercise(registry: ModelRegistry, name: str, bundle: Path, split: Split) -> None:
+    assert registry.list_versions(name) == []
+    assert registry.get_alias(name, "champion") is None
+    v1 = registry.register(bundle, name, tags={"purpose": "test"})
+    v2 = registry.register(bundle, name)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.metrics == {"ndcg_at_10": 0.2, "coverage": 0.5}
+    assert v1.tags["tastebud.model_family"] == "ease" and v1.tags["purpose"] == "test"
+    assert v1.tags["tastebud.snapshot_id"] == split.train.snapshot_id
+    assert v1.run_id
+    registry.set_alias(name, "champion", 2)
+    registry.set_alias(name, "challenger", 1)
+    assert registry.get_alias(name, "champion") == 2
+    assert registry.resolve(name, "champion").version == 2
+    assert registry.resolve(name, "1").version == 1
+    listed = registry.list_versions(name)
+    assert [(v.version, v.aliases) for v in listed] == [(1, ["challenger"]), (2, ["champion"])]
+    with pytest.raises(RegistryError, match="no version 7"):
+        registry.get(name, 7)
+    with pytest.raises(RegistryError, match="no alias 'gold'"):
+        registry.resolve(name, "gold")
+    with pytest.raises(RegistryError):
+        registry.set_alias(name, "champion", 9)
+    loaded = load_bundle(registry.bundle_path(registry.resolve(name, "champion")))
+    users = split.train.users.ids[:5].tolist()
+    assert loaded.model.recommend(users, k=5).item_ids == load_bundle(bundle).model.recommend(users, k=5).item_ids
+
+
+def test_embedded_registry(registry_settings: Settings, small_split: Split, tmp_path: Path) -> None:
+    registry = ModelRegistry(registry_settings)
+    bundle = _bundle(tmp_path, small_split)
+    _exercise(registry, "embedded-model", bundle, small_split)
+    assert (registry_settings.mlflow_dir / "mlflow.db").is_file()
+    source = local_path(registry.get("embedded-model", 1).source)
+    assert source is not None and source.is_relative_to(registry_settings.mlflow_dir.resolve())
+
+
+def test_register_refuses_corrupt_bundle(registry_settings: Settings, small_split: Split, tmp_path: Path) -> None:
+    registry = ModelRegistry(registry_settings)
+    bundle = _bundle(tmp_path, small_split)
+    (bundle / "model" / "weights.npy").write_bytes(b"truncated")
+    with pytest.raises(BundleError, match=r"weights\.npy: sha256 mismatch"):
+        registry.register(bundle, "corrupt-model")
+    assert registry.list_versions("corrupt-model") == []
+
+
+def test_bundle_path_detects_corruption_in_store(
+    registry_settings: Settings, small_split: Split, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(registry_settings)
+    mv = registry.register(_bundle(tmp_path, small_split), "tampered-model")
+    stored = registry.bundle_path(mv)
+    (stored / "items.json").write_text("[]")
+    with pytest.raises(BundleError, match=r"items\.json: sha256 mismatch"):
+        load_bundle(stored)
+
+
+# ---------------------------------------------------------------------------------------------------- server
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on a free port, waited for until it answers, killed after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    cmd = [
+        exe, "server",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--default-artifact-root", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server did not answer within 90 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_registry_on_tracking_server(mlflow_server: str, small_split: Split, tmp_path: Path) -> None:
+    settings = build_settings(home=tmp_path / "home", registry={"tracking_uri": mlflow_server})
+    registry = ModelRegistry(settings)
+    _exercise(registry, "server-model", _bundle(tmp_path, small_split), small_split)
+    assert not (settings.mlflow_dir / "mlflow.db").exists()  # nothing went to the embedded store
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_run_on_tracking_server(mlflow_server: str, small_data, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tastebud.pipeline.train import train
+
+    settings = build_settings(home=tmp_path / "home", registry={"tracking_uri": mlflow_server})
+    result = train(small_data, "popular", settings=settings, name="server-train")
+    run = MlflowClient(tracking_uri=mlflow_server).get_run(result.run_id)
+    assert run.data.params["data.snapshot_id"] == result.manifest["data"]["snapshot_id"]
+    assert run.data.metrics["ndcg_at_10"] == pytest.approx(result.metrics["ndcg_at_10"])
+    assert result.version is not None and result.version.version == 1
+    assert ModelRegistry(settings).get_alias("server-train", "challenger") == 1
