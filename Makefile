@@ -19,8 +19,9 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/tastebud demo
 
-## test: lint and the full test suite (slow and integration tests included)
+## test: lint and the full test suite (slow and integration tests included; installs PostgreSQL when missing)
 test: setup
+	bash scripts/ensure-postgres.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 

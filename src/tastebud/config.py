@@ -69,6 +69,12 @@ class ServingSettings(BaseModel):
         5, ge=0, description="Users with fewer interactions get content/hybrid scores (sparse_history)."
     )
     request_log_queue: int = Field(10_000, ge=1, description="Bound of the background request-log queue.")
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        description="BLAS threads per server process (0 leaves the library default); one request's scoring is "
+        "too small to gain from more, and extra threads contend across workers.",
+    )
 
 
 class StreamSettings(BaseModel):

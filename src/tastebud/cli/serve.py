@@ -1,3 +1,71 @@
-"""`tastebud serve` commands."""
+"""`tastebud serve`: run the recommendation API under uvicorn."""
 
 from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from tastebud.cli._app import app, console, settings_of
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default: serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: serving.port).", min=1, max=65535)] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (default: serving.workers).", min=1)
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model to serve (default: serving.model_name).")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to serve and watch (default: serving.alias, 'champion').")
+    ] = None,
+) -> None:
+    """Serve recommendations over HTTP: loads the alias's bundle in the background, then follows the alias.
+
+    Endpoints: /recommend, /similar, /popular, /items, /users/{id}/history, /health, /health/ready, /metrics,
+    /trace, /models and /admin/models/switch (bearer token from serving.admin_token). API docs at /docs.
+    """
+    import uvicorn
+
+    settings = settings_of(ctx)
+    overrides = {
+        key: value
+        for key, value in {
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "model_name": model_name,
+            "alias": alias,
+        }.items()
+        if value is not None
+    }
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update=overrides)})
+    cfg = settings.serving
+    console.print(
+        f"serving [bold]{cfg.model_name}@{cfg.alias}[/bold] on http://{cfg.host}:{cfg.port} "
+        f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}; docs at /docs)"
+    )
+    log_level = settings.log_level.lower()
+    if cfg.workers == 1:
+        from tastebud.serving.app import create_app, limit_blas_threads
+
+        limit_blas_threads(cfg.blas_threads)
+        uvicorn.run(create_app(settings), host=cfg.host, port=cfg.port, log_level=log_level)
+        return
+    # Worker processes build their own app from the environment: hand them the effective settings there.
+    os.environ["TASTEBUD_HOME"] = str(settings.home)
+    for key in ("model_name", "alias", "host", "port", "blas_threads"):
+        os.environ[f"TASTEBUD_SERVING__{key.upper()}"] = str(getattr(cfg, key))
+    uvicorn.run(
+        "tastebud.serving.app:create_app_from_env",
+        factory=True,
+        host=cfg.host,
+        port=cfg.port,
+        workers=cfg.workers,
+        log_level=log_level,
+    )
