@@ -1,0 +1,168 @@
+"""The FastAPI app factory: composes settings, registry, model holder, request log and routes.
+
+``create_app`` builds nothing heavy itself. Its lifespan starts the model watcher, which loads the watched alias
+(``champion``) in a background thread, so the server answers health checks at once and readiness fails until a
+model is served; it opens the request store and its background writer (unless given); at shutdown it stops the
+watcher and drains the request log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from tastebud.config import Settings, build_settings
+from tastebud.monitoring.metrics import ServingMetrics
+from tastebud.serving.errors import install_error_handlers
+from tastebud.serving.holder import BundleLoader, ModelHolder
+from tastebud.serving.middleware import MetricsMiddleware
+from tastebud.serving.provenance import image_digest
+from tastebud.serving.routes import health, items, metrics, models, popular, recommend, similar, trace
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the shutdown waits for the request log to drain.
+DRAIN_TIMEOUT_S = 10.0
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: Any = None,
+    request_log: Any = None,
+    holder: ModelHolder | None = None,
+    store: Any = None,
+    loader: BundleLoader | None = None,
+    watch: bool = True,
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: effective settings (built from the environment when ``None``).
+        registry: a model registry (``resolve``, ``bundle_path``, ``get_alias``, ``list_versions``); the real
+            :class:`tastebud.registry.ModelRegistry` is built at startup when ``None`` and no holder is given.
+        request_log: a background request-log writer (``submit``, ``flush``, ``close``); ``None`` opens the
+            store of ``settings`` and starts a :class:`tastebud.store.RequestLogWriter` at startup.
+        holder: a ready model holder (tests); built from ``registry`` when ``None``.
+        store: the request store for ``/trace`` (defaults to the writer's store).
+        loader: how bundles are loaded (default: verified ``load_bundle``).
+        watch: load the alias at startup and watch it; False leaves loading to the caller.
+    """
+    settings = settings or build_settings()
+    cfg = settings.serving
+    metrics_ = holder.metrics if holder is not None else ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned_writer = owned_store = None
+        state = app.state
+        if state.holder is None:
+            reg = registry if registry is not None else _default_registry(settings)
+            state.holder = ModelHolder(
+                reg, name=cfg.model_name, alias=cfg.alias, metrics=metrics_,
+                sparse_history_threshold=cfg.sparse_history_threshold, image_digest=image_digest(), loader=loader,
+            )  # fmt: skip
+        if state.request_log is None:
+            owned_store, owned_writer = _default_request_log(settings, metrics_)
+            state.request_log = owned_writer
+        if state.store is None:
+            state.store = owned_store or getattr(state.request_log, "store", None)
+        if watch:
+            state.holder.start(cfg.watch_interval_s)
+        try:
+            yield
+        finally:
+            state.holder.stop()
+            writer = state.request_log
+            if writer is not None:
+                try:
+                    if writer is owned_writer:
+                        writer.close(DRAIN_TIMEOUT_S)
+                    else:
+                        writer.flush(DRAIN_TIMEOUT_S)
+                except Exception:
+                    logger.exception("request log did not drain cleanly")
+            if owned_store is not None:
+                owned_store.close()
+
+    app = FastAPI(
+        title="Tastebud",
+        summary="Recommendations with provenance: personal top-k, similar items, popular lists.",
+        version=_package_version(),
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.metrics = metrics_
+    app.state.request_log = request_log
+    app.state.store = store
+    install_error_handlers(app)
+    for module in (recommend, similar, popular, items, health, metrics, trace, models):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics_)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` (each worker builds its own from the environment)."""
+    settings = build_settings()
+    limit_blas_threads(settings.serving.blas_threads)
+    return create_app(settings)
+
+
+def limit_blas_threads(n: int) -> None:
+    """Cap the BLAS thread pools of this process at ``n`` (0: leave them).
+
+    A request scores one user: matrices far too small for threads to pay off, while thread hand-offs (and
+    contention between worker processes) cost milliseconds. Call it from a server process's entry point only;
+    it changes the whole process.
+    """
+    if n <= 0:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        logger.warning("threadpoolctl is not installed: BLAS threads are not limited")
+        return
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def _default_registry(settings: Settings) -> Any:
+    from tastebud.registry import ModelRegistry
+
+    return ModelRegistry(settings)
+
+
+def _default_request_log(settings: Settings, metrics_: ServingMetrics) -> tuple[Any, Any]:
+    """Open the request store and start its writer; (None, None) when the store is unavailable."""
+    try:
+        from tastebud.store import RequestLogWriter, create_store
+
+        store = create_store(settings)
+        store.init_schema()
+    except Exception as err:  # serving goes on without a request log rather than not at all
+        logger.error("request log disabled: cannot open the store (%s)", err)
+        return None, None
+    writer = RequestLogWriter(
+        store,
+        maxsize=settings.serving.request_log_queue,
+        on_error=lambda _err: metrics_.request_log_errors.inc(),
+    )
+    writer.start()
+    return store, writer
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tastebud")
+    except Exception:
+        return os.environ.get("TASTEBUD_VERSION", "0")

@@ -1,0 +1,381 @@
+"""The recommendation engine: one loaded bundle, prepared for microsecond requests.
+
+Everything a request needs that does not depend on the request is computed when the bundle is loaded: per item,
+a genre bitmask (one bit per genre of the catalog, packed into 64-bit words), the year, and the JSON-ready
+metadata record; per user, the number of training interactions; the full popularity ranking. A request then
+only builds a boolean filter mask (genres any-of, year range), asks the model to score the allowed items
+(exclusion of seen items happens inside the model, before its top-k), and shapes the rows.
+
+Policy lives here, not in the models: unknown users get the popular list (``fallback_reason="unknown_user"``),
+users with fewer training interactions than ``sparse_history_threshold`` get content scores
+(``"sparse_history"``), and an item outside the main model's vocabulary but known to the content model gets
+content neighbours (``"cold_item"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tastebud.errors import UnknownItemError, UnknownUserError
+from tastebud.models.base import Recommendations, Recommender, top_k
+from tastebud.serving.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+#: How many distinct filter combinations keep their candidate list cached.
+_FILTER_CACHE_SIZE = 512
+
+UNKNOWN_USER = "unknown_user"
+SPARSE_HISTORY = "sparse_history"
+COLD_ITEM = "cold_item"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions applied before the top-k: any of ``genres``, and ``year_min <= year <= year_max``.
+
+    Items without a year never pass a year restriction.
+    """
+
+    genres: tuple[str, ...] = ()
+    year_min: int | None = None
+    year_max: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.genres) or self.year_min is not None or self.year_max is not None
+
+
+@dataclass
+class Result:
+    """One answered request: JSON-ready item records (best first) and how they were produced."""
+
+    items: list[dict[str, Any]]
+    requested: int
+    is_fallback: bool = False
+    fallback_reason: str | None = None
+    source: str = "model"  # which model answered: model, content, popular
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def returned(self) -> int:
+        return len(self.items)
+
+
+class Catalog:
+    """Item metadata of one item vocabulary, precomputed for filtering and for responses.
+
+    Args:
+        ids: the vocabulary's item ids, by index.
+        item_meta: frame with ``item_id`` and optional ``title``, ``year``, ``genres`` (joined on ``item_id``;
+            items without a row get no metadata).
+        genre_vocab: the genre names; bit ``g`` of an item's mask is set when it has ``genre_vocab[g]``.
+    """
+
+    def __init__(self, ids: np.ndarray, item_meta: pl.DataFrame, genre_vocab: Sequence[str]) -> None:
+        self.ids = np.asarray(ids, dtype=object)
+        self.lookup: dict[str, int] = {str(x): i for i, x in enumerate(self.ids.tolist())}
+        meta = _aligned_meta(self.ids, item_meta)
+        years = meta["year"].cast(pl.Int64, strict=False)
+        self.has_year = years.is_not_null().to_numpy()
+        self.years = years.fill_null(0).to_numpy().astype(np.int64)
+        self.genre_index = {g: i for i, g in enumerate(genre_vocab)}
+        self.n_words = max(1, -(-len(genre_vocab) // 64))
+        self.genre_bits = _genre_bits(meta["genres"], self.genre_index, self.n_words)
+        # JSON-ready records, built once: a response copies the base record and adds score and explanation.
+        self.records: list[dict[str, Any]] = meta.select("item_id", "title", "genres", "year").to_dicts()
+        self._cache: OrderedDict[Filters, tuple[np.ndarray, list[str]]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def mask(self, filters: Filters) -> np.ndarray | None:
+        """Boolean mask of the items that pass ``filters`` (``None``: no restriction)."""
+        if not filters.active:
+            return None
+        keep = np.ones(len(self.ids), dtype=bool)
+        if filters.genres:
+            query = np.zeros(self.n_words, dtype=np.uint64)
+            for g in filters.genres:
+                gi = self.genre_index.get(g)
+                if gi is not None:
+                    query[gi // 64] |= np.uint64(1) << np.uint64(gi % 64)
+            keep &= (self.genre_bits & query).any(axis=1)
+        if filters.year_min is not None:
+            keep &= self.has_year & (self.years >= filters.year_min)
+        if filters.year_max is not None:
+            keep &= self.has_year & (self.years <= filters.year_max)
+        return keep
+
+    def allowed(self, filters: Filters) -> tuple[np.ndarray, list[str]] | None:
+        """(mask, allowed item ids) for ``filters``, cached per distinct filter; ``None`` when unrestricted."""
+        if not filters.active:
+            return None
+        with self._cache_lock:
+            hit = self._cache.get(filters)
+            if hit is not None:
+                self._cache.move_to_end(filters)
+                return hit
+        mask = self.mask(filters)
+        assert mask is not None
+        entry = (mask, [str(x) for x in self.ids[mask].tolist()])
+        with self._cache_lock:  # routes share one thread, but the engine may also be used from several
+            self._cache[filters] = entry
+            if len(self._cache) > _FILTER_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return entry
+
+    def record(self, item_id: str) -> dict[str, Any] | None:
+        """The metadata record of ``item_id``, or ``None`` when it is not in this vocabulary."""
+        i = self.lookup.get(item_id)
+        return None if i is None else self.records[i]
+
+
+class Engine:
+    """Scores, filters and shapes recommendations for one loaded bundle.
+
+    Args:
+        model: the main model (fitted).
+        fallback: ``"popular"`` (required) and optionally ``"content"`` models, fitted on the same data.
+        item_meta: item metadata (``item_id``, ``title``, ``year``, ``genres``, ``tags``).
+        sparse_history_threshold: users with fewer training interactions get content scores (0 disables).
+    """
+
+    def __init__(
+        self,
+        model: Recommender,
+        fallback: dict[str, Recommender],
+        item_meta: pl.DataFrame,
+        *,
+        sparse_history_threshold: int = 0,
+    ) -> None:
+        model.check_fitted()
+        assert model.users_ is not None and model.items_ is not None
+        self.model = model
+        self.popular_model = fallback.get("popular")
+        self.content = model if model.name == "hybrid" else fallback.get("content")
+        self.threshold = sparse_history_threshold
+        self.genres: list[str] = _genre_vocab(item_meta)
+        self.catalog = Catalog(model.items_.ids, item_meta, self.genres)
+        self.user_lookup = model.users_.lookup
+        seen = model.seen_.tocsr()
+        self.seen = seen
+        self.history_len = np.diff(seen.indptr)
+        self.item_counts = np.bincount(seen.indices, minlength=len(self.catalog))
+        self.content_catalog = self._catalog_of(self.content, item_meta)
+        self.popular_catalog, self.popularity = self._popularity(item_meta)
+
+    # ------------------------------------------------------------------ preparation
+    def _catalog_of(self, model: Recommender | None, item_meta: pl.DataFrame) -> Catalog | None:
+        if model is None or model.items_ is None:
+            return None
+        if model is self.model or np.array_equal(model.items_.ids, self.catalog.ids):
+            return self.catalog
+        return Catalog(model.items_.ids, item_meta, self.genres)
+
+    def _popularity(self, item_meta: pl.DataFrame) -> tuple[Catalog, np.ndarray]:
+        """Popularity score per item of the popular model's vocabulary (the main model's when there is none)."""
+        pop = self.popular_model
+        if pop is None or pop.items_ is None:
+            # No popularity model: rank by training interaction counts of the main model.
+            return self.catalog, self.item_counts.astype(np.float64)
+        catalog = self._catalog_of(pop, item_meta)
+        assert catalog is not None
+        ranking = pop.popular_items(len(catalog)) if hasattr(pop, "popular_items") else None
+        scores = np.full(len(catalog), -np.inf)
+        if ranking is not None and len(ranking.item_ids[0]):
+            idx = np.fromiter((catalog.lookup[i] for i in ranking.item_ids[0]), dtype=np.int64)
+            scores[idx] = np.asarray(ranking.scores[0], dtype=np.float64)
+        return catalog, scores
+
+    # ------------------------------------------------------------------ validation
+    def parse_filters(
+        self, genres: Sequence[str] | None = None, year_min: int | None = None, year_max: int | None = None
+    ) -> Filters:
+        """Validated :class:`Filters`.
+
+        Raises:
+            InvalidRequestError: an unknown genre, a negative year, or ``year_min > year_max``.
+        """
+        names = tuple(dict.fromkeys(g.strip() for g in (genres or ()) if g and g.strip()))
+        unknown = [g for g in names if g not in self.catalog.genre_index]
+        if unknown:
+            shown = ", ".join(self.genres[:30]) + (" ..." if len(self.genres) > 30 else "")
+            raise InvalidRequestError(
+                "genres", f"unknown genre {', '.join(map(repr, unknown))}; known genres: {shown or '(none)'}"
+            )
+        for name, value in (("year_min", year_min), ("year_max", year_max)):
+            if value is not None and value < 0:
+                raise InvalidRequestError(name, f"must be >= 0 (got {value})")
+        if year_min is not None and year_max is not None and year_min > year_max:
+            raise InvalidRequestError("year_min", f"must be <= year_max (got {year_min} > {year_max})")
+        return Filters(names, year_min, year_max)
+
+    # ------------------------------------------------------------------ requests
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        filters: Filters | None = None,
+        explain: bool = True,
+    ) -> Result:
+        """Top-``k`` items for one user, filters and exclusions applied before the top-k."""
+        filters = filters or Filters()
+        u = self.user_lookup.get(user_id)
+        if u is None:
+            result = self._popular(k, filters)
+            result.is_fallback, result.fallback_reason = True, UNKNOWN_USER
+            return result
+        model, catalog, reason = self.model, self.catalog, None
+        if (
+            self.history_len[u] < self.threshold
+            and self.content is not None
+            and self.content_catalog is not None
+            and self.content.users_ is not None
+            and user_id in self.content.users_.lookup
+        ):
+            model, catalog, reason = self.content, self.content_catalog, SPARSE_HISTORY
+        allowed = catalog.allowed(filters)
+        if allowed is not None and not allowed[1]:
+            items: list[dict[str, Any]] = []
+        else:
+            recs = model.recommend(
+                [user_id],
+                k,
+                exclude_seen=exclude_seen,
+                candidates=None if allowed is None else allowed[1],
+                explain=explain,
+            )
+            items = _rows(recs, catalog)
+        return Result(
+            items, k, is_fallback=reason is not None, fallback_reason=reason,
+            source="content" if reason else "model",
+        )  # fmt: skip
+
+    def popular(self, k: int, filters: Filters | None = None) -> Result:
+        """The ``k`` most popular items that pass ``filters``."""
+        return self._popular(k, filters or Filters())
+
+    def _popular(self, k: int, filters: Filters) -> Result:
+        catalog, scores = self.popular_catalog, self.popularity
+        mask = catalog.mask(filters)
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        idx, val = top_k(scores[None, :], k)
+        keep = idx[0] >= 0
+        items = [
+            {**catalog.records[i], "score": s, "because": []}
+            for i, s in zip(idx[0][keep].tolist(), val[0][keep].tolist(), strict=True)
+        ]
+        return Result(items, k, source="popular")
+
+    def similar(self, item_id: str, k: int) -> Result:
+        """The ``k`` items most similar to ``item_id``; a cold item (content vocabulary only) gets content neighbours.
+
+        Raises:
+            UnknownItemError: no model knows ``item_id``.
+        """
+        if item_id in self.catalog.lookup:
+            return Result(_rows(self.model.similar_items([item_id], k), self.catalog), k)
+        content, catalog = self.content, self.content_catalog
+        if content is not None and catalog is not None and item_id in catalog.lookup:
+            recs = content.similar_items([item_id], k)
+            return Result(_rows(recs, catalog), k, True, COLD_ITEM, source="content")
+        raise UnknownItemError(f"unknown item id: {item_id!r}")
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """Metadata of one item, with its training interaction count.
+
+        Raises:
+            UnknownItemError: ``item_id`` is in no catalog of the bundle.
+        """
+        i = self.catalog.lookup.get(item_id)
+        if i is not None:
+            return {**self.catalog.records[i], "n_interactions": int(self.item_counts[i])}
+        for catalog in (self.content_catalog, self.popular_catalog):
+            if catalog is not None and (rec := catalog.record(item_id)) is not None:
+                return {**rec, "n_interactions": 0}
+        raise UnknownItemError(f"unknown item id: {item_id!r}")
+
+    def history(self, user_id: str, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(total, items) of the user's training interactions, strongest first, at most ``limit``.
+
+        Raises:
+            UnknownUserError: the model has not seen ``user_id``.
+        """
+        u = self.user_lookup.get(user_id)
+        if u is None:
+            raise UnknownUserError(f"unknown user id: {user_id!r}")
+        lo, hi = self.seen.indptr[u], self.seen.indptr[u + 1]
+        idx, values = self.seen.indices[lo:hi], self.seen.data[lo:hi]
+        order = np.lexsort((idx, -values))[:limit]
+        items = [
+            {**self.catalog.records[i], "value": v}
+            for i, v in zip(idx[order].tolist(), values[order].astype(float).tolist(), strict=True)
+        ]
+        return int(hi - lo), items
+
+
+# ---------------------------------------------------------------------- helpers
+def _rows(recs: Recommendations, catalog: Catalog) -> list[dict[str, Any]]:
+    """The first row of ``recs`` as JSON-ready item records (metadata, score, ``because``)."""
+    ids = recs.item_ids[0]
+    scores = np.asarray(recs.scores[0], dtype=np.float64).tolist()
+    because = recs.explanations[0] if recs.explanations else None
+    empty: dict[str, Any] = {"title": None, "genres": [], "year": None}
+    out = []
+    for j, (item_id, score) in enumerate(zip(ids, scores, strict=True)):
+        base = catalog.record(item_id) or {"item_id": item_id, **empty}
+        out.append({**base, "score": score, "because": list(because[j]) if because is not None else []})
+    return out
+
+
+def _genre_vocab(item_meta: pl.DataFrame) -> list[str]:
+    if "genres" not in item_meta.columns or item_meta.height == 0:
+        return []
+    return sorted(item_meta["genres"].explode().drop_nulls().unique().to_list())
+
+
+def _aligned_meta(ids: np.ndarray, item_meta: pl.DataFrame) -> pl.DataFrame:
+    """Item metadata in the order of ``ids`` (one row per id; missing fields null, genres an empty list)."""
+    base = pl.DataFrame({"item_id": pl.Series([str(x) for x in ids.tolist()], dtype=pl.String)})
+    cols = {
+        "title": pl.String,
+        "year": pl.Int64,
+        "genres": pl.List(pl.String),
+    }
+    meta = item_meta.select(
+        pl.col("item_id").cast(pl.String),
+        *[
+            (pl.col(c).cast(t, strict=False) if c in item_meta.columns else pl.lit(None, dtype=t)).alias(c)
+            for c, t in cols.items()
+        ],
+    ).unique("item_id", keep="first", maintain_order=True)
+    joined = base.join(meta, on="item_id", how="left", maintain_order="left")
+    return joined.with_columns(pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+
+
+def _genre_bits(genres: pl.Series, genre_index: dict[str, int], n_words: int) -> np.ndarray:
+    """Per item, its genres as a packed bitmask of ``n_words`` 64-bit words."""
+    bits = np.zeros((len(genres), n_words), dtype=np.uint64)
+    if not genre_index or len(genres) == 0:
+        return bits
+    frame = pl.DataFrame({"row": pl.int_range(0, len(genres), eager=True), "genre": genres}).explode("genre")
+    frame = frame.drop_nulls("genre").filter(pl.col("genre").is_in(list(genre_index)))
+    if frame.height == 0:
+        return bits
+    rows = frame["row"].to_numpy().astype(np.int64)
+    g = frame["genre"].replace_strict(genre_index, return_dtype=pl.Int64).to_numpy()
+    np.bitwise_or.at(bits, (rows, g // 64), np.left_shift(np.uint64(1), (g % 64).astype(np.uint64)))
+    return bits

@@ -1,0 +1,239 @@
+"""The model holder: an atomic reference to the served model, and hot switching off the request path.
+
+A request reads :attr:`ModelHolder.current` once and works with that :class:`Served` object to the end, so a
+switch never changes the model under a request in flight. A switch (admin call or alias watcher) resolves the
+version in the registry, loads and verifies its bundle and prepares the :class:`Engine` on the calling thread
+(never the event loop), and only then replaces the reference. A corrupt or incompatible bundle is refused with
+:class:`~tastebud.errors.BundleError` and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tastebud.errors import BundleError, TastebudError
+from tastebud.monitoring.metrics import ServingMetrics
+from tastebud.serving.engine import Engine
+from tastebud.serving.provenance import static_provenance, utc_now
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryLike(Protocol):
+    """What the holder needs of :class:`tastebud.registry.ModelRegistry`."""
+
+    def resolve(self, name: str, ref: int | str) -> Any: ...
+    def bundle_path(self, mv: Any) -> Path: ...
+    def get_alias(self, name: str, alias: str) -> int | None: ...
+
+
+#: ``loader(directory) -> Bundle`` (``tastebud.registry.bundle.load_bundle`` with verification).
+BundleLoader = Callable[[Path], Any]
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded bundle ready to answer requests, and what it is.
+
+    Attributes:
+        engine: scoring, filtering and shaping for this bundle.
+        bundle: the loaded bundle (manifest, models, item metadata).
+        name: the registered model name.
+        version: the registered version (``None`` when loaded from a path outside the registry).
+        alias: the alias it was loaded through, if any.
+        loaded_at: UTC ISO time the swap happened.
+        provenance: the static provenance block (from the manifest).
+        model_block: the ``model`` block of responses (name, version, alias, type).
+    """
+
+    engine: Engine
+    bundle: Any
+    name: str
+    version: int | None
+    alias: str | None
+    loaded_at: str
+    provenance: dict[str, Any]
+    model_block: dict[str, Any]
+
+
+def default_loader(directory: Path) -> Any:
+    """Load and verify a bundle (imports the registry's bundle module on first use)."""
+    from tastebud.registry.bundle import load_bundle
+
+    return load_bundle(Path(directory), verify=True)
+
+
+class ModelHolder:
+    """Holds the served model and switches it atomically.
+
+    Args:
+        registry: resolves versions and aliases and gives bundle directories (``None``: only :meth:`load_path`).
+        name: the registered model name to serve.
+        alias: the alias to serve at startup and to watch.
+        metrics: where switches and load times are counted.
+        sparse_history_threshold: passed to every :class:`Engine`.
+        image_digest: the container image digest for provenance.
+        loader: loads a bundle directory (tests inject one).
+    """
+
+    def __init__(
+        self,
+        registry: RegistryLike | None,
+        *,
+        name: str,
+        alias: str = "champion",
+        metrics: ServingMetrics | None = None,
+        sparse_history_threshold: int = 0,
+        image_digest: str | None = None,
+        loader: BundleLoader | None = None,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self.alias = alias
+        self.metrics = metrics or ServingMetrics()
+        self.sparse_history_threshold = sparse_history_threshold
+        self.image_digest = image_digest
+        self.loader = loader or default_loader
+        self._current: Served | None = None
+        self._switch_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._alias_target: int | None = None  # alias value the watcher last acted on
+        self._failed_target: int | None = None  # alias value whose bundle was refused (not retried)
+        self.last_error: str | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def current(self) -> Served | None:
+        """The served model (``None`` until one is loaded). Read it once per request."""
+        return self._current
+
+    # ------------------------------------------------------------------ switching
+    def load(self, *, version: int | None = None, alias: str | None = None, trigger: str = "admin") -> Served:
+        """Resolve a version (or alias) in the registry, load its bundle and swap it in; blocking.
+
+        Raises:
+            TastebudError: the registry does not know the version or alias.
+            BundleError: the bundle is missing, corrupt or incompatible (the old model keeps serving).
+        """
+        if self.registry is None:
+            raise BundleError("no model registry configured: cannot resolve versions or aliases")
+        if version is None and alias is None:
+            alias = self.alias
+        ref: int | str = version if version is not None else str(alias)
+        try:
+            mv = self.registry.resolve(self.name, ref)
+            path = self.registry.bundle_path(mv)
+        except TastebudError:
+            self.metrics.model_switches.labels(trigger=trigger, outcome="failed").inc()
+            raise
+        served = self.load_path(path, version=int(mv.version), alias=alias, trigger=trigger)
+        if alias == self.alias:
+            self._alias_target = served.version  # the watcher need not load it again
+        return served
+
+    def load_path(
+        self, path: Path, *, version: int | None = None, alias: str | None = None, trigger: str = "admin"
+    ) -> Served:
+        """Load, verify and prepare the bundle at ``path`` and swap it in; blocking.
+
+        Raises:
+            BundleError: the bundle is refused; the model served before stays.
+        """
+        with self._switch_lock:
+            start = time.perf_counter()
+            try:
+                served = self._prepare(Path(path), version=version, alias=alias)
+            except Exception as err:
+                self.metrics.model_switches.labels(trigger=trigger, outcome="failed").inc()
+                self.last_error = str(err)
+                keep = self._current
+                logger.error(
+                    "refused bundle %s (version %s): %s; still serving version %s",
+                    path, version, err, keep.version if keep else None,
+                )  # fmt: skip
+                if isinstance(err, BundleError):
+                    raise
+                raise BundleError(f"{path}: bundle is incompatible with this server ({err})") from err
+            self._current = served  # the atomic swap: requests already running keep the old object
+            self.last_error = None
+            self.metrics.model_switches.labels(trigger=trigger, outcome="success").inc()
+            self.metrics.model_load_seconds.observe(time.perf_counter() - start)
+            self.metrics.set_model(
+                name=self.name, version=version, model=served.model_block["type"] or "",
+                snapshot_id=served.provenance["data_snapshot_id"] or "", git_sha=served.provenance["git_sha"] or "",
+            )  # fmt: skip
+            self.metrics.model_loaded_timestamp.set(time.time())
+            logger.info("serving %s version %s from %s", self.name, version, path)
+            return served
+
+    def _prepare(self, path: Path, *, version: int | None, alias: str | None) -> Served:
+        bundle = self.loader(path)
+        fallback = dict(getattr(bundle, "fallback", None) or {})
+        engine = Engine(
+            bundle.model, fallback, bundle.item_meta, sparse_history_threshold=self.sparse_history_threshold
+        )
+        manifest = dict(bundle.manifest)
+        provenance = static_provenance(manifest, name=self.name, version=version, image=self.image_digest)
+        block = {"name": self.name, "version": version, "alias": alias, "type": provenance["model_type"]}
+        return Served(
+            engine=engine, bundle=bundle, name=self.name, version=version, alias=alias,
+            loaded_at=utc_now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+            provenance=provenance, model_block=block,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ alias watching
+    def poll_alias(self, trigger: str = "watcher") -> bool:
+        """Check the watched alias once and switch when it points somewhere new; True when a switch happened.
+
+        A version whose bundle was refused is not retried until the alias moves again. An admin switch to a
+        pinned version stays until the alias moves.
+        """
+        if self.registry is None:
+            return False
+        try:
+            target = self.registry.get_alias(self.name, self.alias)
+        except Exception as err:  # the registry may be briefly unreachable: try again next round
+            logger.warning("could not read alias %s of %s: %s", self.alias, self.name, err)
+            return False
+        if target is None or target == self._alias_target or target == self._failed_target:
+            return False
+        try:
+            self.load(version=target, alias=self.alias, trigger=trigger)
+        except TastebudError:
+            self._failed_target = target
+            return False
+        self._alias_target, self._failed_target = target, None
+        return True
+
+    def start(self, interval_s: float) -> None:
+        """Load the watched alias in a background thread, then poll it every ``interval_s`` (0: load only)."""
+        if self._watcher is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            self.poll_alias(trigger="startup")
+            while interval_s > 0 and not self._stop.wait(interval_s):
+                self.poll_alias()
+
+        self._watcher = threading.Thread(target=run, name="tastebud-model-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the watcher thread (a load in progress finishes first)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+            self._watcher = None
+
+    def uptime_s(self) -> float:
+        """Seconds since the holder was created."""
+        return time.time() - self.started_at

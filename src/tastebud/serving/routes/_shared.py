@@ -1,0 +1,119 @@
+"""What every list-returning route shares: checking ``k``, shaping the body, provenance, log and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from tastebud.serving.engine import Result
+from tastebud.serving.errors import InvalidRequestError
+from tastebud.serving.holder import Served
+from tastebud.serving.provenance import new_request_id, request_provenance, utc_now
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def check_k(k: int, max_k: int) -> int:
+    """Validate a list length against the server's bound.
+
+    Raises:
+        InvalidRequestError: ``k`` is below 1 or above ``max_k``.
+    """
+    if k < 1 or k > max_k:
+        raise InvalidRequestError("k", f"must be between 1 and {max_k} (got {k})")
+    return k
+
+
+def split_genres(raw: str | None) -> list[str]:
+    """``"Comedy,Drama"`` -> ``["Comedy", "Drama"]`` (empty parts dropped)."""
+    return [g.strip() for g in raw.split(",") if g.strip()] if raw else []
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Pre-serialised JSON (orjson)."""
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def list_response(
+    request: Request,
+    served: Served,
+    result: Result,
+    *,
+    endpoint: str,
+    started: float,
+    query: dict[str, Any],
+    user_id: str | None = None,
+    item_id: str | None = None,
+) -> Response:
+    """The JSON response of a recommendation list; also submits the request log and counts the list.
+
+    Args:
+        request: the incoming request (its app holds metrics and the request log).
+        served: the model that answered (read once at the start of the request).
+        result: what the engine returned.
+        endpoint: ``recommend``, ``similar`` or ``popular``.
+        started: ``time.perf_counter()`` at the start of the request.
+        query: the echo fields of the body (``user_id``, ``item_id`` or ``genre``).
+        user_id: for the request log.
+        item_id: for the request log.
+    """
+    request_id = new_request_id()
+    now = utc_now()
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    provenance = request_provenance(served.provenance, request_id=request_id, timestamp=now, latency_ms=latency_ms)
+    body: dict[str, Any] = {
+        **query,
+        "recommendations": result.items,
+        "requested": result.requested,
+        "returned": result.returned,
+        "model": served.model_block,
+        "is_fallback": result.is_fallback,
+        "fallback_reason": result.fallback_reason,
+        "variant": None,
+        "provenance": provenance,
+    }
+    if result.returned < result.requested:
+        body["note"] = (
+            f"only {result.returned} of the {result.requested} requested items pass the filters and exclusions"
+        )
+    state = request.app.state
+    state.metrics.recommendations.labels(
+        endpoint=endpoint,
+        model_version=str(served.version) if served.version is not None else "",
+        fallback_reason=result.fallback_reason or "none",
+    ).inc()
+    writer = state.request_log
+    if writer is not None:
+        record = {
+            "request_id": request_id,
+            "timestamp": now,
+            "endpoint": endpoint,
+            "user_id": user_id,
+            "item_id": item_id,
+            "model_name": served.name,
+            "model_version": served.version,
+            "alias": served.alias,
+            "item_ids": [it["item_id"] for it in result.items],
+            "scores": [it["score"] for it in result.items],
+            "latency_ms": latency_ms,
+            "status_code": 200,
+            "is_fallback": result.is_fallback,
+            "fallback_reason": result.fallback_reason,
+            "variant": None,
+            "provenance": provenance,
+        }
+        try:
+            accepted = writer.submit(record)
+        except Exception:  # the log must never fail a request
+            logger.exception("request log submit failed")
+            accepted = False
+        if accepted is False:
+            state.metrics.request_log_dropped.inc()
+    return json_response(body, headers={"X-Request-ID": request_id})

@@ -1,0 +1,175 @@
+"""Request and response models of the HTTP API.
+
+Requests are validated through these models (strict types, unknown fields refused). Responses are declared for
+the OpenAPI documentation only: the routes return pre-serialised JSON, so no response validation runs on the
+request path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------------- requests
+class Filters(BaseModel):
+    """Restrictions applied before the top-k."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"example": {"genres": ["Comedy"], "year_min": 1990}}
+    )
+
+    genres: list[str] | None = Field(None, description="Keep items with any of these genres.")
+    year_min: int | None = Field(None, ge=0, description="Keep items released in or after this year.")
+    year_max: int | None = Field(None, ge=0, description="Keep items released in or before this year.")
+
+
+class RecommendRequest(BaseModel):
+    """``POST /recommend``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"user_id": "196", "k": 10, "exclude_seen": True, "filters": {"genres": ["Comedy", "Drama"]}}]
+        },
+    )
+
+    user_id: str = Field(..., min_length=1, description="External user id.")
+    k: int = Field(10, ge=1, description="How many items (at most the server's max_k).")
+    exclude_seen: bool = Field(True, description="Leave out items the user interacted with in training.")
+    filters: Filters | None = Field(None, description="Genre and year restrictions.")
+    explain: bool = Field(True, description="Name the user's items that explain each recommendation.")
+
+
+class SimilarRequest(BaseModel):
+    """``POST /similar``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"item_id": "50", "k": 5}]})
+
+    item_id: str = Field(..., min_length=1, description="External item id.")
+    k: int = Field(10, ge=1, description="How many items (at most the server's max_k).")
+
+
+class SwitchRequest(BaseModel):
+    """``POST /admin/models/switch``: exactly one of ``version`` and ``alias``."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"version": 3}, {"alias": "champion"}]}
+    )
+
+    version: int | None = Field(None, ge=1, description="Registered version to serve.")
+    alias: str | None = Field(None, min_length=1, description="Registry alias to resolve and serve.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SwitchRequest:
+        if (self.version is None) == (self.alias is None):
+            raise ValueError("give exactly one of 'version' and 'alias'")
+        return self
+
+
+# ---------------------------------------------------------------------- responses (documentation)
+class ItemOut(BaseModel):
+    item_id: str
+    title: str | None = None
+    genres: list[str] = []
+    year: int | None = None
+    score: float
+    because: list[str] = Field([], description="The user's items that explain this recommendation.")
+
+
+class ModelOut(BaseModel):
+    name: str = Field(..., description="Registered model name.")
+    version: int | None
+    alias: str | None
+    type: str | None = Field(None, description="Model family (als, ease, ...).")
+
+
+class Provenance(BaseModel):
+    request_id: str
+    model_name: str
+    model_version: int | None
+    model_type: str | None
+    git_sha: str | None
+    data_snapshot_id: str | None
+    bundle_created_at: str | None
+    container_image_digest: str | None
+    timestamp: str
+    latency_ms: float
+
+
+class ListResponse(BaseModel):
+    recommendations: list[ItemOut]
+    requested: int
+    returned: int
+    note: str | None = Field(None, description="Set when fewer items than requested pass the filters.")
+    model: ModelOut
+    is_fallback: bool
+    fallback_reason: str | None = Field(None, description="unknown_user, sparse_history or cold_item.")
+    variant: str | None = Field(None, description="Experiment variant (reserved).")
+    provenance: Provenance
+
+
+class RecommendResponse(ListResponse):
+    user_id: str
+
+
+class SimilarResponse(ListResponse):
+    item_id: str
+
+
+class PopularResponse(ListResponse):
+    genre: str | None = None
+
+
+class ItemResponse(BaseModel):
+    item_id: str
+    title: str | None
+    genres: list[str]
+    year: int | None
+    n_interactions: int
+
+
+class HistoryItem(BaseModel):
+    item_id: str
+    title: str | None
+    genres: list[str]
+    year: int | None
+    value: float
+
+
+class HistoryResponse(BaseModel):
+    user_id: str
+    total: int
+    items: list[HistoryItem]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(..., description="ok when a model is served, else starting or degraded.")
+    model: ModelOut | None
+    loaded_at: str | None
+    uptime_s: float
+    last_error: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    name: str
+    serving: ModelOut | None
+    aliases: dict[str, int]
+    versions: list[dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(..., description="Machine-readable error kind.")
+    message: str = Field(..., description="What is wrong, for people.")
+
+
+#: Error responses shared by the documented routes.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown id."},
+    422: {"model": ErrorBody, "description": "Invalid parameter: names the field and the rule."},
+    503: {"model": ErrorBody, "description": "No model loaded yet."},
+}

@@ -1,0 +1,85 @@
+"""The engine on its own: filter masks, fallback policy, cold items, hybrid models."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tastebud.data.dataset import Dataset
+from tastebud.models import create
+from tastebud.serving.engine import Catalog, Engine, Filters
+from tastebud.serving.errors import InvalidRequestError
+
+
+def test_catalog_masks_many_genres_and_missing_years() -> None:
+    rng = np.random.default_rng(0)
+    n, genres = 300, [f"g{i:03d}" for i in range(150)]  # more genres than one 64-bit word
+    item_genres = [sorted(set(rng.choice(genres, size=int(rng.integers(0, 4))).tolist())) for _ in range(n)]
+    years = [None if i % 7 == 0 else int(1950 + i % 70) for i in range(n)]
+    meta = pl.DataFrame(
+        {"item_id": [f"i{i}" for i in range(n)], "year": years, "genres": item_genres},
+        schema_overrides={"year": pl.Int64, "genres": pl.List(pl.String)},
+    )
+    ids = np.array([f"i{i}" for i in reversed(range(n))], dtype=object)  # another order than the metadata
+    catalog = Catalog(ids, meta, genres)
+    assert catalog.n_words == 3
+    for query in (("g000",), ("g070", "g149"), ("g063", "g064", "g128")):
+        for lo, hi in ((None, None), (1960, None), (None, 1990), (1970, 1975)):
+            mask = catalog.mask(Filters(query, lo, hi))
+            expected = []
+            for item in ids:
+                i = int(item[1:])
+                ok = bool(set(query) & set(item_genres[i]))
+                if lo is not None or hi is not None:
+                    y = years[i]
+                    ok &= y is not None and (lo is None or y >= lo) and (hi is None or y <= hi)
+                expected.append(ok)
+            assert mask is not None and mask.tolist() == expected, (query, lo, hi)
+    assert catalog.mask(Filters()) is None and catalog.allowed(Filters()) is None
+    first = catalog.allowed(Filters(("g000",)))
+    assert first is catalog.allowed(Filters(("g000",)))  # cached
+    assert first is not None and first[1] == [str(x) for x in ids[first[0]]]
+
+
+def test_parse_filters_rules(toy_dataset: Dataset) -> None:
+    engine = Engine(create("popular").fit(toy_dataset), {}, toy_dataset.item_meta)
+    assert engine.genres == ["Action", "Comedy", "Drama", "Thriller"]
+    assert engine.parse_filters([" Drama", "Drama", ""], 1, 2) == Filters(("Drama",), 1, 2)
+    with pytest.raises(InvalidRequestError, match=r"unknown genre 'Jazz'.*known genres: Action"):
+        engine.parse_filters(["Jazz"])
+    with pytest.raises(InvalidRequestError, match="year_max: must be >= 0"):
+        engine.parse_filters(year_max=-1)
+    with pytest.raises(InvalidRequestError, match="year_min: must be <= year_max"):
+        engine.parse_filters(year_min=3, year_max=2)
+
+
+def test_popular_fallback_without_popular_model_counts_interactions(toy_dataset: Dataset) -> None:
+    model = create("itemknn").fit(toy_dataset)
+    engine = Engine(model, {}, toy_dataset.item_meta)
+    result = engine.recommend("stranger", 3)
+    counts = toy_dataset.to_frame().group_by("item_id").len()
+    top = counts.sort(["len", "item_id"], descending=[True, False])["len"].to_list()[:3]
+    assert result.fallback_reason == "unknown_user" and [it["score"] for it in result.items] == top
+
+
+def test_cold_item_gets_content_neighbours(cluster_dataset: Dataset) -> None:
+    frame = cluster_dataset.to_frame().select("user_id", "item_id")
+    cold = "c0i19"
+    warm = Dataset.from_frame(frame.filter(pl.col("item_id") != cold), name="warm")  # no metadata, no cold item
+    main = create("itemknn").fit(warm)
+    content = create("content").fit(cluster_dataset)
+    engine = Engine(main, {"content": content}, cluster_dataset.item_meta)
+    result = engine.similar(cold, 5)
+    assert result.is_fallback and result.fallback_reason == "cold_item"
+    assert [it["item_id"] for it in result.items] == content.similar_items([cold], 5).item_ids[0]
+    assert all(it["genres"] == ["g0"] for it in result.items)  # neighbours from its own cluster
+    assert engine.item(cold)["n_interactions"] == 0
+
+
+def test_hybrid_serves_sparse_users_itself(cluster_dataset: Dataset) -> None:
+    hybrid = create("hybrid", cf_model="itemknn").fit(cluster_dataset)
+    engine = Engine(hybrid, {}, cluster_dataset.item_meta, sparse_history_threshold=100)
+    result = engine.recommend("c1u00", 4)
+    assert result.fallback_reason == "sparse_history" and result.source == "content"
+    assert [it["item_id"] for it in result.items] == hybrid.recommend(["c1u00"], 4).item_ids[0]
