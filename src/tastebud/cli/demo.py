@@ -21,8 +21,10 @@ def demo(
     champion: Annotated[
         str, typer.Option(help="Model to train, register and promote as champion ('' skips this step).")
     ] = "ease",
+    serve: Annotated[bool, typer.Option(help="End by serving the champion over HTTP (until Ctrl-C).")] = True,
+    port: Annotated[int, typer.Option(help="Port of the API when serving.", min=1, max=65535)] = 8000,
 ) -> None:
-    """The main job: fetch MovieLens-100K, prepare, split, describe, then train and compare models."""
+    """The main job: fetch MovieLens-100K, prepare, split, train and compare models, register a champion, serve it."""
     from tastebud.data.describe import describe_dataset
     from tastebud.data.fetch import fetch_dataset, is_fetched
     from tastebud.data.prepare import PrepareConfig, prepare
@@ -49,10 +51,31 @@ def demo(
     comparison.print_table(console)
     console.print(f"report: {out_dir / 'comparison.md'}  plot: {out_dir / 'comparison.png'}")
     if champion:
-        _register_champion(settings, champion, k)
+        model_name = _register_champion(settings, champion, k)
+        if serve:
+            _serve(settings, model_name, port)
 
 
-def _register_champion(settings: Settings, model: str, k: int) -> None:
+def _serve(settings: Settings, model_name: str, port: int) -> None:
+    from tastebud.cli.serve import run_server
+
+    base = f"http://127.0.0.1:{port}"
+    console.rule("[bold]7. serve the champion")
+    console.print(
+        "Try:\n"
+        f"  {base}/docs                     the OpenAPI docs\n"
+        f"  {base}/recommend/1?k=10         recommendations for user 1, with explanations\n"
+        f"  {base}/recommend/1?genres=Comedy&year_min=1990&year_max=1999\n"
+        f"  {base}/recommend/new-user       an unknown user: popular items (is_fallback)\n"
+        f"  {base}/similar/50               items similar to Star Wars (1977)\n"
+        f"  {base}/popular?genre=Drama      the most popular dramas\n"
+        f"  {base}/health  {base}/metrics\n"
+        "Press Ctrl-C to stop."
+    )
+    run_server(settings, host="127.0.0.1", port=port, model_name=model_name, alias="champion")
+
+
+def _register_champion(settings: Settings, model: str, k: int) -> str:
     """Train ``model`` on ML-100K, track and register it, promote it through the gate, print the registry."""
     from tastebud.cli.models import print_versions
     from tastebud.pipeline.promote import promote
@@ -71,3 +94,4 @@ def _register_champion(settings: Settings, model: str, k: int) -> None:
     outcome = promote(registry, result.version.name, result.version.version, settings=settings, actor="demo")
     console.print(f"{outcome.decision.action}: {outcome.decision.reason}")
     print_versions(registry.list_versions(result.version.name), f"Registry: {result.version.name}")
+    return result.version.name

@@ -21,25 +21,28 @@ ActorOption = Annotated[
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
 def print_versions(versions: list, title: str) -> None:  # type: ignore[type-arg]
     """Rich table of model versions with key metrics and aliases."""
-    table = Table(title=title)
-    for col in ("version", "aliases", "family", "ndcg@10", "recall@10", "coverage", "rmse", "snapshot", "created"):
-        table.add_column(col)
+    from rich import box
+
+    # Compact enough for an 80-column terminal; `models show` prints everything.
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for col in ("ver", "aliases", "family", "ndcg@10", "rec@10", "cov", "rmse", "snapshot", "created"):
+        table.add_column(col, no_wrap=True)
     for mv in versions:
         table.add_row(
             str(mv.version),
-            ", ".join(mv.aliases),
+            ",".join(mv.aliases) or "-",
             mv.tags.get("tastebud.model_family", "?"),
             _fmt(mv.metrics.get("ndcg_at_10")),
             _fmt(mv.metrics.get("recall_at_10")),
             _fmt(mv.metrics.get("coverage")),
             _fmt(mv.metrics.get("rmse")),
-            mv.tags.get("tastebud.snapshot_id", ""),
-            mv.created_at,
+            mv.tags.get("tastebud.snapshot_id", "")[:8],
+            str(mv.created_at)[:10],
         )
     console.print(table)
 

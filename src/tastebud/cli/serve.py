@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tastebud.cli._app import app, console, settings_of
+from tastebud.config import Settings
 
 
 @app.command("serve")
@@ -30,9 +31,6 @@ def serve_cmd(
     Endpoints: /recommend, /similar, /popular, /items, /users/{id}/history, /health, /health/ready, /metrics,
     /trace, /models and /admin/models/switch (bearer token from serving.admin_token). API docs at /docs.
     """
-    import uvicorn
-
-    settings = settings_of(ctx)
     overrides = {
         key: value
         for key, value in {
@@ -44,6 +42,13 @@ def serve_cmd(
         }.items()
         if value is not None
     }
+    run_server(settings_of(ctx), **overrides)
+
+
+def run_server(settings: Settings, **overrides: Any) -> None:
+    """Run uvicorn with ``settings.serving`` updated by ``overrides``; returns when the server stops."""
+    import uvicorn
+
     settings = settings.model_copy(update={"serving": settings.serving.model_copy(update=overrides)})
     cfg = settings.serving
     console.print(

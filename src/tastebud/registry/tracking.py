@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
+# MLflow logs its database migrations at INFO on first use; that is noise for a command-line user.
+for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.tracking._tracking_service.client"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 T = TypeVar("T")
 
 #: MLflow limits a parameter value to 6000 characters; longer values are cut (the manifest keeps them whole).

