@@ -30,20 +30,33 @@ def print_versions(versions: list, title: str) -> None:  # type: ignore[type-arg
 
     # Compact enough for an 80-column terminal; `models show` prints everything.
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
-    for col in ("ver", "aliases", "family", "ndcg@10", "rec@10", "cov", "rmse", "snapshot", "created"):
+    has_rmse = any(mv.metrics.get("rmse") is not None for mv in versions)
+    columns = [
+        "ver",
+        "aliases",
+        "family",
+        "ndcg@10",
+        "rec@10",
+        "cov",
+        *(["rmse"] if has_rmse else []),
+        "snapshot",
+        "created",
+    ]
+    for col in columns:
         table.add_column(col, no_wrap=True)
     for mv in versions:
-        table.add_row(
+        cells = [
             str(mv.version),
             ",".join(mv.aliases) or "-",
             mv.tags.get("tastebud.model_family", "?"),
             _fmt(mv.metrics.get("ndcg_at_10")),
             _fmt(mv.metrics.get("recall_at_10")),
             _fmt(mv.metrics.get("coverage")),
-            _fmt(mv.metrics.get("rmse")),
+            *([_fmt(mv.metrics.get("rmse"))] if has_rmse else []),
             mv.tags.get("tastebud.snapshot_id", "")[:8],
             str(mv.created_at)[:10],
-        )
+        ]
+        table.add_row(*cells)
     console.print(table)
 
 

@@ -1,0 +1,3 @@
+"""`tastebud monitor` commands."""
+
+from __future__ import annotations
