@@ -19,9 +19,10 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/tastebud demo
 
-## test: lint and the full test suite (slow and integration tests included; installs PostgreSQL when missing)
+## test: lint and the full test suite (slow and integration tests included; installs PostgreSQL and promtool when missing)
 test: setup
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-promtool.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 

@@ -1,5 +1,10 @@
-"""Monitoring: Prometheus metrics (drift, KPIs and replay evaluation join later)."""
+"""Monitoring: Prometheus metrics (``metrics``), drift (``drift``), KPIs and availability (``kpis``), replay
+evaluation (``replay``) and reports (``report``).
 
-from tastebud.monitoring.metrics import ServingMetrics
+Only the metrics are imported here: serving imports this package on its start-up path, and the analysis modules
+pull in polars and matplotlib, so import them by module (``from tastebud.monitoring.drift import compute_drift``).
+"""
 
-__all__ = ["ServingMetrics"]
+from tastebud.monitoring.metrics import DriftMetrics, ServingMetrics, StreamMetrics
+
+__all__ = ["DriftMetrics", "ServingMetrics", "StreamMetrics"]
