@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,7 +51,8 @@ def demo(
     comparison.print_table(console)
     console.print(f"report: {out_dir / 'comparison.md'}  plot: {out_dir / 'comparison.png'}")
     if champion:
-        model_name = _register_champion(settings, champion, k)
+        model_name, result = _register_champion(settings, champion, k)
+        _the_loop(settings, result)
         if serve:
             _serve(settings, model_name, port)
 
@@ -60,7 +61,7 @@ def _serve(settings: Settings, model_name: str, port: int) -> None:
     from tastebud.cli.serve import run_server
 
     base = f"http://127.0.0.1:{port}"
-    console.rule("[bold]7. serve the champion")
+    console.rule("[bold]9. serve the champion")
     console.print(
         "Try:\n"
         f"  {base}/docs                     the OpenAPI docs\n"
@@ -72,10 +73,13 @@ def _serve(settings: Settings, model_name: str, port: int) -> None:
         f"  {base}/health  {base}/metrics\n"
         "Press Ctrl-C to stop."
     )
+    from tastebud.cli.monitor import print_monitoring_hints
+
+    print_monitoring_hints(base)
     run_server(settings, host="127.0.0.1", port=port, model_name=model_name, alias="champion")
 
 
-def _register_champion(settings: Settings, model: str, k: int) -> str:
+def _register_champion(settings: Settings, model: str, k: int) -> tuple[str, Any]:
     """Train ``model`` on ML-100K, track and register it, promote it through the gate, print the registry."""
     from tastebud.cli.models import print_versions
     from tastebud.pipeline.promote import promote
@@ -94,4 +98,64 @@ def _register_champion(settings: Settings, model: str, k: int) -> str:
     outcome = promote(registry, result.version.name, result.version.version, settings=settings, actor="demo")
     console.print(f"{outcome.decision.action}: {outcome.decision.reason}")
     print_versions(registry.list_versions(result.version.name), f"Registry: {result.version.name}")
-    return result.version.name
+    return result.version.name, result
+
+
+def _the_loop(settings: Settings, result: Any, n_events: int = 5, k: int = 5) -> None:
+    """Replay held-out ratings of one user as events through the ingest path; show their top-k before and after.
+
+    The events are ratings the champion never saw (the user's test part of the training split). They go through
+    :func:`tastebud.stream.ingest.ingest_events` (validation, the event store) and the serving engine's real-time
+    overlay, exactly as ``POST /events`` does, and the same engine answers before and after.
+    """
+    import polars as pl
+
+    from tastebud.serving.engine import Engine
+    from tastebud.serving.realtime import UserOverlays
+    from tastebud.store import create_store
+    from tastebud.stream.ingest import ingest_events
+
+    console.rule("[bold]8. the loop: new events change the recommendations")
+    test = result.split.test.to_frame()
+    # the user with the most liked held-out ratings (4 stars or more): their arrival should visibly move the list
+    liked = test.filter(pl.col("rating") >= 4) if "rating" in test.columns else test
+    if liked.height == 0:
+        console.print("no held-out interactions to replay")
+        return
+    user = liked.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])["user_id"][0]
+    rows = liked.filter(pl.col("user_id") == user).sort("timestamp").head(n_events)
+    engine = Engine(result.model, result.fallback, result.split.train.item_meta)
+    engine.overlays = UserOverlays()
+    before = engine.recommend(str(user), k, explain=False)
+    events = [
+        {"event_id": f"demo-{user}-{r['item_id']}", "user_id": str(user), "item_id": str(r["item_id"]),
+         "rating": float(r["rating"]) if r.get("rating") is not None else 5.0, "timestamp": int(r["timestamp"])}
+        for r in rows.to_dicts()
+    ]  # fmt: skip
+    store = create_store(settings)
+    try:
+        store.init_schema()
+        ingest = ingest_events(store, events, source="demo")
+    finally:
+        store.close()
+    engine.overlays.add(ingest.events)
+    after = engine.recommend(str(user), k, explain=True)
+    titles = {e["item_id"]: _title(engine, e["item_id"]) for e in events}
+    console.print(
+        f"user {user}: {ingest.accepted} new events stored ({ingest.duplicates} already there), e.g. "
+        + "; ".join(f"{titles[e['item_id']]} ({e['rating']:g})" for e in events[:3])
+    )
+    before_ids = {it["item_id"] for it in before.items}
+    console.print(f"[bold]top-{k} before[/bold]")
+    for n, it in enumerate(before.items, 1):
+        console.print(f"  {n}. {it['title'] or it['item_id']}")
+    console.print(f"[bold]top-{k} after[/bold] (new entries marked +)")
+    for n, it in enumerate(after.items, 1):
+        mark = " " if it["item_id"] in before_ids else "+"
+        because = ", ".join(_title(engine, i) for i in it["because"][:2])
+        console.print(f" {mark}{n}. {it['title'] or it['item_id']}" + (f"  (because: {because})" if because else ""))
+
+
+def _title(engine: Any, item_id: str) -> str:
+    record = engine.catalog.record(item_id)
+    return str(record["title"]) if record and record.get("title") else item_id

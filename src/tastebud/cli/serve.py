@@ -66,11 +66,24 @@ def run_server(settings: Settings, **overrides: Any) -> None:
     os.environ["TASTEBUD_HOME"] = str(settings.home)
     for key in ("model_name", "alias", "host", "port", "blas_threads"):
         os.environ[f"TASTEBUD_SERVING__{key.upper()}"] = str(getattr(cfg, key))
-    uvicorn.run(
-        "tastebud.serving.app:create_app_from_env",
-        factory=True,
-        host=cfg.host,
-        port=cfg.port,
-        workers=cfg.workers,
-        log_level=log_level,
-    )
+    # Prometheus multiprocess mode: every worker writes its values to files in one fresh directory, so that a
+    # scrape of any worker reports the whole server; the directory goes when the server stops.
+    import shutil
+    import tempfile
+
+    from tastebud.monitoring.metrics import MULTIPROC_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="tastebud-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run(
+            "tastebud.serving.app:create_app_from_env",
+            factory=True,
+            host=cfg.host,
+            port=cfg.port,
+            workers=cfg.workers,
+            log_level=log_level,
+        )
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from pydantic import ConfigDict, Field
 
-from tastebud.data.dataset import Dataset
+from tastebud.data.dataset import Dataset, IdMap
 from tastebud.errors import BundleError, DataValidationError, ParameterError
 from tastebud.models import _scoring as sc
 from tastebud.models.ann import FaissIndex
@@ -61,6 +61,8 @@ class FactorRecommender(Recommender):
         self.item_factors_: np.ndarray | None = None
         self.ann_: FaissIndex | None = None
         self.ann_similar_: FaissIndex | None = None
+        self.gram_: np.ndarray | None = None  # YᵀY in float64 (set by fit and load)
+        self.inv_norms_: np.ndarray | None = None  # 1 / ‖y_i‖ per item (set by fit and load)
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -85,9 +87,52 @@ class FactorRecommender(Recommender):
         """
         matrix = dataset.matrix("value")
         user_factors, item_factors = self._train(matrix)
+        return self._set_factors(user_factors, item_factors, matrix, dataset.users, dataset.items)
+
+    @classmethod
+    def from_factors(
+        cls,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        seen: sp.csr_matrix,
+        users: IdMap,
+        items: IdMap,
+        **params: Any,
+    ) -> Self:
+        """A fitted model from factors learned elsewhere (another trainer, a synthetic catalog).
+
+        Args:
+            user_factors: (n_users, n_dims) array, rows aligned with ``users``.
+            item_factors: (n_items, n_dims) array, rows aligned with ``items``.
+            seen: user x item matrix of the training values (excluded from recommendations, used by ``fold_in``
+                and explanations).
+            users: the user vocabulary.
+            items: the item vocabulary.
+            **params: hyperparameters (``factors`` must match the factor width).
+
+        Raises:
+            DataValidationError: shapes do not match or the factors hold NaN/inf values.
+        """
+        model = cls(**params)
+        seen = sp.csr_matrix(seen, dtype=np.float32)
+        if seen.shape != (len(users), len(items)):
+            raise DataValidationError(
+                f"{model.name}: seen matrix has shape {seen.shape}, expected ({len(users)}, {len(items)})"
+            )
+        return model._set_factors(user_factors, item_factors, seen, users, items)
+
+    def _set_factors(
+        self,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        seen: sp.csr_matrix,
+        users: IdMap,
+        items: IdMap,
+    ) -> Self:
+        """Check and store learned factors, then build the serving caches and ANN indexes; returns self."""
         user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
         item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
-        expected = ((dataset.n_users, self.n_dims), (dataset.n_items, self.n_dims))
+        expected = ((len(users), self.n_dims), (len(items), self.n_dims))
         if (user_factors.shape, item_factors.shape) != expected:
             # the classic mistake is passing an item x user matrix: it trains and gives plausible numbers
             raise DataValidationError(
@@ -101,10 +146,25 @@ class FactorRecommender(Recommender):
                     "or raise the regularization"
                 )
         self.user_factors_, self.item_factors_ = user_factors, item_factors
-        self.seen_ = matrix
-        self.users_, self.items_ = dataset.users, dataset.items
+        self.seen_ = seen
+        self.users_, self.items_ = users, items
+        self._prepare()
         self._build_ann()
         return self
+
+    def _prepare(self) -> None:
+        """Precompute what every request would otherwise recompute: ``YᵀY`` and the item norms.
+
+        Called after ``fit`` and ``load``; the Gram matrix is O(n_items · d²) to build, so computing it per
+        request (fold-in, explanations) would cost milliseconds on small catalogs and seconds on large ones.
+        """
+        assert self.item_factors_ is not None
+        y = self.item_factors_
+        self.gram_ = np.asarray(y.T.astype(np.float64) @ y.astype(np.float64))
+        norms = np.linalg.norm(y, axis=1)
+        self.inv_norms_ = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
+        if not self.seen_.has_sorted_indices:
+            self.seen_ = self.seen_.sorted_indices()
 
     def _build_ann(self) -> None:
         self.ann_ = self.ann_similar_ = None
@@ -112,10 +172,12 @@ class FactorRecommender(Recommender):
             self.ann_ = FaissIndex(hnsw_threshold=self.config.ann_threshold).build(self.item_factors_)
             self.ann_similar_ = FaissIndex(hnsw_threshold=self.config.ann_threshold).build(self._unit_items())
 
-    def _unit_items(self) -> np.ndarray:
-        assert self.item_factors_ is not None
-        norms = np.linalg.norm(self.item_factors_, axis=1, keepdims=True)
-        return self.item_factors_ / np.maximum(norms, 1e-12)
+    def _unit_items(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Unit-length item vectors (all, or only ``rows``) from the cached norms."""
+        assert self.item_factors_ is not None and self.inv_norms_ is not None
+        if rows is None:
+            return self.item_factors_ * self.inv_norms_[:, None]
+        return self.item_factors_[rows] * self.inv_norms_[rows, None]
 
     # ------------------------------------------------------------------ scoring
     def recommend(
@@ -136,6 +198,12 @@ class FactorRecommender(Recommender):
         k = sc.check_k(k)
         rows = self.users_.index(user_ids, kind="user")
         cands = sc.resolve_candidates(self.items_, candidates)
+        if len(rows) == 1:
+            # The serving path: one user. Slicing the CSR by hand and ranking a 1-D score vector avoids scipy's
+            # fancy indexing and matrix construction, which cost more than the scoring itself.
+            idx, scores = self._recommend_one(int(rows[0]), k, exclude_seen, cands)
+            explanations = self._explain(rows, idx) if explain else None
+            return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
         exclude = self.seen_[rows] if exclude_seen else None
         if self.ann_ is not None and cands is None:
             idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)
@@ -204,19 +272,49 @@ class FactorRecommender(Recommender):
         assert self.items_ is not None
         k = sc.check_k(k)
         rows = self.items_.index(item_ids, kind="item")
-        unit = self._unit_items()
         mask = sc.query_mask(rows, len(self.items_))
         if self.ann_similar_ is not None:
-            idx, scores = self._ann_search(self.ann_similar_, unit[rows], k, mask)
+            idx, scores = self._ann_search(self.ann_similar_, self._unit_items(rows), k, mask)
         else:
+            assert self.item_factors_ is not None and self.inv_norms_ is not None
+            items, inv = self.item_factors_, self.inv_norms_
+            # cos(q, i) = (q̂ · y_i) / ‖y_i‖: scale the scores, not every item vector, per call
             idx, scores = sc.rank(
-                lambda r, c: unit[r] @ (unit.T if c is None else unit[c].T),
+                lambda r, c: (self._unit_items(r) @ items.T) * inv,
                 rows,
                 k,
                 n_items=len(self.items_),
                 exclude=mask,
             )
         return sc.build_recommendations(list(item_ids), idx, scores, self.items_)
+
+    def _recommend_one(
+        self, u: int, k: int, exclude_seen: bool, cands: np.ndarray | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Top-``k`` (indices, scores) of one user, as one-row lists; same results as the batched path."""
+        assert self.user_factors_ is not None and self.item_factors_ is not None
+        x = self.user_factors_[u]
+        lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
+        seen = self.seen_.indices[lo:hi] if exclude_seen else self.seen_.indices[:0]
+        if self.ann_ is not None and cands is None:
+            ids, scores = self.ann_.search(x[None, :], k + len(seen))
+            keep = (ids[0] >= 0) & ~np.isin(ids[0], seen)
+            return [ids[0][keep][:k]], [scores[0][keep][:k]]
+        if cands is None:
+            scores = self.item_factors_ @ x
+            scores[seen] = -np.inf
+        else:
+            scores = self.item_factors_[cands] @ x
+            scores[np.isin(cands, seen, assume_unique=True)] = -np.inf
+        kk = min(k, len(scores))
+        if kk == 0:
+            return [np.empty(0, dtype=np.int64)], [scores[:0]]
+        part = np.argpartition(-scores, kk - 1)[:kk] if kk < len(scores) else np.arange(len(scores))
+        part = part[np.argsort(-scores[part], kind="stable")]
+        val = scores[part]
+        part = part[val > -np.inf]
+        idx = part if cands is None else cands[part]
+        return [idx.astype(np.int64, copy=False)], [val[: len(part)]]
 
     def _score(self, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
         assert self.user_factors_ is not None
@@ -271,13 +369,24 @@ class FactorRecommender(Recommender):
         a, b = self._user_system(idx, self._confidence(vals))
         return scipy.linalg.solve(a, b, assume_a="pos").astype(np.float32)
 
+    history_scoring: ClassVar[bool] = True
+
+    def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Scores of every item for the user vector folded in from a history (see :meth:`fold_in`)."""
+        assert self.item_factors_ is not None
+        if (values < 0).any():
+            raise ParameterError(f"{self.name}: history values must be >= 0 (they are confidences)")
+        a, b = self._user_system(idx, self._confidence(values))
+        x = scipy.linalg.solve(a, b, assume_a="pos").astype(np.float32)
+        return self.item_factors_ @ x
+
     def _user_system(self, idx: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form)."""
-        assert self.item_factors_ is not None
-        y = self.item_factors_.astype(np.float64)
-        ys = y[idx]
-        a = y.T @ y + self.config.regularization * np.eye(y.shape[1])
-        a += (ys * (confidence - 1.0)[:, None]).T @ ys
+        assert self.item_factors_ is not None and self.gram_ is not None
+        ys = self.item_factors_[idx].astype(np.float64)
+        a = ys.T @ (ys * (confidence - 1.0)[:, None])
+        a += self.gram_
+        a[np.diag_indices_from(a)] += self.config.regularization
         b = ys.T @ confidence
         return a, b
 
@@ -305,6 +414,7 @@ class FactorRecommender(Recommender):
         model.item_factors_ = sc.load_checked(
             directory / "item_factors.npy", (len(model.items_), d), np.floating
         )
+        model._prepare()
         if model.config.use_ann:
             model.ann_ = FaissIndex.load(directory / "ann_items.faiss")
             model.ann_similar_ = FaissIndex.load(directory / "ann_similar.faiss")

@@ -10,12 +10,15 @@ The paper writes ``1 + alpha * r``; the two differ by the constant 1 on observed
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg.lapack
 import scipy.sparse as sp
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from tastebud.models import _scoring as sc
 from tastebud.models._factors import FactorConfig, FactorRecommender
+
+_potrf, _potrs = scipy.linalg.lapack.dpotrf, scipy.linalg.lapack.dpotrs
 
 
 class ALSConfig(FactorConfig):
@@ -65,15 +68,54 @@ class ALSRecommender(FactorRecommender):
         to the score the exact least-squares user vector gives item ``i``.
         """
         assert self.items_ is not None and self.item_factors_ is not None
-        y = self.item_factors_.astype(np.float64)
+        y = self.item_factors_
         ids = self.items_.ids
         out: list[list[list[str]]] = []
         for u, rec in zip(rows.tolist(), rec_rows, strict=True):
             lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
             seen_idx = self.seen_.indices[lo:hi]
             conf = self._confidence(self.seen_.data[lo:hi])
+            # Only the k returned items are explained: one Cholesky factorisation of the user's d x d system
+            # (YᵀY is cached at fit/load) and k solves, instead of anything per catalog item.
             a, _ = self._user_system(seen_idx, conf)
-            weighted = np.linalg.solve(a, y[rec].T)  # W_u⁻¹ y_i, one column per recommended item
+            # LAPACK directly: scipy.linalg's cho_factor/cho_solve wrappers cost more than the d x d solve itself
+            chol, info = _potrf(a, lower=True, overwrite_a=True, clean=False)
+            if info == 0:
+                weighted, info = _potrs(chol, y[rec].astype(np.float64).T, lower=True)  # W_u⁻¹ y_i per column
+            if info != 0:  # W_u is positive definite for λ > 0; a singular one (λ = 0) falls back to least squares
+                a, _ = self._user_system(seen_idx, conf)
+                weighted = np.linalg.lstsq(a, y[rec].astype(np.float64).T, rcond=None)[0]
             contrib = (y[seen_idx] @ weighted) * conf[:, None]
-            out.append([[str(ids[j]) for j in row] for row in sc.top_contributors(contrib, seen_idx)])
+            out.append(_top_contributors(contrib, seen_idx, ids))
         return out
+
+    def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
+        """:meth:`_explain` for a history that is not a training row (``recommend_history``)."""
+        assert self.items_ is not None and self.item_factors_ is not None
+        y = self.item_factors_
+        conf = self._confidence(values)
+        a, _ = self._user_system(idx, conf)
+        factor = scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False)
+        weighted = scipy.linalg.cho_solve(factor, y[rec].astype(np.float64).T, check_finite=False)
+        contrib = (y[idx] @ weighted) * conf[:, None]
+        return _top_contributors(contrib, idx, self.items_.ids)
+
+
+def _top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, ids: np.ndarray) -> list[list[str]]:
+    """Per column of ``contrib`` (seen x recommended), the ids of the positive top contributors, largest first.
+
+    Same result as :func:`tastebud.models._scoring.top_contributors`, in a few whole-array steps: this runs
+    once per served request, where per-row NumPy calls cost more than the arithmetic.
+    """
+    n_seen, n_rec = contrib.shape
+    n = min(sc.EXPLAIN_TOP, n_seen)
+    if n == 0:
+        return [[] for _ in range(n_rec)]
+    scores = contrib.T  # one row per recommended item
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < n_seen else np.tile(np.arange(n_seen), (n_rec, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    positive = (np.take_along_axis(part_scores, order, axis=1) > 0).tolist()
+    names = ids[seen_idx[best]].tolist()
+    return [[str(x) for x, ok in zip(row, oks, strict=True) if ok] for row, oks in zip(names, positive, strict=True)]

@@ -104,6 +104,67 @@ class Recommender(ABC):
     def load(cls, directory: Path) -> Self:
         """Read a model written by :meth:`save`."""
 
+    # ------------------------------------------------------------------ scoring a history
+    #: True when the model scores arbitrary histories (:meth:`recommend_history`).
+    history_scoring: ClassVar[bool] = False
+
+    def recommend_history(
+        self,
+        item_ids: Sequence[str],
+        values: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        explain: bool = False,
+    ) -> Recommendations:
+        """Top-``k`` items for someone whose history is ``item_ids`` (with ``values``), without retraining.
+
+        The history replaces the training row a user would have: factor models fold it in (the exact
+        per-user least-squares solve against the fixed item factors), item-item models multiply it by their
+        item-item matrix, the content model builds the profile from it, the hybrid does both. Serving uses it
+        to score a user's training history plus the events that arrived since. For a known user's own
+        training history (:meth:`user_history`) the scores equal ``recommend``'s wherever the model's user
+        state is a function of that history.
+
+        Args:
+            item_ids: the history's items (a repeated item keeps its last value).
+            values: interaction values aligned with ``item_ids`` (default 1.0 each), in the units of
+                :meth:`user_history`.
+            k: list length.
+            exclude_seen: leave out the history's items.
+            candidates: restrict to these item ids.
+            explain: name, per item, the history items that contributed most (models that can explain).
+
+        Returns:
+            One row with query id ``"history"``.
+
+        Raises:
+            NotImplementedError: the model cannot score a history (``history_scoring`` is False).
+            UnknownItemError: an item id is not in the model's vocabulary.
+        """
+        if not self.history_scoring:
+            raise NotImplementedError(f"{self.name} cannot score an arbitrary history")
+        from tastebud.models._history import recommend_history
+
+        return recommend_history(
+            self, item_ids, values, k, exclude_seen=exclude_seen, candidates=candidates, explain=explain
+        )
+
+    def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
+        """A known user's training history as ``(item ids, values)``, the input :meth:`recommend_history` takes.
+
+        Raises:
+            UnknownUserError: the model has not seen ``user_id``.
+        """
+        self.check_fitted()
+        assert self.users_ is not None and self.items_ is not None
+        u = int(self.users_.index([user_id], kind="user")[0])
+        seen = self.seen_.tocsr() if not hasattr(self.seen_, "indptr") else self.seen_
+        lo, hi = seen.indptr[u], seen.indptr[u + 1]
+        ids = [str(x) for x in self.items_.ids[seen.indices[lo:hi]].tolist()]
+        return ids, np.asarray(seen.data[lo:hi], dtype=np.float64)
+
     # ------------------------------------------------------------------ helpers for subclasses
     @property
     def is_fitted(self) -> bool:

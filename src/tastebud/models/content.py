@@ -28,6 +28,7 @@ from pydantic import Field
 from tastebud.data.dataset import Dataset
 from tastebud.errors import BundleError, DataValidationError, NotFittedError
 from tastebud.models import _scoring as sc
+from tastebud.models._history import explain_weighted
 from tastebud.models.base import (
     ModelConfig,
     Recommendations,
@@ -150,6 +151,33 @@ class ContentRecommender(Recommender):
                 self.config.n_explain,
             )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+
+    history_scoring = True
+
+    def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
+        """A known user's items and their profile weights (what ``recommend_history`` takes as values)."""
+        self.check_fitted()
+        assert self.users_ is not None and self.items_ is not None and self.weights_ is not None
+        u = int(self.users_.index([user_id], kind="user")[0])
+        lo, hi = self.weights_.indptr[u], self.weights_.indptr[u + 1]
+        ids = [str(x) for x in self.items_.ids[self.weights_.indices[lo:hi]].tolist()]
+        return ids, np.asarray(self.weights_.data[lo:hi], dtype=np.float64)
+
+    def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Cosine between every item and the profile built from the history, ``values`` as profile weights.
+
+        ``binary`` weighting ignores the values; otherwise a value is the item's weight in the profile, as in
+        ``weights_`` (a real-time event's value, e.g. its rating, counts as a positive weight).
+        """
+        assert self.item_vectors_ is not None
+        weights = np.ones(len(idx)) if self.config.weighting == "binary" else values
+        profile = _l2_rows(sp.csr_matrix(weights[None, :].astype(np.float32) @ self.item_vectors_[idx]))
+        return (self.item_vectors_ @ profile.T).toarray().ravel()
+
+    def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
+        assert self.item_vectors_ is not None and self.items_ is not None
+        block = (self.item_vectors_[idx] @ self.item_vectors_[rec].T).toarray()
+        return explain_weighted(self.items_, idx, values, block, self.config.n_explain)
 
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Top-``k`` items by cosine between TF-IDF vectors (the query item excluded)."""

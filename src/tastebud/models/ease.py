@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field
 from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
 from tastebud.models import _scoring as sc
+from tastebud.models._history import explain_weighted
 from tastebud.models.base import ModelConfig, Recommendations, Recommender
 
 
@@ -90,6 +91,17 @@ class EASERecommender(Recommender):
             else None
         )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+
+    history_scoring = True
+
+    def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``x B`` for the binary history row ``x`` (EASE learns from presence, not values)."""
+        assert self.weights_ is not None
+        return self.weights_[idx].sum(axis=0, dtype=np.float64)
+
+    def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
+        assert self.weights_ is not None and self.items_ is not None
+        return explain_weighted(self.items_, idx, np.ones(len(idx)), self.weights_[np.ix_(idx, rec)])
 
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Top-``k`` items per item by the weight ``B[i, j]`` item ``i`` gives to ``j``, the item excluded."""

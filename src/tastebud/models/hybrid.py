@@ -324,6 +324,89 @@ class HybridRecommender(Recommender):
             out.append(row)
         return out
 
+    # ------------------------------------------------------------------ scoring a history
+    history_scoring = True
+
+    def recommend_history(
+        self,
+        item_ids: Sequence[str],
+        values: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        explain: bool = False,
+    ) -> Recommendations:
+        """Top-``k`` items for a history: each part scores it, then the parts blend as in :meth:`blend`."""
+        from tastebud.models._history import recommend_history
+
+        return recommend_history(
+            self, item_ids, values, k, exclude_seen=exclude_seen, candidates=candidates, explain=explain,
+            score_fn=lambda idx, vals: self._history_blend(idx, vals, exclude_seen=exclude_seen),
+        )  # fmt: skip
+
+    def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
+        """The CF part's training history of the user (the content part's when CF does not know the user)."""
+        self.check_fitted()
+        assert self.cf_ is not None and self.content_ is not None and self.cf_.users_ is not None
+        if user_id in self.cf_.users_.lookup:
+            return self.cf_.user_history(user_id)
+        return self.content_.user_history(user_id)
+
+    def _history_blend(self, idx: np.ndarray, values: np.ndarray, *, exclude_seen: bool) -> np.ndarray:
+        """Blended scores of every item for a history (hybrid item indices ``idx``); see :meth:`blend`."""
+        assert self.items_ is not None and self.cf_item_ is not None and self.content_ is not None
+        n = len(self.items_)
+        valid = np.ones((1, n), dtype=bool)
+        if exclude_seen:
+            valid[0, idx] = False
+        content_raw = np.asarray(self.content_._history_scores(idx, values), dtype=np.float64)[None, :]  # type: ignore[attr-defined]
+        content = _normalise(content_raw, valid, self.config.normalize)
+        cf_raw = self._history_cf_scores(idx, values)[None, :]
+        cf_valid = valid & np.isfinite(cf_raw)
+        cf = _normalise(cf_raw, cf_valid, self.config.normalize, stats=cf_valid & (self.cf_item_ >= 0))
+        alpha = self.config.alpha
+        return np.where(valid, alpha * cf + (1.0 - alpha) * content, -np.inf)[0]
+
+    def _history_cf_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """CF scores on the hybrid's items for a history; cold items from their neighbours; ``nan``: none."""
+        assert self.cf_ is not None and self.cf_.items_ is not None and self.items_ is not None
+        assert self.cf_item_ is not None and self.cold_items_ is not None and self.cold_weights_ is not None
+        out = np.full(len(self.items_), np.nan)
+        if not getattr(self.cf_, "history_scoring", False):
+            return out
+        cf_idx = _map_ids(self.items_.ids[idx], self.cf_.items_.lookup)
+        known = cf_idx >= 0
+        scores = np.asarray(self.cf_._history_scores(cf_idx[known], values[known]), dtype=np.float64)  # type: ignore[attr-defined]
+        warm = np.flatnonzero(self.cf_item_ >= 0)
+        out[warm] = scores[self.cf_item_[warm]]
+        if len(self.cold_items_):
+            # the similarity-weighted mean of the neighbours' scores: for a factor model exactly the score of
+            # the cold factor vector, since scores are linear in the item factors
+            filled = np.where(np.isfinite(out), out, 0.0)
+            total = self.cold_weights_ @ filled
+            mass = self.cold_weights_ @ np.isfinite(out).astype(np.float64)
+            out[self.cold_items_] = np.divide(total, mass, out=np.full(len(total), np.nan), where=mass > 0)
+        return out
+
+    def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
+        """A warm item is explained by the CF part when it can, anything else by the content part."""
+        assert self.cf_ is not None and self.content_ is not None and self.cf_.items_ is not None
+        assert self.items_ is not None and self.cf_item_ is not None
+        content_explainer = getattr(self.content_, "_explain_history", None)
+        out = content_explainer(idx, values, rec) if content_explainer else [[] for _ in rec]
+        cf_explainer = getattr(self.cf_, "_explain_history", None)
+        warm = np.flatnonzero(self.cf_item_[rec] >= 0)
+        if cf_explainer is not None and len(warm):
+            cf_idx = _map_ids(self.items_.ids[idx], self.cf_.items_.lookup)
+            known = cf_idx >= 0
+            if known.any():
+                cf_out = cf_explainer(cf_idx[known], values[known], self.cf_item_[rec[warm]])
+                for j, why in zip(warm.tolist(), cf_out, strict=True):
+                    if why:
+                        out[j] = why
+        return out
+
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Similar items from the content model, which knows every item in the catalog, cold ones included."""
         self.check_fitted()

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field
 
 from tastebud.data.dataset import Dataset
 from tastebud.models import _scoring as sc
+from tastebud.models._history import explain_weighted
 from tastebud.models.base import ModelConfig, Recommendations, Recommender
 
 
@@ -104,6 +105,17 @@ class ItemKNNRecommender(Recommender):
             else None
         )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+
+    history_scoring = True
+
+    def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``Σ_j value_j · S[j, :]`` over the history's items."""
+        assert self.similarity_ is not None
+        return np.asarray(self.similarity_[idx].T @ values, dtype=np.float64).ravel()
+
+    def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
+        assert self.similarity_ is not None and self.items_ is not None
+        return explain_weighted(self.items_, idx, values, self.similarity_[idx][:, rec].toarray())
 
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Up to ``k`` nearest neighbours per item (at most ``n_neighbors - 1``), the item excluded."""

@@ -125,6 +125,13 @@ class PopularityRecommender(Recommender):
         )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_)
 
+    history_scoring = True
+
+    def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Popularity does not depend on the history; only the exclusion of its items does."""
+        assert self.popularity_ is not None
+        return np.asarray(self.popularity_, dtype=np.float64)
+
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Items sharing a genre with the query, most popular first, then the most popular others.
 

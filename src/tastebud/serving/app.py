@@ -18,12 +18,12 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from tastebud.config import Settings, build_settings
-from tastebud.monitoring.metrics import ServingMetrics
+from tastebud.monitoring.metrics import DRIFT_TEXTFILE, ServingMetrics, mark_process_dead
 from tastebud.serving.errors import install_error_handlers
 from tastebud.serving.holder import BundleLoader, ModelHolder
 from tastebud.serving.middleware import MetricsMiddleware
 from tastebud.serving.provenance import image_digest
-from tastebud.serving.routes import health, items, metrics, models, popular, recommend, similar, trace
+from tastebud.serving.routes import events, health, items, metrics, models, popular, recommend, similar, trace
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def create_app(
     settings = settings or build_settings()
     cfg = settings.serving
     metrics_ = holder.metrics if holder is not None else ServingMetrics()
+    if settings.home / DRIFT_TEXTFILE not in metrics_.textfiles:  # the latest drift check's gauges
+        metrics_.textfiles.append(settings.home / DRIFT_TEXTFILE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,9 +77,12 @@ def create_app(
             state.store = owned_store or getattr(state.request_log, "store", None)
         if watch:
             state.holder.start(cfg.watch_interval_s)
+        consumer = _start_consumer(settings, state, metrics_)
         try:
             yield
         finally:
+            if consumer is not None:
+                consumer.stop()
             state.holder.stop()
             writer = state.request_log
             if writer is not None:
@@ -90,6 +95,7 @@ def create_app(
                     logger.exception("request log did not drain cleanly")
             if owned_store is not None:
                 owned_store.close()
+            mark_process_dead()  # this worker's live gauges leave the multiprocess directory
 
     app = FastAPI(
         title="Tastebud",
@@ -104,7 +110,7 @@ def create_app(
     app.state.request_log = request_log
     app.state.store = store
     install_error_handlers(app)
-    for module in (recommend, similar, popular, items, health, metrics, trace, models):
+    for module in (recommend, similar, popular, items, health, metrics, trace, models, events):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
     return app
@@ -132,6 +138,25 @@ def limit_blas_threads(n: int) -> None:
         logger.warning("threadpoolctl is not installed: BLAS threads are not limited")
         return
     threadpool_limits(limits=n, user_api="blas")
+
+
+def _start_consumer(settings: Settings, state: Any, metrics_: ServingMetrics) -> Any:
+    """Start the in-server Kafka consumer when ``stream.consume_in_server`` and a broker are set; else None."""
+    stream = settings.stream
+    if not (stream.consume_in_server and stream.bootstrap_servers):
+        return None
+    from tastebud.serving.realtime import BackgroundConsumer
+
+    store = state.store if hasattr(state.store, "write_events") else None
+    if store is None:
+        from tastebud.store import create_store
+
+        store = create_store(settings)
+        store.init_schema()
+    consumer = BackgroundConsumer.from_settings(settings, store, state.holder.overlays, metrics_.stream)
+    consumer.start()
+    logger.info("consuming events in the server from %s", stream.bootstrap_servers)
+    return consumer
 
 
 def _default_registry(settings: Settings) -> Any:

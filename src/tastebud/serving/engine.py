@@ -27,6 +27,7 @@ import polars as pl
 from tastebud.errors import UnknownItemError, UnknownUserError
 from tastebud.models.base import Recommendations, Recommender, top_k
 from tastebud.serving.errors import InvalidRequestError
+from tastebud.serving.realtime import UserOverlays, recommend_with_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class Engine:
         self.item_counts = np.bincount(seen.indices, minlength=len(self.catalog))
         self.content_catalog = self._catalog_of(self.content, item_meta)
         self.popular_catalog, self.popularity = self._popularity(item_meta)
+        #: events newer than the model, per user (set by the holder; shared across model switches)
+        self.overlays: UserOverlays | None = None
 
     # ------------------------------------------------------------------ preparation
     def _catalog_of(self, model: Recommender | None, item_meta: pl.DataFrame) -> Catalog | None:
@@ -232,6 +235,13 @@ class Engine:
     ) -> Result:
         """Top-``k`` items for one user, filters and exclusions applied before the top-k."""
         filters = filters or Filters()
+        overlay = self.overlays.get(user_id) if self.overlays is not None else None
+        if overlay is not None:
+            fresh = recommend_with_overlay(
+                self, user_id, overlay, k, exclude_seen=exclude_seen, filters=filters, explain=explain
+            )
+            if fresh is not None:
+                return fresh
         u = self.user_lookup.get(user_id)
         if u is None:
             result = self._popular(k, filters)

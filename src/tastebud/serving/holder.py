@@ -21,6 +21,7 @@ from tastebud.errors import BundleError, TastebudError
 from tastebud.monitoring.metrics import ServingMetrics
 from tastebud.serving.engine import Engine
 from tastebud.serving.provenance import static_provenance, utc_now
+from tastebud.serving.realtime import UserOverlays
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class ModelHolder:
         self._failed_target: int | None = None  # alias value whose bundle was refused (not retried)
         self.last_error: str | None = None
         self.started_at = time.time()
+        #: events that arrived since training, per user (``POST /events``, the in-server consumer)
+        self.overlays = UserOverlays(observe=self.metrics.realtime_seconds.observe)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -180,6 +183,7 @@ class ModelHolder:
         engine = Engine(
             bundle.model, fallback, bundle.item_meta, sparse_history_threshold=self.sparse_history_threshold
         )
+        engine.overlays = self.overlays  # real-time events outlive the model they were first scored with
         manifest = dict(bundle.manifest)
         provenance = static_provenance(manifest, name=self.name, version=version, image=self.image_digest)
         block = {"name": self.name, "version": version, "alias": alias, "type": provenance["model_type"]}

@@ -71,6 +71,53 @@ class SwitchRequest(BaseModel):
         return self
 
 
+# ---------------------------------------------------------------------- events
+#: Examples of ``POST /events`` bodies (a list, or the ``{"events": [...]}`` form replay's HTTP sink posts).
+EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "ratings": {
+        "summary": "A list of rating events",
+        "value": [
+            {"event_id": "e1", "user_id": "42", "item_id": "50", "rating": 5, "timestamp": 1700000000},
+            {"event_id": "e2", "user_id": "42", "item_id": "181", "rating": 4, "timestamp": 1700000060},
+        ],
+    },
+    "interactions": {
+        "summary": "Interaction events (kind and value)",
+        "value": [{"event_id": "e3", "user_id": "7", "item_id": "50", "kind": "play", "value": 3.0}],
+    },
+    "wrapped": {
+        "summary": "The same, wrapped in an object",
+        "value": {"events": [{"event_id": "e4", "user_id": "42", "item_id": "50", "kind": "view"}]},
+    },
+}
+
+
+class EventBatch(BaseModel):
+    """``POST /events`` in object form: ``{"events": [...]}``. Each event is validated by the event path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Any] = Field(
+        ...,
+        description="Event objects: event_id, user_id, item_id, and rating (ratings) or kind/value "
+        "(interactions), optional timestamp (epoch seconds or ISO-8601).",
+    )
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(..., description="Position of the event in the request's list.")
+    event_id: str | None
+    reason: str = Field(..., description="What is wrong with the event, naming the field.")
+    code: str = Field(..., description="Machine-readable reason.")
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(..., description="Events newly stored.")
+    duplicates: int = Field(..., description="Events already stored (same event_id): a retry is harmless.")
+    rejected: list[RejectedEvent] = Field(..., description="Invalid events, each with its reason; not stored.")
+    users_updated: int = Field(..., description="Users whose next recommendations reflect these events.")
+
+
 # ---------------------------------------------------------------------- responses (documentation)
 class ItemOut(BaseModel):
     item_id: str

@@ -204,6 +204,26 @@ def event_row(record: Mapping[str, Any], index: int = 0, *, received_at: datetim
     return row
 
 
+def validated_event_row(record: Mapping[str, Any], received_at: datetime) -> dict[str, Any]:
+    """A row of :data:`events` from an event the stream handlers already validated, without checking it again.
+
+    The record has string ids and kind, numeric or null ``rating``/``value`` and whole epoch seconds (or an aware
+    datetime) as ``timestamp``; only the timestamp is converted.
+    """
+    ts = record["timestamp"]
+    return {
+        "event_id": record["event_id"],
+        "user_id": record["user_id"],
+        "item_id": record["item_id"],
+        "kind": record["kind"],
+        "rating": record.get("rating"),
+        "value": record.get("value"),
+        "source": record.get("source"),
+        "timestamp": ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC),
+        "received_at": record.get("received_at") or received_at,
+    }
+
+
 def dead_letter_row(
     record: Mapping[str, Any], index: int = 0, *, received_at: datetime | None = None
 ) -> dict[str, Any]:

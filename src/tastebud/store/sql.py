@@ -34,6 +34,7 @@ from tastebud.store.schema import (
     request_logs,
     row_dict,
     to_utc,
+    validated_event_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -186,12 +187,17 @@ class Store:
 
     # --- events --------------------------------------------------------------------------------------------------
 
-    def write_events(self, records: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    #: :meth:`write_events` takes ``validated=True`` (the stream's ingest path checks for it).
+    accepts_validated = True
+
+    def write_events(self, records: Sequence[Mapping[str, Any]], *, validated: bool = False) -> tuple[int, int]:
         """Insert interaction events in one transaction, idempotently on ``event_id``.
 
         Args:
             records: dicts with ``event_id``, ``user_id``, ``item_id``, ``kind``, ``timestamp`` and optional
                 ``rating``, ``value``, ``source``, ``received_at`` (default: now, UTC).
+            validated: the records come from the stream handlers, which validated and normalised them already
+                (``Event.to_record()``): skip the per-row checks, which cost as much as the insert itself.
 
         Returns:
             ``(inserted, duplicates)``: duplicates are events whose id was stored already or repeated in the batch.
@@ -201,7 +207,10 @@ class Store:
             StoreError: when the database cannot be reached or refuses the write (nothing is written).
         """
         now = datetime.now(UTC)
-        rows = [event_row(r, i, received_at=now) for i, r in enumerate(records)]
+        if validated:
+            rows = [validated_event_row(r, now) for r in records]
+        else:
+            rows = [event_row(r, i, received_at=now) for i, r in enumerate(records)]
         inserted = self._insert_new(events, "event_id", _first_per_key(rows, "event_id"), "event write")
         return inserted, len(rows) - inserted
 

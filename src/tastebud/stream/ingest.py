@@ -22,6 +22,9 @@ class EventStore(Protocol):
 
     def write_events(self, records: Sequence[dict[str, Any]]) -> tuple[int, int]: ...  # pragma: no cover
 
+    # A store whose ``write_events`` takes ``validated=True`` (skipping its own per-row checks) says so with a
+    # true ``accepts_validated`` attribute; the events written here are always validated already.
+
     def write_dead_letters(self, records: Sequence[dict[str, Any]]) -> int: ...  # pragma: no cover
 
 
@@ -89,7 +92,11 @@ def write_events(
     """Write events in one store transaction; returns ``(inserted, duplicates)`` and counts them."""
     if not events:
         return 0, 0
-    inserted, duplicates = store.write_events([e.to_record() for e in events])
+    records = [e.to_record() for e in events]
+    if getattr(store, "accepts_validated", False):
+        inserted, duplicates = store.write_events(records, validated=True)  # type: ignore[call-arg]
+    else:
+        inserted, duplicates = store.write_events(records)
     if metrics is not None:
         for kind, n in Counter(e.kind for e in events).items():
             metrics.ingested.labels(source, kind).inc(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -34,6 +35,50 @@ def check_k(k: int, max_k: int) -> int:
 def split_genres(raw: str | None) -> list[str]:
     """``"Comedy,Drama"`` -> ``["Comedy", "Drama"]`` (empty parts dropped)."""
     return [g.strip() for g in raw.split(",") if g.strip()] if raw else []
+
+
+_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+def query_int(params: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """An optional integer query parameter (``default`` when absent).
+
+    Raises:
+        InvalidRequestError: the value is not an integer.
+    """
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequestError(name, f"must be an integer (got {raw!r})") from None
+
+
+def query_bool(params: Mapping[str, str], name: str, default: bool) -> bool:
+    """An optional boolean query parameter: true/false, 1/0, yes/no, on/off (any case), as FastAPI accepts.
+
+    Raises:
+        InvalidRequestError: the value is none of those.
+    """
+    raw = params.get(name)
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidRequestError(name, f"must be a boolean: true or false (got {raw!r})")
+
+
+def query_parameter(name: str, schema: dict[str, Any], description: str, example: Any = None) -> dict[str, Any]:
+    """The OpenAPI description of one optional query parameter (for routes that parse their query by hand)."""
+    out: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+    if example is not None:
+        out["example"] = example
+    return out
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
