@@ -61,7 +61,7 @@ def _serve(settings: Settings, model_name: str, port: int) -> None:
     from tastebud.cli.serve import run_server
 
     base = f"http://127.0.0.1:{port}"
-    console.rule("[bold]9. serve the champion")
+    console.rule("[bold]8. serve the champion")
     console.print(
         "Try:\n"
         f"  {base}/docs                     the OpenAPI docs\n"
@@ -115,14 +115,18 @@ def _the_loop(settings: Settings, result: Any, n_events: int = 5, k: int = 5) ->
     from tastebud.store import create_store
     from tastebud.stream.ingest import ingest_events
 
-    console.rule("[bold]8. the loop: new events change the recommendations")
+    console.rule("[bold]7. the loop: new events change the recommendations")
     test = result.split.test.to_frame()
-    # the user with the most liked held-out ratings (4 stars or more): their arrival should visibly move the list
+    # Among users with enough liked held-out ratings (4 stars or more), the one with the shortest training history:
+    # a few new events weigh most in a short history, so the change is easy to see.
     liked = test.filter(pl.col("rating") >= 4) if "rating" in test.columns else test
-    if liked.height == 0:
+    counts = liked.group_by("user_id").len().filter(pl.col("len") >= n_events)
+    if counts.height == 0:
         console.print("no held-out interactions to replay")
         return
-    user = liked.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])["user_id"][0]
+    history = result.split.train.to_frame().group_by("user_id").len().rename({"len": "history"})
+    ranked = counts.join(history, on="user_id", how="left").sort(["history", "user_id"])
+    user = ranked["user_id"][0]
     rows = liked.filter(pl.col("user_id") == user).sort("timestamp").head(n_events)
     engine = Engine(result.model, result.fallback, result.split.train.item_meta)
     engine.overlays = UserOverlays()
@@ -146,7 +150,8 @@ def _the_loop(settings: Settings, result: Any, n_events: int = 5, k: int = 5) ->
         + "; ".join(f"{titles[e['item_id']]} ({e['rating']:g})" for e in events[:3])
     )
     before_ids = {it["item_id"] for it in before.items}
-    console.print(f"[bold]top-{k} before[/bold]")
+    n_history = int(ranked["history"][0] or 0)
+    console.print(f"[bold]top-{k} before[/bold] ({n_history} interactions in training)")
     for n, it in enumerate(before.items, 1):
         console.print(f"  {n}. {it['title'] or it['item_id']}")
     console.print(f"[bold]top-{k} after[/bold] (new entries marked +)")
