@@ -131,7 +131,7 @@ def _the_loop(settings: Settings, result: Any, n_events: int = 5, k: int = 5) ->
     engine = Engine(result.model, result.fallback, result.split.train.item_meta)
     engine.overlays = UserOverlays()
     before = engine.recommend(str(user), k, explain=False)
-    events = [
+    events: list[dict[str, Any]] = [
         {"event_id": f"demo-{user}-{r['item_id']}", "user_id": str(user), "item_id": str(r["item_id"]),
          "rating": float(r["rating"]) if r.get("rating") is not None else 5.0, "timestamp": int(r["timestamp"])}
         for r in rows.to_dicts()

@@ -54,6 +54,7 @@ class FaissIndex:
         """Index ``vectors`` (n x d); returns self."""
         vectors = _as_float32(vectors)
         n, d = vectors.shape
+        index: faiss.Index
         if n >= self.hnsw_threshold:
             index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = self.ef_construction

@@ -122,6 +122,7 @@ class EASERecommender(Recommender):
     def save(self, directory: Path) -> None:
         """Write ``B``, id maps, config and the seen matrix."""
         self.check_fitted()
+        assert self.weights_ is not None
         directory = Path(directory)
         sc.save_state(self, directory)
         np.save(directory / "weights.npy", self.weights_, allow_pickle=False)

@@ -169,7 +169,7 @@ class PopularityRecommender(Recommender):
     def save(self, directory: Path) -> None:
         """Write popularity, genre incidence (CSR + genre names), id maps, config and the seen matrix."""
         self.check_fitted()
-        assert self.item_genres_ is not None
+        assert self.item_genres_ is not None and self.popularity_ is not None
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         extra = {"item_genres": sc.save_csr(directory, "item_genres", self.item_genres_)}

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -169,6 +169,10 @@ def _pair(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np
 # --- signals -----------------------------------------------------------------------------------------------------
 
 
+#: Bin labels with the reference and current counts per bin.
+_Histograms = tuple[list[str], np.ndarray, np.ndarray]
+
+
 def _log2_bucket(counts: pl.Expr) -> pl.Expr:
     # 1 -> "1", 2..3 -> "2-3", 4..7 -> "4-7": the buckets depend on counts only, never on the ids.
     return counts.cast(pl.Float64).log(2).floor().cast(pl.Int32)
@@ -179,13 +183,13 @@ def _bucket_label(b: int) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def _count_buckets(reference: pl.DataFrame, current: pl.DataFrame, key: str, unknown: str) -> tuple[list[str], ...]:
+def _count_buckets(reference: pl.DataFrame, current: pl.DataFrame, key: str, unknown: str) -> _Histograms:
     """Histograms of interactions by the log2 bucket of their ``key``'s reference count."""
     ref_counts = reference.group_by(key).agg(pl.len().alias("n")).with_columns(_log2_bucket(pl.col("n")).alias("b"))
     ref_hist = ref_counts.group_by("b").agg(pl.col("n").sum().alias("count"))
     cur = current.select(key).join(ref_counts.select(key, "b"), on=key, how="left")
     cur_hist = cur.group_by("b").agg(pl.len().alias("count"))
-    top = int(ref_hist["b"].max() or 0) if ref_hist.height else 0
+    top = int(cast(int | None, ref_hist["b"].max()) or 0) if ref_hist.height else 0
     buckets = list(range(top + 1))
     ref_map = dict(zip(ref_hist["b"].to_list(), ref_hist["count"].to_list(), strict=True))
     cur_map = dict(zip(cur_hist["b"].to_list(), cur_hist["count"].to_list(), strict=True))
@@ -195,7 +199,7 @@ def _count_buckets(reference: pl.DataFrame, current: pl.DataFrame, key: str, unk
     return labels, ref_arr, cur_arr
 
 
-def _values_histogram(ref: np.ndarray, cur: np.ndarray, *, categorical: bool) -> tuple[list[str], ...]:
+def _values_histogram(ref: np.ndarray, cur: np.ndarray, *, categorical: bool) -> _Histograms:
     """Histograms of a numeric signal: one bin per value when ``categorical``, else reference quantile bins."""
     if categorical:
         values = np.unique(np.concatenate([ref, cur]))
@@ -214,9 +218,7 @@ def _values_histogram(ref: np.ndarray, cur: np.ndarray, *, categorical: bool) ->
     return labels, ref_arr, cur_arr
 
 
-def _genre_histogram(
-    reference: pl.DataFrame, current: pl.DataFrame, item_meta: pl.DataFrame
-) -> tuple[list[str], ...] | None:
+def _genre_histogram(reference: pl.DataFrame, current: pl.DataFrame, item_meta: pl.DataFrame) -> _Histograms | None:
     genres = item_meta.select(pl.col("item_id").cast(pl.String), "genres").filter(pl.col("genres").list.len() > 0)
     if genres.height == 0:
         return None
@@ -240,7 +242,7 @@ def _genre_histogram(
     )
 
 
-def _signal(name: str, hists: tuple[list[str], ...], thresholds: Thresholds, note: str | None = None) -> SignalDrift:
+def _signal(name: str, hists: _Histograms, thresholds: Thresholds, note: str | None = None) -> SignalDrift:
     labels, ref, cur = hists
     keep = (ref > 0) | (cur > 0)  # bins empty on both sides carry no information
     labels = [lab for lab, k in zip(labels, keep.tolist(), strict=True) if k]
@@ -336,8 +338,10 @@ def _finite(values: Any) -> np.ndarray:
 def events_frame(records: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
     """Store event records (``query_events``) as a frame ``user_id, item_id, kind, rating, timestamp``."""
     rows = list(records)
-    schema = {"user_id": pl.String, "item_id": pl.String, "kind": pl.String, "rating": pl.Float64,
-              "timestamp": pl.Datetime("us", "UTC")}  # fmt: skip
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
+        "user_id": pl.String, "item_id": pl.String, "kind": pl.String, "rating": pl.Float64,
+        "timestamp": pl.Datetime("us", "UTC"),
+    }  # fmt: skip
     if not rows:
         return pl.DataFrame(schema=schema)
     return pl.DataFrame(

@@ -32,7 +32,7 @@ __all__ = [
     "success",
 ]
 
-_SCHEMA = {
+_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "request_id": pl.String,
     "timestamp": pl.Datetime("us", "UTC"),
     "endpoint": pl.String,
@@ -101,7 +101,10 @@ def _summary(frame: pl.DataFrame, catalog_size: int | None) -> dict[str, Any]:
     lat = frame["latency_ms"].to_numpy()
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     served = ok.select(pl.col("item_ids").explode().drop_nulls().n_unique()).item() if ok.height else 0
-    span = (frame["timestamp"].max() - frame["timestamp"].min()).total_seconds()  # type: ignore[operator]
+    first, last = frame["timestamp"].min(), frame["timestamp"].max()
+    # The extremes of a non-empty Datetime column are datetimes.
+    assert isinstance(first, datetime) and isinstance(last, datetime)
+    span = (last - first).total_seconds()
     return {
         "requests": n,
         "successful": ok.height,

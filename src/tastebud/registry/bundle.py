@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def write_bundle(
     directory: Path,
     *,
     train: Dataset,
-    metrics: dict[str, float],
+    metrics: Mapping[str, float | None],
     fallback: dict[str, Recommender] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -131,7 +132,8 @@ def write_bundle(
         model: the fitted main model.
         directory: where the bundle goes (replaced if it exists; built in a temporary sibling and renamed).
         train: the data the model was fitted on (snapshot id, sizes, split provenance, item metadata).
-        metrics: validation metrics (name -> value) to record in the manifest.
+        metrics: validation metrics (name -> value; ``None`` for one that could not be computed) to record in the
+            manifest.
         fallback: fitted fallback models by name; ``popular`` is required by serving.
         extra: more JSON-able provenance (how to rebuild the data, split parameters, timings).
 
@@ -218,7 +220,7 @@ def _check_arrays(directory: Path, what: str) -> None:
         raise BundleError(f"refusing to bundle {what}: it saved no non-empty arrays")
 
 
-def _check_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+def _check_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, value in metrics.items():
         if value is None:
@@ -337,7 +339,7 @@ def _read_items(path: Path) -> pl.DataFrame:
     rows = read_json(path)
     if not isinstance(rows, list):
         raise BundleError(f"{path}: expected a JSON list of items")
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "item_id": pl.String,
         "title": pl.String,
         "year": pl.Int32,

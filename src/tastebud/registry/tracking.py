@@ -8,6 +8,7 @@ tracking server instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -140,7 +141,7 @@ def log_run(
             lambda: client.log_batch(run_id, metrics=metric_rows, params=param_rows, tags=tag_rows), "log batch"
         )
         for name, directory in (artifacts or {}).items():
-            with_retries(lambda d=directory, n=name: client.log_artifacts(run_id, str(d), n), f"log {name}")
+            with_retries(functools.partial(client.log_artifacts, run_id, str(directory), name), f"log {name}")
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)

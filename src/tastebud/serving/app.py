@@ -62,7 +62,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned_writer = owned_store = None
+        # What this app opened itself (and so closes); Any like ``_default_request_log``'s results.
+        owned_writer: Any = None
+        owned_store: Any = None
         state = app.state
         if state.holder is None:
             reg = registry if registry is not None else _default_registry(settings)

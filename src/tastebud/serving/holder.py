@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ class RegistryLike(Protocol):
     def resolve(self, name: str, ref: int | str) -> Any: ...
     def bundle_path(self, mv: Any) -> Path: ...
     def get_alias(self, name: str, alias: str) -> int | None: ...
+    def list_versions(self, name: str) -> Sequence[Any]: ...
 
 
 #: ``loader(directory) -> Bundle`` (``tastebud.registry.bundle.load_bundle`` with verification).

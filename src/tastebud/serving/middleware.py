@@ -78,7 +78,7 @@ def _log_failure(
         except orjson.JSONDecodeError:
             error["code"] = None
         request_id = new_request_id()
-        record = {
+        record: dict[str, Any] = {
             "request_id": request_id,
             "timestamp": utc_now(),
             "endpoint": endpoint,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -73,7 +74,7 @@ class SwitchRequest(BaseModel):
 
 # ---------------------------------------------------------------------- events
 #: Examples of ``POST /events`` bodies (a list, or the ``{"events": [...]}`` form replay's HTTP sink posts).
-EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
+EVENT_EXAMPLES: dict[str, Example] = {
     "ratings": {
         "summary": "A list of rating events",
         "value": [

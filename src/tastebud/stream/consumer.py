@@ -345,7 +345,11 @@ class EventConsumer:
         try:
             # Asynchronous by default: the batch is already stored, so a commit lost in a crash only means a
             # redelivery, which the store ignores; waiting for the broker's answer would cost a round trip per batch.
-            self._consumer.commit(offsets=offsets, asynchronous=self.commit_async)
+            # Two calls because the client's overloads want a literal ``asynchronous``.
+            if self.commit_async:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
             return True
         except KafkaException as err:
             self.stats.commit_failures += 1

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.validation import validate as _avro_validate
@@ -182,7 +182,8 @@ class SchemaSet:
             raise MessageError(
                 f"{name} v{version}: {len(data) - buf.tell()} trailing bytes after the record", code="decode_error"
             )
-        return Decoded(name, version, record, newer)
+        # Every message schema is an Avro record, so the reader returns a dict.
+        return Decoded(name, version, cast(dict[str, Any], record), newer)
 
     @staticmethod
     def read_header(data: bytes) -> tuple[str, int]:

@@ -20,7 +20,10 @@ router = APIRouter(tags=["models"])
 
 
 def _version_dict(mv: Any) -> dict[str, Any]:
-    return dataclasses.asdict(mv) if dataclasses.is_dataclass(mv) else dict(vars(mv))
+    # ``is_dataclass`` is also true of a dataclass type; versions are instances.
+    if dataclasses.is_dataclass(mv) and not isinstance(mv, type):
+        return dataclasses.asdict(mv)
+    return dict(vars(mv))
 
 
 @router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorBody}})
