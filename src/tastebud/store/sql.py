@@ -207,6 +207,8 @@ class Store:
             StoreError: when the database cannot be reached or refuses the write (nothing is written).
         """
         now = datetime.now(UTC)
+        if validated and self.backend == "sqlite":
+            return self._insert_validated_events_sqlite(records, now)
         if validated:
             rows = [validated_event_row(r, now) for r in records]
         else:
@@ -277,6 +279,35 @@ class Store:
 
     # --- internals -----------------------------------------------------------------------------------------------
 
+    def _insert_validated_events_sqlite(
+        self, records: Sequence[Mapping[str, Any]], now: datetime
+    ) -> tuple[int, int]:
+        """Insert pre-validated events through the DBAPI's ``executemany``, skipping SQLAlchemy's per-value work.
+
+        Compiling a multi-row insert and running bind processors per value cost more than SQLite's insert itself;
+        the rows here are already normalised, so they are bound as plain tuples with timestamps pre-formatted
+        exactly as :class:`~tastebud.store.schema.UTCDateTime` stores them. The count of inserted rows comes from
+        the connection's ``total_changes``, which ignored conflicts do not move.
+        """
+        if not records:
+            return 0, 0
+        received = _sqlite_time(now)
+        rows = [
+            (
+                r["event_id"], r["user_id"], r["item_id"], r["kind"], r.get("rating"), r.get("value"),
+                _sqlite_time(r["timestamp"]), r.get("source"),
+                _sqlite_time(r["received_at"]) if r.get("received_at") else received,
+            )
+            for r in records
+        ]  # fmt: skip
+        with self._begin("event write") as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            before = raw.total_changes  # type: ignore[attr-defined]  # sqlite3.Connection
+            conn.exec_driver_sql(_SQLITE_EVENT_INSERT, rows)
+            inserted = raw.total_changes - before  # type: ignore[attr-defined]
+        return inserted, len(rows) - inserted
+
     def _insert_new(self, table: sa.Table, key: str, rows: list[dict[str, Any]], what: str) -> int:
         """Insert ``rows`` skipping conflicts on ``key``; the number actually inserted."""
         if not rows:
@@ -314,6 +345,20 @@ class Store:
 
     def _scrub(self, message: str) -> str:
         return message.replace(self._password, "***") if self._password else message
+
+
+_SQLITE_EVENT_INSERT = (
+    "INSERT INTO events (event_id, user_id, item_id, kind, rating, value, timestamp, source, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def _sqlite_time(value: datetime | float) -> str:
+    """Naive-UTC text in SQLAlchemy's SQLite DATETIME format (what UTCDateTime stores)."""
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, UTC)
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _parse_url(url: str) -> URL:
