@@ -208,9 +208,7 @@ class FactorRecommender(Recommender):
         if self.ann_ is not None and cands is None:
             idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)
         else:
-            idx, scores = sc.rank(
-                self._score, rows, k, n_items=len(self.items_), exclude=exclude, candidates=cands
-            )
+            idx, scores = sc.rank(self._score, rows, k, n_items=len(self.items_), exclude=exclude, candidates=cands)
         explanations = self._explain(rows, idx) if explain else None
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
 
@@ -238,9 +236,7 @@ class FactorRecommender(Recommender):
         k = sc.check_k(k)
         vectors = np.atleast_2d(np.asarray(vector, dtype=np.float32))
         if vectors.ndim != 2 or vectors.shape[1] != self.n_dims:
-            raise ParameterError(
-                f"{self.name}: expected vectors of length {self.n_dims}, got shape {vectors.shape}"
-            )
+            raise ParameterError(f"{self.name}: expected vectors of length {self.n_dims}, got shape {vectors.shape}")
         cands = sc.resolve_candidates(self.items_, candidates)
         mask = None
         if exclude is not None:
@@ -343,9 +339,7 @@ class FactorRecommender(Recommender):
         return None
 
     # ------------------------------------------------------------------ fold-in
-    def fold_in(
-        self, item_ids: Sequence[str], values: Sequence[float] | np.ndarray | None = None
-    ) -> np.ndarray:
+    def fold_in(self, item_ids: Sequence[str], values: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         """A user vector for someone who interacted with ``item_ids``, item factors held fixed.
 
         Solves ``x = (YᵀY + λI + Yᵀ(C - I)Y)⁻¹ YᵀCp`` (Hu et al. 2008) in float64, with the model's
@@ -386,7 +380,7 @@ class FactorRecommender(Recommender):
         ys = self.item_factors_[idx].astype(np.float64)
         a = ys.T @ (ys * (confidence - 1.0)[:, None])
         a += self.gram_
-        a[np.diag_indices_from(a)] += self.config.regularization
+        a.flat[:: a.shape[0] + 1] += self.config.regularization  # + λI, without building an identity per call
         b = ys.T @ confidence
         return a, b
 
@@ -408,12 +402,8 @@ class FactorRecommender(Recommender):
         directory = Path(directory)
         model, _ = sc.load_state(cls, directory)
         d = model.n_dims
-        model.user_factors_ = sc.load_checked(
-            directory / "user_factors.npy", (len(model.users_), d), np.floating
-        )
-        model.item_factors_ = sc.load_checked(
-            directory / "item_factors.npy", (len(model.items_), d), np.floating
-        )
+        model.user_factors_ = sc.load_checked(directory / "user_factors.npy", (len(model.users_), d), np.floating)
+        model.item_factors_ = sc.load_checked(directory / "item_factors.npy", (len(model.items_), d), np.floating)
         model._prepare()
         if model.config.use_ann:
             model.ann_ = FaissIndex.load(directory / "ann_items.faiss")

@@ -10,7 +10,7 @@ The paper writes ``1 + alpha * r``; the two differ by the constant 1 on observed
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg.lapack
+import scipy.linalg
 import scipy.sparse as sp
 from pydantic import Field
 from threadpoolctl import threadpool_limits
@@ -18,7 +18,9 @@ from threadpoolctl import threadpool_limits
 from tastebud.models import _scoring as sc
 from tastebud.models._factors import FactorConfig, FactorRecommender
 
-_potrf, _potrs = scipy.linalg.lapack.dpotrf, scipy.linalg.lapack.dpotrs
+#: The inverses of every user's system matrix ``W_u`` are kept (float32) when they fit in this many bytes
+#: (ML-100K: 15 MiB; 10K users at d=64: 160 MiB); larger user bases solve per request instead.
+EXPLAIN_CACHE_BYTES = 256 * 2**20
 
 
 class ALSConfig(FactorConfig):
@@ -61,30 +63,47 @@ class ALSRecommender(FactorRecommender):
     def _confidence(self, values: np.ndarray) -> np.ndarray:
         return self.config.alpha * values.astype(np.float64)
 
+    def _prepare(self) -> None:
+        """Also invert every user's ``W_u`` once (when it fits), so that explaining a request is one small product.
+
+        NumPy only, here and in :meth:`_explain`: server processes cap NumPy's BLAS at one thread, while SciPy's
+        LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends between workers.
+        """
+        super()._prepare()
+        self.user_inv_: np.ndarray | None = None
+        assert self.users_ is not None
+        n, d = len(self.users_), self.n_dims
+        if n * d * d * 4 > EXPLAIN_CACHE_BYTES:
+            return
+        inv = np.empty((n, d, d), dtype=np.float32)
+        indptr, indices, data = self.seen_.indptr, self.seen_.indices, self.seen_.data
+        for u in range(n):  # one d x d inversion per user, at fit/load time only
+            lo, hi = indptr[u], indptr[u + 1]
+            a, _ = self._user_system(indices[lo:hi], self._confidence(data[lo:hi]))
+            inv[u] = _inverse(a)
+        self.user_inv_ = inv
+
     def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]]:
         """Per recommended item ``i``, the user's items ``j`` with the largest ``c_uj · y_jᵀ W_u⁻¹ y_i``.
 
         ``W_u = YᵀC_uY + λI`` is the user's system matrix (Hu et al. 2008, section 5); the contributions sum
-        to the score the exact least-squares user vector gives item ``i``.
+        to the score the exact least-squares user vector gives item ``i``. Only the k returned items are
+        explained, with ``W_u⁻¹`` cached at fit/load when it fits (else solved here, with ``YᵀY`` cached).
         """
         assert self.items_ is not None and self.item_factors_ is not None
         y = self.item_factors_
         ids = self.items_.ids
+        inv = getattr(self, "user_inv_", None)
         out: list[list[list[str]]] = []
         for u, rec in zip(rows.tolist(), rec_rows, strict=True):
             lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
             seen_idx = self.seen_.indices[lo:hi]
             conf = self._confidence(self.seen_.data[lo:hi])
-            # Only the k returned items are explained: one Cholesky factorisation of the user's d x d system
-            # (YᵀY is cached at fit/load) and k solves, instead of anything per catalog item.
-            a, _ = self._user_system(seen_idx, conf)
-            # LAPACK directly: scipy.linalg's cho_factor/cho_solve wrappers cost more than the d x d solve itself
-            chol, info = _potrf(a, lower=True, overwrite_a=True, clean=False)
-            if info == 0:
-                weighted, info = _potrs(chol, y[rec].astype(np.float64).T, lower=True)  # W_u⁻¹ y_i per column
-            if info != 0:  # W_u is positive definite for λ > 0; a singular one (λ = 0) falls back to least squares
+            if inv is not None:
+                weighted = inv[u] @ y[rec].T  # W_u⁻¹ y_i, one column per recommended item
+            else:
                 a, _ = self._user_system(seen_idx, conf)
-                weighted = np.linalg.lstsq(a, y[rec].astype(np.float64).T, rcond=None)[0]
+                weighted = _solve(a, y[rec].astype(np.float64).T)
             contrib = (y[seen_idx] @ weighted) * conf[:, None]
             out.append(_top_contributors(contrib, seen_idx, ids))
         return out
@@ -111,11 +130,31 @@ def _top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, ids: np.ndarray
     n = min(sc.EXPLAIN_TOP, n_seen)
     if n == 0:
         return [[] for _ in range(n_rec)]
-    scores = contrib.T  # one row per recommended item
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < n_seen else np.tile(np.arange(n_seen), (n_rec, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    scores = np.ascontiguousarray(contrib.T)  # one row per recommended item
+    rows = np.arange(n_rec)[:, None]
+    if n < n_seen:
+        part = np.argpartition(scores, n_seen - n, axis=1)[:, n_seen - n :]  # the n largest, unordered
+    else:
+        part = np.broadcast_to(np.arange(n_seen), (n_rec, n_seen))
+    part_scores = scores[rows, part]
     order = np.argsort(-part_scores, axis=1, kind="stable")
-    best = np.take_along_axis(part, order, axis=1)
-    positive = (np.take_along_axis(part_scores, order, axis=1) > 0).tolist()
+    best = part[rows, order]
+    positive = (part_scores[rows, order] > 0).tolist()
     names = ids[seen_idx[best]].tolist()
     return [[str(x) for x, ok in zip(row, oks, strict=True) if ok] for row, oks in zip(names, positive, strict=True)]
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a⁻¹ b``; least squares when ``a`` is singular (possible only with zero regularization)."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def _inverse(a: np.ndarray) -> np.ndarray:
+    """``a⁻¹``; the pseudo-inverse when ``a`` is singular (possible only with zero regularization)."""
+    try:
+        return np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(a)
