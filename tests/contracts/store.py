@@ -151,14 +151,18 @@ class StoreContract:
         assert store.write_dead_letters([]) == 0
 
     def test_a_batch_is_one_transaction(self, store: Store) -> None:
-        # One INSERT per row, and the database fails the third: the two before it must be rolled back.
+        # The database fails on the third row: rows before it must be rolled back. Rows reach the database one
+        # INSERT per row (SQLAlchemy's path, page size 1) or in one executemany (the SQLite fast path).
         store.engine.dialect.insertmanyvalues_page_size = 1
         calls = {"n": 0}
 
-        def fail_third_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        def fail_third_insert(
+            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+        ) -> None:
             if statement.lstrip().upper().startswith("INSERT"):
-                calls["n"] += 1
-                if calls["n"] == 3:
+                calls["n"] += len(parameters) if executemany else 1
+                if calls["n"] >= 3:
+                    calls["n"] = 3
                     raise RuntimeError("injected failure on the third row")
 
         sa.event.listen(store.engine, "before_cursor_execute", fail_third_insert)

@@ -101,3 +101,24 @@ def test_naive_datetime_in_a_query_is_rejected(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="no timezone"):
             store.query_request_logs(since=datetime(2024, 1, 1))
         assert store.query_request_logs(since=datetime(2024, 1, 1, tzinfo=UTC)) == []
+
+
+def test_fast_path_batch_is_atomic_when_a_row_fails_in_the_database(tmp_path: Path) -> None:
+    """The SQLite fast path (executemany) rolls back the rows before a row the database refuses."""
+    from tastebud.store import create_store
+
+    store = create_store(url=f"sqlite:///{tmp_path / 'atomic.db'}")
+    store.init_schema()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fail_third BEFORE INSERT ON request_logs WHEN NEW.request_id = 'r2' "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    records = [log_record(n) for n in range(5)]
+    for n, rec in enumerate(records):
+        rec["request_id"] = f"r{n}"
+    with pytest.raises(StoreError, match="injected failure"):
+        store.write_request_logs(records)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM request_logs").scalar() == 0
+    store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
@@ -149,6 +151,12 @@ class Store:
             DataValidationError: when a record is invalid (nothing is written).
             StoreError: when the database cannot be reached or refuses the write (nothing is written).
         """
+        if not records:
+            return 0
+        if self.backend == "sqlite":
+            fast = _sqlite_request_rows(records)
+            if fast is not None:
+                return self._executemany_sqlite(_SQLITE_REQUEST_INSERT, fast, "request log write")
         rows = _first_per_key([request_log_row(r, i) for i, r in enumerate(records)], "request_id")
         return self._insert_new(request_logs, "request_id", rows, "request log write")
 
@@ -300,13 +308,17 @@ class Store:
             )
             for r in records
         ]  # fmt: skip
-        with self._begin("event write") as conn:
+        inserted = self._executemany_sqlite(_SQLITE_EVENT_INSERT, rows, "event write")
+        return inserted, len(rows) - inserted
+
+    def _executemany_sqlite(self, sql: str, rows: list[tuple[Any, ...]], what: str) -> int:
+        """Run ``sql`` for every row in one transaction; the number of rows inserted (conflicts skipped)."""
+        with self._begin(what) as conn:
             raw = conn.connection.dbapi_connection
             assert raw is not None
             before = raw.total_changes  # type: ignore[attr-defined]  # sqlite3.Connection
-            conn.exec_driver_sql(_SQLITE_EVENT_INSERT, rows)
-            inserted = raw.total_changes - before  # type: ignore[attr-defined]
-        return inserted, len(rows) - inserted
+            conn.exec_driver_sql(sql, rows)
+            return int(raw.total_changes - before)  # type: ignore[attr-defined]
 
     def _insert_new(self, table: sa.Table, key: str, rows: list[dict[str, Any]], what: str) -> int:
         """Insert ``rows`` skipping conflicts on ``key``; the number actually inserted."""
@@ -351,6 +363,60 @@ _SQLITE_EVENT_INSERT = (
     "INSERT INTO events (event_id, user_id, item_id, kind, rating, value, timestamp, source, received_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
+
+
+_REQUEST_FIELDS = (
+    "request_id", "timestamp", "endpoint", "user_id", "item_id", "model_name", "model_version", "alias",
+    "item_ids", "scores", "latency_ms", "status_code", "is_fallback", "fallback_reason", "variant", "provenance",
+)  # fmt: skip
+_SQLITE_REQUEST_INSERT = (
+    f"INSERT INTO request_logs ({', '.join(_REQUEST_FIELDS)}) VALUES ({', '.join('?' * len(_REQUEST_FIELDS))}) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+def _sqlite_request_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
+    """Request-log rows as DBAPI tuples when every record has the server's own shape, else None.
+
+    The serving layer builds these records itself (aware datetimes, lists of ids and float scores, a provenance
+    dict), so the full per-field validation, which costs more than the insert, is skipped for them. Anything
+    else (ISO strings, unknown or missing fields, odd types) returns None and goes through
+    :func:`~tastebud.store.schema.request_log_row`, which names the offending record and field.
+    """
+    out = []
+    for r in records:
+        if len(r) != len(_REQUEST_FIELDS) or not all(f in r for f in _REQUEST_FIELDS):
+            return None
+        ts, items, scores, prov = r["timestamp"], r["item_ids"], r["scores"], r["provenance"]
+        if not (
+            isinstance(ts, datetime) and ts.tzinfo is not None and isinstance(items, list)
+            and isinstance(scores, list) and isinstance(prov, dict) and isinstance(r["request_id"], str)
+            and isinstance(r["endpoint"], str) and _finite(r["latency_ms"])
+            and isinstance(r["status_code"], int) and not isinstance(r["status_code"], bool)
+            and (r["model_version"] is None or type(r["model_version"]) is int)
+            and all(isinstance(i, str) for i in items)
+            and all(isinstance(x, float | int) and math.isfinite(x) for x in scores)
+        ):
+            return None
+        try:
+            prov_json = orjson.dumps(prov).decode()
+        except TypeError:
+            return None
+        out.append((
+            r["request_id"], _sqlite_time(ts), r["endpoint"], _opt_str(r["user_id"]), _opt_str(r["item_id"]),
+            _opt_str(r["model_name"]), r["model_version"], _opt_str(r["alias"]),
+            orjson.dumps(items).decode(), orjson.dumps(scores).decode(), float(r["latency_ms"]), r["status_code"],
+            1 if r["is_fallback"] else 0, _opt_str(r["fallback_reason"]), _opt_str(r["variant"]), prov_json,
+        ))  # fmt: skip
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _sqlite_time(value: datetime | float) -> str:
