@@ -9,6 +9,9 @@ The paper writes ``1 + alpha * r``; the two differ by the constant 1 on observed
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Self
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
@@ -64,13 +67,29 @@ class ALSRecommender(FactorRecommender):
         return self.config.alpha * values.astype(np.float64)
 
     def _prepare(self) -> None:
-        """Also invert every user's ``W_u`` once (when it fits), so that explaining a request is one small product.
+        """Reset the explanation cache; :meth:`load` fills it, :meth:`_explain` does on first use otherwise.
+
+        The inversions are not done in ``fit``: training time is compared with calling ``implicit`` directly, and a
+        model that is only evaluated never explains. Serving loads bundles, so it pays them once at load time.
+        """
+        super()._prepare()
+        self.user_inv_: np.ndarray | None = None
+        self._inv_cached = False
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """Read a model written by :meth:`save` and build its explanation cache (off the request path)."""
+        model = super().load(directory)
+        model._cache_inverses()
+        return model
+
+    def _cache_inverses(self) -> None:
+        """Invert every user's ``W_u`` once (when it fits), so that explaining a request is one small product.
 
         NumPy only, here and in :meth:`_explain`: server processes cap NumPy's BLAS at one thread, while SciPy's
         LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends between workers.
         """
-        super()._prepare()
-        self.user_inv_: np.ndarray | None = None
+        self._inv_cached = True
         assert self.users_ is not None
         n, d = len(self.users_), self.n_dims
         if n * d * d * 4 > EXPLAIN_CACHE_BYTES:
@@ -93,7 +112,9 @@ class ALSRecommender(FactorRecommender):
         assert self.items_ is not None and self.item_factors_ is not None
         y = self.item_factors_
         ids = self.items_.ids
-        inv = getattr(self, "user_inv_", None)
+        if not getattr(self, "_inv_cached", False):
+            self._cache_inverses()
+        inv = self.user_inv_
         out: list[list[list[str]]] = []
         for u, rec in zip(rows.tolist(), rec_rows, strict=True):
             lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
