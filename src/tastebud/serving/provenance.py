@@ -7,7 +7,8 @@ is loaded, and each response adds its request id, timestamp and latency.
 from __future__ import annotations
 
 import os
-import uuid
+import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,8 +44,13 @@ def static_provenance(manifest: dict[str, Any], *, name: str, version: int | Non
 
 
 def new_request_id() -> str:
-    """A fresh request id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh, time-ordered request id: 32 hex characters, the UUIDv7 layout without dashes.
+
+    48 bits of Unix milliseconds, then 80 random bits. Ids of later requests sort after earlier ones, so the
+    request log's primary-key index grows at its right edge; random ids (uuid4) scatter every insert across the
+    whole index, which on a log of millions of rows cost more CPU than serving the request.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def utc_now() -> datetime:
