@@ -83,3 +83,28 @@ def test_hybrid_serves_sparse_users_itself(cluster_dataset: Dataset) -> None:
     result = engine.recommend("c1u00", 4)
     assert result.fallback_reason == "sparse_history" and result.source == "content"
     assert [it["item_id"] for it in result.items] == hybrid.recommend(["c1u00"], 4).item_ids[0]
+
+
+@pytest.mark.parametrize("name", ["svd", "userknn"])
+def test_models_without_history_scoring_still_exclude_new_events(name: str, toy_dataset: Dataset) -> None:
+    from tastebud.serving.realtime import UserOverlays
+    from tastebud.stream.handlers import normalise_events
+
+    model = create(name).fit(toy_dataset)
+    engine = Engine(model, {}, toy_dataset.item_meta)
+    engine.overlays = UserOverlays()
+    user = str(toy_dataset.users.ids[0])
+    before = [it["item_id"] for it in engine.recommend(user, 5).items]
+    assert before, "the user must get recommendations"
+    events, rejected = normalise_events(
+        [{"event_id": f"e{i}", "user_id": user, "item_id": item, "rating": 5, "timestamp": 1_700_000_000}
+         for i, item in enumerate(before[:2])],
+        source="test",
+    )  # fmt: skip
+    assert not rejected
+    engine.overlays.add(events)
+    after = [it["item_id"] for it in engine.recommend(user, 5).items]
+    assert not set(before[:2]) & set(after)
+    assert len(after) == len(before)
+    kept = [it["item_id"] for it in engine.recommend(user, 5, exclude_seen=False).items]
+    assert kept == model.recommend([user], 5, exclude_seen=False).item_ids[0]  # no exclusion asked: untouched

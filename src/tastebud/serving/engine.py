@@ -257,14 +257,21 @@ class Engine:
         ):
             model, catalog, reason = self.content, self.content_catalog, SPARSE_HISTORY
         allowed = catalog.allowed(filters)
-        if allowed is not None and not allowed[1]:
+        candidates = None if allowed is None else allowed[1]
+        if overlay is not None and exclude_seen:
+            # A model that cannot score a history (SVD, user-KNN) still must not recommend what the user just
+            # interacted with: the new events' items leave the candidates.
+            fresh = set(overlay[0])
+            base = candidates if candidates is not None else [str(x) for x in catalog.ids.tolist()]
+            candidates = [i for i in base if i not in fresh]
+        if candidates is not None and not candidates:
             items: list[dict[str, Any]] = []
         else:
             recs = model.recommend(
                 [user_id],
                 k,
                 exclude_seen=exclude_seen,
-                candidates=None if allowed is None else allowed[1],
+                candidates=candidates,
                 explain=explain,
             )
             items = _rows(recs, catalog)
