@@ -390,6 +390,7 @@ class FactorRecommender(Recommender):
         self.check_fitted()
         directory = Path(directory)
         sc.save_state(self, directory, {"n_dims": self.n_dims})
+        assert self.user_factors_ is not None and self.item_factors_ is not None
         np.save(directory / "user_factors.npy", self.user_factors_, allow_pickle=False)
         np.save(directory / "item_factors.npy", self.item_factors_, allow_pickle=False)
         if self.ann_ is not None and self.ann_similar_ is not None:
@@ -401,6 +402,7 @@ class FactorRecommender(Recommender):
         """Read a model written by :meth:`save`."""
         directory = Path(directory)
         model, _ = sc.load_state(cls, directory)
+        assert model.users_ is not None and model.items_ is not None
         d = model.n_dims
         model.user_factors_ = sc.load_checked(directory / "user_factors.npy", (len(model.users_), d), np.floating)
         model.item_factors_ = sc.load_checked(directory / "item_factors.npy", (len(model.items_), d), np.floating)

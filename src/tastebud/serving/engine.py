@@ -261,9 +261,9 @@ class Engine:
         if overlay is not None and exclude_seen:
             # A model that cannot score a history (SVD, user-KNN) still must not recommend what the user just
             # interacted with: the new events' items leave the candidates.
-            fresh = set(overlay[0])
+            new_items = set(overlay[0])
             base = candidates if candidates is not None else [str(x) for x in catalog.ids.tolist()]
-            candidates = [i for i in base if i not in fresh]
+            candidates = [i for i in base if i not in new_items]
         if candidates is not None and not candidates:
             items: list[dict[str, Any]] = []
         else:
@@ -367,7 +367,7 @@ def _genre_vocab(item_meta: pl.DataFrame) -> list[str]:
 def _aligned_meta(ids: np.ndarray, item_meta: pl.DataFrame) -> pl.DataFrame:
     """Item metadata in the order of ``ids`` (one row per id; missing fields null, genres an empty list)."""
     base = pl.DataFrame({"item_id": pl.Series([str(x) for x in ids.tolist()], dtype=pl.String)})
-    cols = {
+    cols: dict[str, pl.DataType | type[pl.DataType]] = {
         "title": pl.String,
         "year": pl.Int64,
         "genres": pl.List(pl.String),
