@@ -15,12 +15,13 @@ import pytest
 from rich.console import Console
 
 import tastebud.data.split as split_module
+from fakes import ItemScoreModel
 from tastebud.data.dataset import Dataset
 from tastebud.data.split import Split
 from tastebud.errors import DatasetNotFoundError, DataValidationError, DataWarning, ParameterError
 from tastebud.evaluation import report as rp
 from tastebud.evaluation.protocol import Report, bootstrap_ci
-from tastebud.models.base import ModelConfig, Recommendations, Recommender, top_k
+from tastebud.models.base import ModelConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +30,7 @@ class RankConfig(ModelConfig):
     reverse: bool = False
 
 
-class PopularModel(Recommender):
+class PopularModel(ItemScoreModel):
     """Most popular unseen items first (or least popular with ``reverse``)."""
 
     name = "popular"
@@ -40,32 +41,6 @@ class PopularModel(Recommender):
         self.users_, self.items_, self.seen_ = dataset.users, dataset.items, dataset.user_item
         self.scores_ = -pop if self.config.reverse else pop
         return self
-
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        *,
-        exclude_seen: bool = True,
-        candidates: Sequence[str] | None = None,
-    ) -> Recommendations:
-        assert self.users_ is not None and self.items_ is not None
-        rows = self.users_.index(user_ids, kind="user")
-        scores = np.tile(self.scores_, (len(rows), 1))
-        scores[self.seen_[rows].toarray() > 0] = -np.inf
-        idx, val = top_k(scores, k)
-        ids = [[str(self.items_.ids[i]) for i in row if i >= 0] for row in idx]
-        return Recommendations(list(user_ids), ids, [v[: len(r)] for v, r in zip(val, ids, strict=True)])
-
-    def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
-        raise NotImplementedError
-
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        raise NotImplementedError
 
 
 class AntiPopularModel(PopularModel):
@@ -102,9 +77,9 @@ def toy_data() -> tuple[Dataset, Split]:
     rng = np.random.default_rng(7)
     n = 600
     pop = 1 / np.arange(1, 41)
-    frame = pl.DataFrame(
-        {"user_id": rng.integers(0, 30, n), "item_id": rng.choice(40, n, p=pop / pop.sum())}
-    ).unique(["user_id", "item_id"], maintain_order=True)
+    frame = pl.DataFrame({"user_id": rng.integers(0, 30, n), "item_id": rng.choice(40, n, p=pop / pop.sum())}).unique(
+        ["user_id", "item_id"], maintain_order=True
+    )
     full = Dataset.from_frame(frame, name="toy")
     test = rng.random(full.n_interactions) < 0.25
     inter = full.interactions
@@ -185,9 +160,7 @@ def test_plot_writes_png(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- writing
-def test_write_comparison_writes_three_files_atomically(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_comparison_writes_three_files_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     comp = rp.compare([fake_report("popular", [0.3]), fake_report("als", [0.1])])
     paths = rp.write_comparison(comp, tmp_path / "out")
     assert set(paths) == {"markdown", "json", "plot"}
@@ -269,9 +242,7 @@ def test_files_share_one_vocabulary(tmp_path: Path) -> None:
 
 
 def test_files_with_timestamps_in_one_part_only_warn(tmp_path: Path) -> None:
-    train = _write(
-        pl.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [10, 20]}), tmp_path / "a.csv"
-    )
+    train = _write(pl.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [10, 20]}), tmp_path / "a.csv")
     test = _write(pl.DataFrame({"user_id": [1], "item_id": [2]}), tmp_path / "b.csv")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

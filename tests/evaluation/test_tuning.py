@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -16,12 +15,13 @@ from rich.console import Console
 
 import tastebud.data.split as split_module
 import tastebud.models as models
+from fakes import ItemScoreModel
 from tastebud.data.dataset import Dataset
 from tastebud.data.split import Split
 from tastebud.errors import ParameterError, SplitError
 from tastebud.evaluation import tuning
 from tastebud.evaluation.tuning import CategoricalParam, FloatParam, IntParam
-from tastebud.models.base import ModelConfig, Recommendations, Recommender, top_k
+from tastebud.models.base import ModelConfig
 
 
 class ToyConfig(ModelConfig):
@@ -31,7 +31,7 @@ class ToyConfig(ModelConfig):
     seed: int = 0
 
 
-class ToyModel(Recommender):
+class ToyModel(ItemScoreModel):
     """Scores items by ``mix`` * popularity + (1 - ``mix``) * noise; ``kind="broken"`` fails to fit."""
 
     name = "toy"
@@ -45,32 +45,6 @@ class ToyModel(Recommender):
         self.scores_ = self.config.mix * pop / max(pop.max(), 1) + (1 - self.config.mix) * noise
         self.users_, self.items_, self.seen_ = dataset.users, dataset.items, dataset.user_item
         return self
-
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        *,
-        exclude_seen: bool = True,
-        candidates: Sequence[str] | None = None,
-    ) -> Recommendations:
-        assert self.users_ is not None and self.items_ is not None
-        rows = self.users_.index(user_ids, kind="user")
-        scores = np.tile(self.scores_, (len(rows), 1))
-        scores[self.seen_[rows].toarray() > 0] = -np.inf
-        idx, val = top_k(scores, k)
-        ids = [[str(self.items_.ids[i]) for i in row if i >= 0] for row in idx]
-        return Recommendations(list(user_ids), ids, [v[: len(r)] for v, r in zip(val, ids, strict=True)])
-
-    def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
-        raise NotImplementedError
-
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        raise NotImplementedError
 
 
 SPACE = {
@@ -105,9 +79,7 @@ def toy_split(validation: bool = True) -> Split:
 
 
 @pytest.mark.usefixtures("toy")
-def test_tune_finds_best_on_validation_and_stores_study(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tune_finds_best_on_validation_and_stores_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parts: list[str] = []
     real = tuning.fit_and_evaluate
 
@@ -175,9 +147,7 @@ def test_nothing_to_tune_runs_one_trial(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.usefixtures("toy")
-def test_dataset_input_makes_a_random_split_with_validation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dataset_input_makes_a_random_split_with_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = toy_split()
     calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -186,9 +156,7 @@ def test_dataset_input_makes_a_random_split_with_validation(
         return split
 
     monkeypatch.setattr(split_module, "make_split", fake_make_split, raising=False)
-    tuning.tune(
-        split.train, "toy", trials=1, seed=9, storage_dir=tmp_path, progress=False, validation_fraction=0.2
-    )
+    tuning.tune(split.train, "toy", trials=1, seed=9, storage_dir=tmp_path, progress=False, validation_fraction=0.2)
     assert calls == [("random", {"seed": 9, "validation_fraction": 0.2})]
 
 
