@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import pwd
 import shutil
@@ -20,15 +21,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from contracts.store import StoreContract
+from contracts.store import IST, T0, StoreContract, log_record, row_count
 from tastebud.config import build_settings
-from tastebud.errors import StoreError
-from tastebud.store import create_store
+from tastebud.errors import DataValidationError, StoreError
+from tastebud.store import RequestLogRecord, create_store
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (tastebud[postgres]) is needed for PostgreSQL")
 
@@ -156,6 +158,31 @@ class TestPostgresStore(StoreContract):
                     "AND column_name = 'timestamp'"
                 ).scalar_one()
         assert types == "timestamp with time zone"
+
+    def test_request_log_records_read_back_like_dicts(self, store_url: str) -> None:
+        """The server's RequestLogRecords take the dict path on PostgreSQL and read back field for field."""
+        bare = {"user_id": "Zoë 用户 🎬", "item_ids": [], "scores": [], "model_version": None, "variant": None}
+        nested = {"a": None, "nested": {"b": None, "l": [1, 2.5, None, True]}}
+        local = datetime(2024, 5, 1, 23, 59, 59, 987654, tzinfo=IST)
+        records = [
+            RequestLogRecord(**log_record(0)),
+            RequestLogRecord(**log_record(1, timestamp=datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC))),
+            RequestLogRecord(**log_record(2, **bare, provenance=nested, timestamp=local)),
+        ]
+        with create_store(url=store_url) as store:
+            store.init_schema()
+            # Duplicates within the batch and of stored ids keep the first row and are not counted.
+            assert store.write_request_logs([*records, RequestLogRecord(**log_record(1, endpoint="x"))]) == 3
+            assert store.write_request_logs([records[0], log_record(3), RequestLogRecord(**log_record(4))]) == 2
+            for r in records:
+                assert store.get_request(r.request_id) == {**r._asdict(), "timestamp": r.timestamp.astimezone(UTC)}
+            assert store.get_request("req-00000")["timestamp"] == T0  # type: ignore[index]
+            assert store.get_request("req-00003") == log_record(3)
+            assert [r["request_id"] for r in store.query_request_logs()] == [f"req-{n:05d}" for n in (0, 1, 3, 4, 2)]
+            bad = [RequestLogRecord(**log_record(5)), RequestLogRecord(**log_record(6, latency_ms=math.nan))]
+            with pytest.raises(DataValidationError, match=r"record 1.*latency_ms"):
+                store.write_request_logs(bad)
+            assert row_count(store, "request_logs") == 5
 
 
 def test_unreachable_server_raises_store_error_without_the_password() -> None:

@@ -7,15 +7,17 @@ SQLite (WAL mode) in the home directory by default, PostgreSQL when ``settings.s
     writer = RequestLogWriter(store, maxsize=settings.serving.request_log_queue)
     writer.start()
     writer.submit({"request_id": "...", "timestamp": datetime.now(UTC), "endpoint": "recommend", ...})
+    writer.submit(RequestLogRecord("...", datetime.now(UTC), "recommend", ...))  # the server's own, unvalidated
     writer.close()
 """
 
-from tastebud.store.schema import dead_letters, events, metadata, request_logs
+from tastebud.store.schema import RequestLogRecord, dead_letters, events, metadata, request_logs
 from tastebud.store.sql import SUPPORTED_BACKENDS, Store, create_store
 from tastebud.store.writer import RequestLogWriter
 
 __all__ = [
     "SUPPORTED_BACKENDS",
+    "RequestLogRecord",
     "RequestLogWriter",
     "Store",
     "create_store",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -118,6 +118,36 @@ dead_letters = sa.Table(
 REQUEST_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in request_logs.columns)
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(c.name for c in dead_letters.columns)
+
+
+class RequestLogRecord(NamedTuple):
+    """One served request as the serving layer builds it itself: the fields of :data:`request_logs`, in column order.
+
+    The serving layer fills these records with values it produced (a ``datetime.now(UTC)``, its own id and score
+    lists, a provenance dict), so they are trusted to have the annotated types and
+    :meth:`tastebud.store.Store.write_request_logs` skips the per-field validation for them (on SQLite a batch of
+    them is written in one statement). Only the cheap checks that keep a bad value out of the table remain: finite
+    ``latency_ms`` and ``scores``, an aware ``timestamp`` and JSON-encodable values; a batch failing one goes
+    through the validating path. Any other record, a Mapping, still goes through the validating path
+    (:func:`request_log_row`), which names the offending record and field.
+    """
+
+    request_id: str
+    timestamp: datetime  # timezone-aware, UTC (another zone is converted)
+    endpoint: str
+    user_id: str | None
+    item_id: str | None
+    model_name: str | None
+    model_version: int | None
+    alias: str | None
+    item_ids: list[str]
+    scores: list[float]
+    latency_ms: float
+    status_code: int
+    is_fallback: bool
+    fallback_reason: str | None
+    variant: str | None
+    provenance: dict[str, Any]
 
 
 def row_dict(row: sa.Row[Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Self
@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 from tastebud.config import Settings, get_settings
 from tastebud.errors import DataValidationError, StoreError
 from tastebud.store.schema import (
+    RequestLogRecord,
     dead_letter_row,
     dead_letters,
     event_row,
@@ -138,11 +139,13 @@ class Store:
 
     # --- request log ---------------------------------------------------------------------------------------------
 
-    def write_request_logs(self, records: Sequence[Mapping[str, Any]]) -> int:
+    def write_request_logs(self, records: Sequence[Mapping[str, Any] | RequestLogRecord]) -> int:
         """Insert request-log records in one transaction, skipping request ids already stored.
 
         Args:
-            records: dicts with the ``request_logs`` fields (see :func:`tastebud.store.schema.request_log_row`).
+            records: dicts with the ``request_logs`` fields (see :func:`tastebud.store.schema.request_log_row`),
+                :class:`~tastebud.store.schema.RequestLogRecord` s (the server's own, trusted records), or a mix.
+                On SQLite a batch made only of ``RequestLogRecord`` s is written in a single statement.
 
         Returns:
             How many records were new; a repeated ``request_id`` (stored or earlier in the batch) keeps its first row.
@@ -154,10 +157,16 @@ class Store:
         if not records:
             return 0
         if self.backend == "sqlite":
-            fast = _sqlite_request_rows(records)
+            batch = _sqlite_request_batch(records)
+            if batch is not None:
+                return self._execute_sqlite(_SQLITE_REQUEST_INSERT_BATCH, (batch,), "request log write")
+        # PostgreSQL, a mixed batch, or records failing the cheap checks: the dict paths below.
+        dicts = [r._asdict() if isinstance(r, RequestLogRecord) else r for r in records]
+        if self.backend == "sqlite":
+            fast = _sqlite_request_rows(dicts)
             if fast is not None:
-                return self._executemany_sqlite(_SQLITE_REQUEST_INSERT, fast, "request log write")
-        rows = _first_per_key([request_log_row(r, i) for i, r in enumerate(records)], "request_id")
+                return self._execute_sqlite(_SQLITE_REQUEST_INSERT, fast, "request log write")
+        rows = _first_per_key([request_log_row(r, i) for i, r in enumerate(dicts)], "request_id")
         return self._insert_new(request_logs, "request_id", rows, "request log write")
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
@@ -287,9 +296,7 @@ class Store:
 
     # --- internals -----------------------------------------------------------------------------------------------
 
-    def _insert_validated_events_sqlite(
-        self, records: Sequence[Mapping[str, Any]], now: datetime
-    ) -> tuple[int, int]:
+    def _insert_validated_events_sqlite(self, records: Sequence[Mapping[str, Any]], now: datetime) -> tuple[int, int]:
         """Insert pre-validated events through the DBAPI's ``executemany``, skipping SQLAlchemy's per-value work.
 
         Compiling a multi-row insert and running bind processors per value cost more than SQLite's insert itself;
@@ -308,16 +315,19 @@ class Store:
             )
             for r in records
         ]  # fmt: skip
-        inserted = self._executemany_sqlite(_SQLITE_EVENT_INSERT, rows, "event write")
+        inserted = self._execute_sqlite(_SQLITE_EVENT_INSERT, rows, "event write")
         return inserted, len(rows) - inserted
 
-    def _executemany_sqlite(self, sql: str, rows: list[tuple[Any, ...]], what: str) -> int:
-        """Run ``sql`` for every row in one transaction; the number of rows inserted (conflicts skipped)."""
+    def _execute_sqlite(self, sql: str, params: list[tuple[Any, ...]] | tuple[Any, ...], what: str) -> int:
+        """Run ``sql`` in one transaction, once per row of a list or once with a tuple; the rows it inserted.
+
+        Conflicts skipped by ``ON CONFLICT DO NOTHING`` do not count (they do not move ``total_changes``).
+        """
         with self._begin(what) as conn:
             raw = conn.connection.dbapi_connection
             assert raw is not None
             before = raw.total_changes  # type: ignore[attr-defined]  # sqlite3.Connection
-            conn.exec_driver_sql(sql, rows)
+            conn.exec_driver_sql(sql, params)
             return int(raw.total_changes - before)  # type: ignore[attr-defined]
 
     def _insert_new(self, table: sa.Table, key: str, rows: list[dict[str, Any]], what: str) -> int:
@@ -375,6 +385,61 @@ _SQLITE_REQUEST_INSERT = (
 )
 
 
+#: Timestamps travel to SQLite as integer microseconds since 0001-01-01 UTC: exact, never negative (so SQLite's
+#: integer division and remainder are floor ones), and 62135596800 s before the Unix epoch.
+_YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_YEAR_ONE_TO_UNIX_EPOCH_S = 62_135_596_800
+
+
+def _sqlite_batch_column(index: int, name: str) -> str:
+    if name == "timestamp":
+        # Naive-UTC text exactly as _sqlite_time and SQLAlchemy's SQLite DATETIME write it.
+        us = f"json_extract(r, '$[{index}]')"
+        return (
+            f"strftime('%Y-%m-%d %H:%M:%S', {us} / 1000000 - {_YEAR_ONE_TO_UNIX_EPOCH_S}, 'unixepoch') "
+            f"|| printf('.%06d', {us} % 1000000)"
+        )
+    if name in ("item_ids", "scores", "provenance"):
+        return f"r -> '$[{index}]'"  # JSON text (minified), what the JSON columns hold
+    return f"json_extract(r, '$[{index}]')"  # SQL value: JSON null -> NULL, true/false -> 1/0
+
+
+assert RequestLogRecord._fields == _REQUEST_FIELDS, "RequestLogRecord must list the request_logs columns in order"
+# One statement for the whole batch: a JSON array of per-record arrays, split by json_each. The CTE is materialised
+# so that each record's JSON text is rendered once, not once per column (which cost twice the time). ``WHERE true``
+# lets SQLite's parser tell the upsert clause from a join constraint of INSERT .. SELECT.
+_SQLITE_REQUEST_INSERT_BATCH = (
+    "WITH batch(r) AS MATERIALIZED (SELECT value FROM json_each(?)) "
+    f"INSERT INTO request_logs ({', '.join(_REQUEST_FIELDS)}) "
+    f"SELECT {', '.join(_sqlite_batch_column(i, name) for i, name in enumerate(_REQUEST_FIELDS))} "
+    "FROM batch WHERE true ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+def _sqlite_request_batch(records: Sequence[Mapping[str, Any] | RequestLogRecord]) -> str | None:
+    """The batch as the JSON parameter of :data:`_SQLITE_REQUEST_INSERT_BATCH`, or None to take the dict paths.
+
+    Only a batch made entirely of :class:`~tastebud.store.schema.RequestLogRecord` s is encoded, with one
+    ``orjson.dumps``; the records are trusted to have their annotated types, so the only checks are those that
+    keep a wrong value out of the table: finite latency and scores (JSON would turn NaN into null), an aware
+    timestamp (subtracting it from an aware datetime fails otherwise) and values orjson can encode.
+    """
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    isfinite = math.isfinite
+    try:
+        for r in records:
+            # sum() of finite floats is finite unless it overflows (then the validating path stores them anyway);
+            # any inf or NaN makes it non-finite.
+            if type(r) is not RequestLogRecord or not (isfinite(r[10]) and isfinite(sum(r[9]))):
+                return None
+            append((r[0], (r[1] - _YEAR_ONE) // _MICROSECOND, *r[2:]))
+        return orjson.dumps(rows).decode()
+    except (TypeError, OverflowError):  # naive timestamp, a value of another type, an int beyond 64 bits
+        return None
+
+
 def _sqlite_request_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
     """Request-log rows as DBAPI tuples when every record has the server's own shape, else None.
 
@@ -389,10 +454,16 @@ def _sqlite_request_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[Any
             return None
         ts, items, scores, prov = r["timestamp"], r["item_ids"], r["scores"], r["provenance"]
         if not (
-            isinstance(ts, datetime) and ts.tzinfo is not None and isinstance(items, list)
-            and isinstance(scores, list) and isinstance(prov, dict) and isinstance(r["request_id"], str)
-            and isinstance(r["endpoint"], str) and _finite(r["latency_ms"])
-            and isinstance(r["status_code"], int) and not isinstance(r["status_code"], bool)
+            isinstance(ts, datetime)
+            and ts.tzinfo is not None
+            and isinstance(items, list)
+            and isinstance(scores, list)
+            and isinstance(prov, dict)
+            and isinstance(r["request_id"], str)
+            and isinstance(r["endpoint"], str)
+            and _finite(r["latency_ms"])
+            and isinstance(r["status_code"], int)
+            and not isinstance(r["status_code"], bool)
             and (r["model_version"] is None or type(r["model_version"]) is int)
             and all(isinstance(i, str) for i in items)
             and all(isinstance(x, float | int) and math.isfinite(x) for x in scores)

@@ -1,7 +1,10 @@
 """The background request-log writer: serving hands records over without waiting for the database.
 
-``submit`` only puts a record on a bounded queue and never blocks. A daemon thread takes records off in batches
+``submit`` only appends a record to a bounded buffer and never blocks. A daemon thread takes records off in batches
 (up to ``batch_size``, or whatever arrived within ``flush_interval``) and writes each batch in one transaction.
+The thread is woken once per batch (first record, full batch, flush, close), never per record: a thread wake-up per
+request (what ``queue.Queue.put`` does to a waiting consumer) hands the GIL back and forth and cost serving more
+CPU than the database write itself.
 A failing or slow database therefore never slows or fails a request: a failed batch is retried a bounded number of
 times with backoff and then given up, and every record that is not written is reported through ``on_drop``,
 every error through ``on_error`` (or the log when no callback is set), never silently.
@@ -9,30 +12,32 @@ every error through ``on_error`` (or the log when no callback is set), never sil
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, Self
 
 from tastebud.errors import DataValidationError
+from tastebud.store.schema import RequestLogRecord
 
 logger = logging.getLogger(__name__)
 
 #: How often an idle worker checks whether it was asked to stop, seconds.
 _IDLE_POLL_S = 0.05
-#: How often a worker gathering a batch checks whether a flush asked it to hurry, seconds.
-_GATHER_POLL_S = 0.01
 #: Least interval between log lines about drops when no ``on_drop`` callback is set, seconds.
 _WARN_INTERVAL_S = 10.0
+
+
+#: What a writer takes: the server's own typed record, or any mapping with the ``request_logs`` fields.
+Record = Mapping[str, Any] | RequestLogRecord
 
 
 class RequestLogSink(Protocol):
     """What the writer needs of a store: :meth:`tastebud.store.Store.write_request_logs`."""
 
-    def write_request_logs(self, records: Sequence[Mapping[str, Any]]) -> int: ...
+    def write_request_logs(self, records: Sequence[Record]) -> int: ...
 
 
 class RequestLogWriter:
@@ -74,7 +79,10 @@ class RequestLogWriter:
         self.retry_backoff = retry_backoff
         self._on_drop = on_drop
         self._on_error = on_error
-        self._queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        # Appends and pops of a deque are atomic; the lock guards the counters and the bound check with them.
+        self._buffer: deque[Record] = deque()
+        self._wake = threading.Event()  # set by the first record of a batch, a full batch, flush and close
         self._lock = threading.Lock()
         self._settled_changed = threading.Condition(self._lock)
         # accepted: records put on the queue; settled: accepted records written or dropped since.
@@ -98,29 +106,25 @@ class RequestLogWriter:
             self._thread = threading.Thread(target=self._run, name="tastebud-request-log-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: Mapping[str, Any]) -> bool:
+    def submit(self, record: Record) -> bool:
         """Queue one record for writing; never blocks.
 
         Returns:
             True when queued; False when the queue is full or the writer is closed (and ``on_drop(1)`` is called).
         """
         with self._lock:
-            if self._closed:
-                accepted = False
-            else:
-                # Counted before the put so that the worker can never settle more than was accepted.
+            if not self._closed and len(self._buffer) < self.maxsize:
+                # Counted with the append so that the worker can never settle more than was accepted.
                 self._accepted += 1
-                accepted = True
-        if accepted:
-            try:
-                self._queue.put_nowait(record)
-                return True
-            except queue.Full:
-                with self._settled_changed:
-                    self._accepted -= 1
-                    self._settled_changed.notify_all()
-        with self._lock:
-            self._dropped += 1
+                self._buffer.append(record)
+                n = len(self._buffer)
+            else:
+                n = 0
+                self._dropped += 1
+        if n:
+            if n == 1 or n == self.batch_size:
+                self._wake.set()
+            return True
         self._report_drop(1)
         return False
 
@@ -134,6 +138,7 @@ class RequestLogWriter:
             target = self._accepted
             self._flushers += 1
             self._hurry.set()
+            self._wake.set()
             try:
                 return self._settled_changed.wait_for(
                     lambda: self._settled >= min(target, self._accepted), timeout=max(0.0, timeout)
@@ -161,6 +166,7 @@ class RequestLogWriter:
             self._thread.start()
         flushed = self.flush(max(0.0, deadline - time.monotonic()))
         self._stop.set()
+        self._wake.set()
         if not flushed:
             self._abandon.set()
         if self._thread is not None:
@@ -219,28 +225,32 @@ class RequestLogWriter:
             elif self._stop.is_set():
                 return
 
-    def _take_batch(self) -> list[Mapping[str, Any]]:
+    def _take_batch(self) -> list[Record]:
         """Up to ``batch_size`` records: the first waited for briefly, then whatever arrives in ``flush_interval``."""
-        try:
-            first = self._queue.get(timeout=_IDLE_POLL_S)
-        except queue.Empty:
+        buffer = self._buffer
+        if not self._wait(lambda: bool(buffer) or self._stop.is_set(), _IDLE_POLL_S):
             return []
-        batch = [first]
         deadline = time.monotonic() + self.flush_interval
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
+        while len(buffer) < self.batch_size and not (self._hurry.is_set() or self._stop.is_set()):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._hurry.is_set() or self._stop.is_set():
+            if remaining <= 0 or self._wait(
+                lambda: len(buffer) >= self.batch_size or self._hurry.is_set() or self._stop.is_set(), remaining
+            ):
                 break
-            with contextlib.suppress(queue.Empty):
-                batch.append(self._queue.get(timeout=min(remaining, _GATHER_POLL_S)))
+        batch = []
+        for _ in range(min(len(buffer), self.batch_size)):
+            batch.append(buffer.popleft())
         return batch
 
-    def _write(self, batch: list[Mapping[str, Any]]) -> None:
+    def _wait(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Sleep until ``ready()`` or ``timeout`` seconds; whether ready. Clear-then-check loses no wake-up."""
+        self._wake.clear()
+        if ready():
+            return True
+        self._wake.wait(timeout)
+        return ready()
+
+    def _write(self, batch: list[Record]) -> None:
         """Write one batch, retrying transient failures; settle every record as written or dropped."""
         attempt = 0
         while True:
@@ -265,12 +275,12 @@ class RequestLogWriter:
             self._settle(written=len(batch))
             return
 
-    def _drain(self) -> list[Mapping[str, Any]]:
+    def _drain(self) -> list[Record]:
         records = []
         while True:
             try:
-                records.append(self._queue.get_nowait())
-            except queue.Empty:
+                records.append(self._buffer.popleft())
+            except IndexError:
                 return records
 
     def _settle(self, *, written: int = 0, dropped: int = 0) -> None:
