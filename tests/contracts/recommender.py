@@ -234,6 +234,34 @@ class RecommenderContract:
             for reasons in why:
                 assert set(reasons) <= seen_items(dataset, user)
 
+    @pytest.mark.parametrize("exclude_seen", [True, False])
+    @pytest.mark.parametrize("restricted", [False, True])
+    def test_recommend_row_matches_recommend(
+        self, fitted: Recommender, dataset: Dataset, some_users: list[str], exclude_seen: bool, restricted: bool
+    ) -> None:
+        """The serving path (one user, index space) ranks and explains exactly as ``recommend`` does."""
+        assert fitted.users_ is not None and fitted.items_ is not None
+        ids = fitted.items_.ids
+        # every third item: some of each user's own items are among them, so exclusion inside candidates is checked
+        cand_idx = np.arange(0, len(ids), 3) if restricted else None
+        cand_ids = None if cand_idx is None else [str(x) for x in ids[cand_idx].tolist()]
+        for user in some_users:
+            expected = fitted.recommend([user], k=5, exclude_seen=exclude_seen, candidates=cand_ids, explain=True)
+            row = fitted.users_.lookup[user]
+            got = fitted.recommend_row(row, k=5, exclude_seen=exclude_seen, candidates=cand_idx, explain=True)
+            assert [str(x) for x in ids[got.items].tolist()] == expected.item_ids[0]
+            np.testing.assert_allclose(got.scores, np.asarray(expected.scores[0], dtype=np.float64), rtol=1e-6)
+            if expected.explanations is None:
+                assert got.because is None
+            else:
+                assert got.because is not None
+                assert [[str(ids[j]) for j in b] for b in got.because] == expected.explanations[0]
+            if cand_idx is not None:
+                assert set(got.items.tolist()) <= set(cand_idx.tolist())
+            if exclude_seen:
+                assert not {str(x) for x in ids[got.items].tolist()} & seen_items(dataset, user)
+            assert fitted.recommend_row(row, k=5, exclude_seen=exclude_seen, candidates=cand_idx).because is None
+
     # ------------------------------------------------------------------ similar items
     def test_similar_items_exclude_query(self, fitted: Recommender, dataset: Dataset) -> None:
         queries = [str(i) for i in dataset.items.ids[:6].tolist()]

@@ -16,6 +16,7 @@ from tastebud.data.synthetic import generate_synthetic
 from tastebud.errors import RegistryError
 from tastebud.models import create
 from tastebud.registry.bundle import write_bundle
+from tastebud.store.schema import RequestLogRecord
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +115,11 @@ class FakeWriter:
         self.pending_records: list[dict[str, Any]] = []
         self.flushed = self.closed = 0
 
-    def submit(self, record: dict[str, Any]) -> bool:
+    def submit(self, record: Any) -> bool:
         if len(self.pending_records) >= self.maxsize:
             return False
-        self.pending_records.append(record)
+        # the routes submit typed RequestLogRecords, the middleware plain dicts; the store reads back dicts
+        self.pending_records.append(record._asdict() if isinstance(record, RequestLogRecord) else dict(record))
         return True
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -39,7 +39,8 @@ def test_catalog_masks_many_genres_and_missing_years() -> None:
     assert catalog.mask(Filters()) is None and catalog.allowed(Filters()) is None
     first = catalog.allowed(Filters(("g000",)))
     assert first is catalog.allowed(Filters(("g000",)))  # cached
-    assert first is not None and first[1] == [str(x) for x in ids[first[0]]]
+    assert first is not None and first.ids == [str(x) for x in ids[first.mask]]
+    assert first.idx.tolist() == np.flatnonzero(first.mask).tolist()
 
 
 def test_parse_filters_rules(toy_dataset: Dataset) -> None:

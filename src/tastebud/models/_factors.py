@@ -22,7 +22,7 @@ from tastebud.data.dataset import Dataset, IdMap
 from tastebud.errors import BundleError, DataValidationError, ParameterError
 from tastebud.models import _scoring as sc
 from tastebud.models.ann import FaissIndex
-from tastebud.models.base import ModelConfig, Recommendations, Recommender
+from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender
 
 
 class FactorConfig(ModelConfig):
@@ -201,9 +201,9 @@ class FactorRecommender(Recommender):
         if len(rows) == 1:
             # The serving path: one user. Slicing the CSR by hand and ranking a 1-D score vector avoids scipy's
             # fancy indexing and matrix construction, which cost more than the scoring itself.
-            idx, scores = self._recommend_one(int(rows[0]), k, exclude_seen, cands)
-            explanations = self._explain(rows, idx) if explain else None
-            return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+            idx, scores = self._rank_one(int(rows[0]), k, exclude_seen, cands)
+            explanations = self._explain(rows, [idx]) if explain else None
+            return sc.build_recommendations(list(user_ids), [idx], [scores], self.items_, explanations)
         exclude = self.seen_[rows] if exclude_seen else None
         if self.ann_ is not None and cands is None:
             idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)
@@ -284,33 +284,60 @@ class FactorRecommender(Recommender):
             )
         return sc.build_recommendations(list(item_ids), idx, scores, self.items_)
 
-    def _recommend_one(
-        self, u: int, k: int, exclude_seen: bool, cands: np.ndarray | None
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Top-``k`` (indices, scores) of one user, as one-row lists; same results as the batched path."""
+    def recommend_row(
+        self,
+        row: int,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        explain: bool = False,
+    ) -> RankedRow:
+        """One user's top-``k`` in index space: one matrix-vector product and a partial sort (see the base)."""
+        self.check_fitted()
+        k = sc.check_k(k)
+        idx, scores = self._rank_one(row, k, exclude_seen, candidates)
+        return RankedRow(idx, scores, self._explain_row(row, idx) if explain else None)
+
+    def _rank_one(self, u: int, k: int, exclude_seen: bool, cands: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (item indices, scores) of one user; the same results as the batched path.
+
+        Slicing the CSR row by hand and ranking a 1-D score vector avoids scipy's fancy indexing and matrix
+        construction, which cost more than the scoring itself.
+        """
         assert self.user_factors_ is not None and self.item_factors_ is not None
         x = self.user_factors_[u]
         lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
         seen = self.seen_.indices[lo:hi] if exclude_seen else self.seen_.indices[:0]
         if self.ann_ is not None and cands is None:
-            ids, scores = self.ann_.search(x[None, :], k + len(seen))
+            ids, found = self.ann_.search(x[None, :], k + len(seen))
             keep = (ids[0] >= 0) & ~np.isin(ids[0], seen)
-            return [ids[0][keep][:k]], [scores[0][keep][:k]]
+            return ids[0][keep][:k].astype(np.int64, copy=False), found[0][keep][:k]
         if cands is None:
             scores = self.item_factors_ @ x
             scores[seen] = -np.inf
         else:
             scores = self.item_factors_[cands] @ x
-            scores[np.isin(cands, seen, assume_unique=True)] = -np.inf
-        kk = min(k, len(scores))
+            if len(seen) and len(cands):
+                # both sorted: the positions in ``cands`` of the seen items among them
+                pos = np.searchsorted(cands, seen)
+                inside = pos < len(cands)
+                pos = pos[inside]
+                scores[pos[cands[pos] == seen[inside]]] = -np.inf
+        n = len(scores)
+        kk = min(k, n)
         if kk == 0:
-            return [np.empty(0, dtype=np.int64)], [scores[:0]]
-        part = np.argpartition(-scores, kk - 1)[:kk] if kk < len(scores) else np.arange(len(scores))
+            return np.empty(0, dtype=np.int64), scores[:0]
+        part = np.argpartition(scores, n - kk)[n - kk :] if kk < n else np.arange(n)
         part = part[np.argsort(-scores[part], kind="stable")]
         val = scores[part]
         part = part[val > -np.inf]
         idx = part if cands is None else cands[part]
-        return [idx.astype(np.int64, copy=False)], [val[: len(part)]]
+        return idx.astype(np.int64, copy=False), val[: len(part)]
+
+    def _explain_row(self, u: int, rec: np.ndarray) -> list[list[int]] | None:
+        """Per recommended item index, the indices of user ``u``'s items that explain it (``None``: cannot)."""
+        return None
 
     def _score(self, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
         assert self.user_factors_ is not None
@@ -335,8 +362,16 @@ class FactorRecommender(Recommender):
         return idx_rows, score_rows
 
     def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]] | None:
-        """Explanations for recommended items; ``None`` where the model cannot explain."""
-        return None
+        """Explanations for recommended items as item ids; ``None`` where the model cannot explain."""
+        assert self.items_ is not None
+        ids = self.items_.ids
+        out = []
+        for u, rec in zip(rows.tolist(), rec_rows, strict=True):
+            because = self._explain_row(u, rec)
+            if because is None:
+                return None
+            out.append([[str(x) for x in ids[b].tolist()] for b in because])
+        return out
 
     # ------------------------------------------------------------------ fold-in
     def fold_in(self, item_ids: Sequence[str], values: Sequence[float] | np.ndarray | None = None) -> np.ndarray:

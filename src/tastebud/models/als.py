@@ -21,8 +21,9 @@ from threadpoolctl import threadpool_limits
 from tastebud.models import _scoring as sc
 from tastebud.models._factors import FactorConfig, FactorRecommender
 
-#: The inverses of every user's system matrix ``W_u`` are kept (float32) when they fit in this many bytes
-#: (ML-100K: 15 MiB; 10K users at d=64: 160 MiB); larger user bases solve per request instead.
+#: Explanations are precomputed at load time within this many bytes: per training interaction ``(u, j)`` the row
+#: ``c_uj · y_jᵀ W_u⁻¹`` (float32; ML-100K: 20 MiB), else per user ``W_u⁻¹`` (ML-100K: 15 MiB; 10K users at d=64:
+#: 160 MiB); beyond both, ``W_u`` is solved per request.
 EXPLAIN_CACHE_BYTES = 256 * 2**20
 
 
@@ -67,13 +68,14 @@ class ALSRecommender(FactorRecommender):
         return self.config.alpha * values.astype(np.float64)
 
     def _prepare(self) -> None:
-        """Reset the explanation cache; :meth:`load` fills it, :meth:`_explain` does on first use otherwise.
+        """Reset the explanation cache; :meth:`load` fills it, :meth:`_explain_row` does on first use otherwise.
 
         The inversions are not done in ``fit``: training time is compared with calling ``implicit`` directly, and a
         model that is only evaluated never explains. Serving loads bundles, so it pays them once at load time.
         """
         super()._prepare()
         self.user_inv_: np.ndarray | None = None
+        self.explain_rows_: np.ndarray | None = None
         self._inv_cached = False
 
     @classmethod
@@ -84,50 +86,61 @@ class ALSRecommender(FactorRecommender):
         return model
 
     def _cache_inverses(self) -> None:
-        """Invert every user's ``W_u`` once (when it fits), so that explaining a request is one small product.
+        """Precompute what explaining a request needs, so that it is one small product (when it fits).
 
-        NumPy only, here and in :meth:`_explain`: server processes cap NumPy's BLAS at one thread, while SciPy's
-        LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends between workers.
+        Preferred: per training interaction ``(u, j)``, the row ``c_uj · y_jᵀ W_u⁻¹`` (aligned with ``seen_``'s
+        entries), so the contributions to the k recommended items are ``rows[u] @ Y[rec]ᵀ``. Else the inverses
+        ``W_u⁻¹`` per user. NumPy only, here and in :meth:`_explain_row`: server processes cap NumPy's BLAS at one
+        thread, while SciPy's LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends
+        between workers.
         """
         self._inv_cached = True
-        assert self.users_ is not None
+        assert self.users_ is not None and self.item_factors_ is not None
         n, d = len(self.users_), self.n_dims
-        if n * d * d * 4 > EXPLAIN_CACHE_BYTES:
-            return
-        inv = np.empty((n, d, d), dtype=np.float32)
         indptr, indices, data = self.seen_.indptr, self.seen_.indices, self.seen_.data
-        for u in range(n):  # one d x d inversion per user, at fit/load time only
+        by_row = len(indices) * d * 4 <= EXPLAIN_CACHE_BYTES
+        if not by_row and n * d * d * 4 > EXPLAIN_CACHE_BYTES:
+            return
+        y = self.item_factors_
+        store = np.empty((len(indices), d) if by_row else (n, d, d), dtype=np.float32)
+        for u in range(n):  # one d x d inversion per user, at load time only
             lo, hi = indptr[u], indptr[u + 1]
-            a, _ = self._user_system(indices[lo:hi], self._confidence(data[lo:hi]))
-            inv[u] = _inverse(a)
-        self.user_inv_ = inv
+            conf = self._confidence(data[lo:hi])
+            inv = _inverse(self._user_system(indices[lo:hi], conf)[0])
+            if by_row:
+                store[lo:hi] = (y[indices[lo:hi]].astype(np.float64) @ inv) * conf[:, None]  # W_u is symmetric
+            else:
+                store[u] = inv
+        if by_row:
+            self.explain_rows_ = store
+        else:
+            self.user_inv_ = store
 
-    def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]]:
+    def _explain_row(self, u: int, rec: np.ndarray) -> list[list[int]]:
         """Per recommended item ``i``, the user's items ``j`` with the largest ``c_uj · y_jᵀ W_u⁻¹ y_i``.
 
         ``W_u = YᵀC_uY + λI`` is the user's system matrix (Hu et al. 2008, section 5); the contributions sum
         to the score the exact least-squares user vector gives item ``i``. Only the k returned items are
-        explained, with ``W_u⁻¹`` cached at fit/load when it fits (else solved here, with ``YᵀY`` cached).
+        explained, from the cache of :meth:`_cache_inverses` when it fits (else solved here, ``YᵀY`` cached).
         """
-        assert self.items_ is not None and self.item_factors_ is not None
-        y = self.item_factors_
-        ids = self.items_.ids
-        if not getattr(self, "_inv_cached", False):
+        assert self.item_factors_ is not None
+        if not self._inv_cached:
             self._cache_inverses()
-        inv = self.user_inv_
-        out: list[list[list[str]]] = []
-        for u, rec in zip(rows.tolist(), rec_rows, strict=True):
-            lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
-            seen_idx = self.seen_.indices[lo:hi]
+        y = self.item_factors_
+        lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
+        seen_idx = self.seen_.indices[lo:hi]
+        y_rec = y[rec].T
+        if self.explain_rows_ is not None:
+            contrib = self.explain_rows_[lo:hi] @ y_rec
+        else:
             conf = self._confidence(self.seen_.data[lo:hi])
-            if inv is not None:
-                weighted = inv[u] @ y[rec].T  # W_u⁻¹ y_i, one column per recommended item
+            if self.user_inv_ is not None:
+                weighted = self.user_inv_[u] @ y_rec  # W_u⁻¹ y_i, one column per recommended item
             else:
                 a, _ = self._user_system(seen_idx, conf)
-                weighted = _solve(a, y[rec].astype(np.float64).T)
+                weighted = _solve(a, y_rec.astype(np.float64))
             contrib = (y[seen_idx] @ weighted) * conf[:, None]
-            out.append(_top_contributors(contrib, seen_idx, ids))
-        return out
+        return sc.top_contributors(contrib, seen_idx)
 
     def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
         """:meth:`_explain` for a history that is not a training row (``recommend_history``)."""
@@ -138,31 +151,8 @@ class ALSRecommender(FactorRecommender):
         factor = scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False)
         weighted = scipy.linalg.cho_solve(factor, y[rec].astype(np.float64).T, check_finite=False)
         contrib = (y[idx] @ weighted) * conf[:, None]
-        return _top_contributors(contrib, idx, self.items_.ids)
-
-
-def _top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, ids: np.ndarray) -> list[list[str]]:
-    """Per column of ``contrib`` (seen x recommended), the ids of the positive top contributors, largest first.
-
-    Same result as :func:`tastebud.models._scoring.top_contributors`, in a few whole-array steps: this runs
-    once per served request, where per-row NumPy calls cost more than the arithmetic.
-    """
-    n_seen, n_rec = contrib.shape
-    n = min(sc.EXPLAIN_TOP, n_seen)
-    if n == 0:
-        return [[] for _ in range(n_rec)]
-    scores = np.ascontiguousarray(contrib.T)  # one row per recommended item
-    rows = np.arange(n_rec)[:, None]
-    if n < n_seen:
-        part = np.argpartition(scores, n_seen - n, axis=1)[:, n_seen - n :]  # the n largest, unordered
-    else:
-        part = np.broadcast_to(np.arange(n_seen), (n_rec, n_seen))
-    part_scores = scores[rows, part]
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    best = part[rows, order]
-    positive = (part_scores[rows, order] > 0).tolist()
-    names = ids[seen_idx[best]].tolist()
-    return [[str(x) for x, ok in zip(row, oks, strict=True) if ok] for row, oks in zip(names, positive, strict=True)]
+        ids = self.items_.ids
+        return [[str(x) for x in ids[b].tolist()] for b in sc.top_contributors(contrib, idx)]
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

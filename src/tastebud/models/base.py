@@ -52,6 +52,22 @@ class Recommendations:
         return dict(zip(self.query_ids, self.item_ids, strict=True))
 
 
+@dataclass(frozen=True, slots=True)
+class RankedRow:
+    """One user's top-k in the model's own index space: what serving needs per request, without id strings.
+
+    Attributes:
+        items: indices into the model's ``items_``, best first.
+        scores: float scores aligned with ``items``.
+        because: per item, indices into ``items_`` of the user's items that explain it, strongest first
+            (``None`` where the model cannot explain or was not asked to).
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    because: list[list[int]] | None = None
+
+
 class Recommender(ABC):
     """A recommendation model: fit on a :class:`Dataset`, recommend with external ids, save without pickle.
 
@@ -103,6 +119,42 @@ class Recommender(ABC):
     @abstractmethod
     def load(cls, directory: Path) -> Self:
         """Read a model written by :meth:`save`."""
+
+    def recommend_row(
+        self,
+        row: int,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        explain: bool = False,
+    ) -> RankedRow:
+        """Top-``k`` for the user at index ``row`` of ``users_``, in index space (the serving path).
+
+        Same ranking as :meth:`recommend` for that user. This default goes through :meth:`recommend` and maps
+        the ids back; models override it where one user can be ranked without building id lists (one request
+        costs tens of microseconds there, so the id strings and per-call validation of :meth:`recommend`
+        would dominate).
+
+        Args:
+            row: the user's index in ``users_``.
+            k: list length.
+            exclude_seen: leave out the user's training items.
+            candidates: sorted unique item indices to rank among (``None``: every item).
+            explain: fill ``because`` (models that can explain).
+        """
+        assert self.users_ is not None and self.items_ is not None
+        ids = self.items_.ids
+        cand_ids = None if candidates is None else [str(x) for x in ids[candidates].tolist()]
+        recs = self.recommend(
+            [str(self.users_.ids[row])], k, exclude_seen=exclude_seen, candidates=cand_ids, explain=explain
+        )
+        lookup = self.items_.lookup
+        items = np.fromiter((lookup[i] for i in recs.item_ids[0]), dtype=np.int64, count=len(recs.item_ids[0]))
+        because = None
+        if recs.explanations is not None:
+            because = [[lookup[j] for j in names] for names in recs.explanations[0]]
+        return RankedRow(items, np.asarray(recs.scores[0], dtype=np.float64), because)
 
     # ------------------------------------------------------------------ scoring a history
     #: True when the model scores arbitrary histories (:meth:`recommend_history`).

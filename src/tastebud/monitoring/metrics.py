@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -193,6 +194,9 @@ class ServingMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.textfiles: list[Path] = [Path(p) for p in textfiles]
         self._model_labels: dict[str, str] | None = None
+        # labelled children by label values: ``labels()`` per request costs a lock, a tuple and string keys
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._list_children: dict[tuple[str, int | None, str | None], Any] = {}
         r = self.registry
         self.requests = Counter(
             "tastebud_serving_requests_total",
@@ -271,6 +275,27 @@ class ServingMetrics:
         self.model_loaded.set(0)
         self.stream = StreamMetrics(r)
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and observe its latency, by route template, method and status."""
+        key = (route, method, status)
+        pair = self._request_children.get(key)
+        if pair is None:
+            labels = (route, method, str(status))
+            pair = self._request_children[key] = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def count_list(self, endpoint: str, model_version: int | None, fallback_reason: str | None) -> None:
+        """Count one recommendation list served (``fallback_reason`` ``None``: personal)."""
+        key = (endpoint, model_version, fallback_reason)
+        child = self._list_children.get(key)
+        if child is None:
+            child = self._list_children[key] = self.recommendations.labels(
+                endpoint=endpoint,
+                model_version="" if model_version is None else str(model_version),
+                fallback_reason=fallback_reason or "none",
+            )
+        child.inc()
     def set_model(self, *, name: str, version: int | None, model: str, snapshot_id: str, git_sha: str) -> None:
         """Record the model now served (the info gauge holds exactly one series per process)."""
         labels = {

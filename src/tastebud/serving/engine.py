@@ -19,13 +19,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
 from tastebud.errors import UnknownItemError, UnknownUserError
-from tastebud.models.base import Recommendations, Recommender, top_k
+from tastebud.models.base import RankedRow, Recommendations, Recommender, top_k
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.realtime import UserOverlays, recommend_with_overlay
 
@@ -53,6 +53,14 @@ class Filters:
     @property
     def active(self) -> bool:
         return bool(self.genres) or self.year_min is not None or self.year_max is not None
+
+
+class Allowed(NamedTuple):
+    """The items that pass a filter: as a mask, as sorted indices and as ids."""
+
+    mask: np.ndarray
+    idx: np.ndarray
+    ids: list[str]
 
 
 @dataclass
@@ -83,7 +91,8 @@ class Catalog:
 
     def __init__(self, ids: np.ndarray, item_meta: pl.DataFrame, genre_vocab: Sequence[str]) -> None:
         self.ids = np.asarray(ids, dtype=object)
-        self.lookup: dict[str, int] = {str(x): i for i, x in enumerate(self.ids.tolist())}
+        self.str_ids: list[str] = [str(x) for x in self.ids.tolist()]
+        self.lookup: dict[str, int] = {x: i for i, x in enumerate(self.str_ids)}
         meta = _aligned_meta(self.ids, item_meta)
         years = meta["year"].cast(pl.Int64, strict=False)
         self.has_year = years.is_not_null().to_numpy()
@@ -93,7 +102,7 @@ class Catalog:
         self.genre_bits = _genre_bits(meta["genres"], self.genre_index, self.n_words)
         # JSON-ready records, built once: a response copies the base record and adds score and explanation.
         self.records: list[dict[str, Any]] = meta.select("item_id", "title", "genres", "year").to_dicts()
-        self._cache: OrderedDict[Filters, tuple[np.ndarray, list[str]]] = OrderedDict()
+        self._cache: OrderedDict[Filters, Allowed] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -117,8 +126,8 @@ class Catalog:
             keep &= self.has_year & (self.years <= filters.year_max)
         return keep
 
-    def allowed(self, filters: Filters) -> tuple[np.ndarray, list[str]] | None:
-        """(mask, allowed item ids) for ``filters``, cached per distinct filter; ``None`` when unrestricted."""
+    def allowed(self, filters: Filters) -> Allowed | None:
+        """The items passing ``filters``, cached per distinct filter; ``None`` when unrestricted."""
         if not filters.active:
             return None
         with self._cache_lock:
@@ -128,12 +137,24 @@ class Catalog:
                 return hit
         mask = self.mask(filters)
         assert mask is not None
-        entry = (mask, [str(x) for x in self.ids[mask].tolist()])
+        idx = np.flatnonzero(mask)
+        entry = Allowed(mask, idx, [self.str_ids[i] for i in idx.tolist()])
         with self._cache_lock:  # routes share one thread, but the engine may also be used from several
             self._cache[filters] = entry
             if len(self._cache) > _FILTER_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return entry
+
+    def rows(self, row: RankedRow) -> list[dict[str, Any]]:
+        """JSON-ready item records of a ranked row of this vocabulary (metadata, score, ``because`` ids)."""
+        records, names = self.records, self.str_ids
+        items, scores = row.items.tolist(), row.scores.tolist()
+        if row.because is None:
+            return [{**records[i], "score": s, "because": []} for i, s in zip(items, scores, strict=True)]
+        return [
+            {**records[i], "score": s, "because": [names[j] for j in b]}
+            for i, s, b in zip(items, scores, row.because, strict=True)
+        ]
 
     def record(self, item_id: str) -> dict[str, Any] | None:
         """The metadata record of ``item_id``, or ``None`` when it is not in this vocabulary."""
@@ -256,25 +277,22 @@ class Engine:
             and user_id in self.content.users_.lookup
         ):
             model, catalog, reason = self.content, self.content_catalog, SPARSE_HISTORY
+        if model is not self.model:
+            assert model.users_ is not None
+            u = model.users_.lookup[user_id]
         allowed = catalog.allowed(filters)
-        candidates = None if allowed is None else allowed[1]
+        candidates = None if allowed is None else allowed.idx
         if overlay is not None and exclude_seen:
             # A model that cannot score a history (SVD, user-KNN) still must not recommend what the user just
             # interacted with: the new events' items leave the candidates.
-            new_items = set(overlay[0])
-            base = candidates if candidates is not None else [str(x) for x in catalog.ids.tolist()]
-            candidates = [i for i in base if i not in new_items]
-        if candidates is not None and not candidates:
-            items: list[dict[str, Any]] = []
-        else:
-            recs = model.recommend(
-                [user_id],
-                k,
-                exclude_seen=exclude_seen,
-                candidates=candidates,
-                explain=explain,
-            )
-            items = _rows(recs, catalog)
+            new_items = [i for i in (catalog.lookup.get(x) for x in overlay[0]) if i is not None]
+            if new_items:
+                base = candidates if candidates is not None else np.arange(len(catalog))
+                candidates = np.setdiff1d(base, new_items)
+        items: list[dict[str, Any]] = []
+        if candidates is None or len(candidates):
+            ranked = model.recommend_row(u, k, exclude_seen=exclude_seen, candidates=candidates, explain=explain)
+            items = catalog.rows(ranked)
         return Result(
             items, k, is_fallback=reason is not None, fallback_reason=reason,
             source="content" if reason else "model",

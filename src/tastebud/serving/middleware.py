@@ -51,12 +51,11 @@ class MetricsMiddleware:
             # The router stores the matched route in the (shared) scope; unmatched paths share one label.
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
-            labels = (route, scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.request_seconds.labels(*labels).observe(elapsed)
-            endpoint = route.split("/")[1] if route.startswith("/") else ""
-            if status >= 400 and endpoint in LOGGED_ENDPOINTS:
-                _log_failure(scope, endpoint, status, elapsed, bytes(error_body), self.metrics)
+            self.metrics.observe_request(route, scope["method"], status, elapsed)
+            if status >= 400:
+                endpoint = route.split("/")[1] if route.startswith("/") else ""
+                if endpoint in LOGGED_ENDPOINTS:
+                    _log_failure(scope, endpoint, status, elapsed, bytes(error_body), self.metrics)
 
 
 def _log_failure(

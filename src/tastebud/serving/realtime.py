@@ -149,7 +149,7 @@ def recommend_with_overlay(
     ids = [*base_ids, *new_ids]
     values = np.concatenate([np.asarray(base_values, dtype=np.float64), new_values])
     allowed = engine.catalog.allowed(filters)
-    if allowed is not None and not allowed[1]:
+    if allowed is not None and not allowed.ids:
         items: list[dict[str, Any]] = []
     else:
         recs: Recommendations = model.recommend_history(
@@ -157,7 +157,7 @@ def recommend_with_overlay(
             values,
             k,
             exclude_seen=exclude_seen,
-            candidates=None if allowed is None else allowed[1],
+            candidates=None if allowed is None else allowed.ids,
             explain=explain,
         )
         items = _rows(recs, engine.catalog)

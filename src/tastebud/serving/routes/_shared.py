@@ -15,6 +15,7 @@ from tastebud.serving.engine import Result
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.holder import Served
 from tastebud.serving.provenance import new_request_id, request_provenance, utc_now
+from tastebud.store.schema import RequestLogRecord
 
 logger = logging.getLogger(__name__)
 
@@ -113,47 +114,29 @@ def list_response(
     now = utc_now()
     latency_ms = (time.perf_counter() - started) * 1000.0
     provenance = request_provenance(served.provenance, request_id=request_id, timestamp=now, latency_ms=latency_ms)
+    items = result.items
     body: dict[str, Any] = {
         **query,
-        "recommendations": result.items,
+        "recommendations": items,
         "requested": result.requested,
-        "returned": result.returned,
+        "returned": len(items),
         "model": served.model_block,
         "is_fallback": result.is_fallback,
         "fallback_reason": result.fallback_reason,
         "variant": None,
         "provenance": provenance,
     }
-    if result.returned < result.requested:
-        body["note"] = (
-            f"only {result.returned} of the {result.requested} requested items pass the filters and exclusions"
-        )
+    if len(items) < result.requested:
+        body["note"] = f"only {len(items)} of the {result.requested} requested items pass the filters and exclusions"
     state = request.app.state
-    state.metrics.recommendations.labels(
-        endpoint=endpoint,
-        model_version=str(served.version) if served.version is not None else "",
-        fallback_reason=result.fallback_reason or "none",
-    ).inc()
+    state.metrics.count_list(endpoint, served.version, result.fallback_reason)
     writer = state.request_log
     if writer is not None:
-        record = {
-            "request_id": request_id,
-            "timestamp": now,
-            "endpoint": endpoint,
-            "user_id": user_id,
-            "item_id": item_id,
-            "model_name": served.name,
-            "model_version": served.version,
-            "alias": served.alias,
-            "item_ids": [it["item_id"] for it in result.items],
-            "scores": [it["score"] for it in result.items],
-            "latency_ms": latency_ms,
-            "status_code": 200,
-            "is_fallback": result.is_fallback,
-            "fallback_reason": result.fallback_reason,
-            "variant": None,
-            "provenance": provenance,
-        }
+        record = RequestLogRecord(
+            request_id, now, endpoint, user_id, item_id, served.name, served.version, served.alias,
+            [it["item_id"] for it in items], [it["score"] for it in items], latency_ms, 200,
+            result.is_fallback, result.fallback_reason, None, provenance,
+        )  # fmt: skip
         try:
             accepted = writer.submit(record)
         except Exception:  # the log must never fail a request
@@ -161,4 +144,24 @@ def list_response(
             accepted = False
         if accepted is False:
             state.metrics.request_log_dropped.inc()
-    return json_response(body, headers={"X-Request-ID": request_id})
+    return JSONBytes(orjson.dumps(body), request_id)
+
+
+class JSONBytes(Response):
+    """A 200 JSON response of pre-serialised bytes with its ``X-Request-ID`` header, headers built directly.
+
+    Starlette's ``Response.__init__`` renders headers through a generic path (a ``MutableHeaders`` and a
+    content-type check per response) that costs as much as serialising the body of a recommendation list.
+    """
+
+    media_type = JSON
+
+    def __init__(self, content: bytes, request_id: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = content
+        self.raw_headers = [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+        ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
@@ -21,10 +21,12 @@ from tastebud.serving.schemas import ERRORS, RecommendRequest, RecommendResponse
 router = APIRouter(tags=["recommend"])
 
 
-#: The query of ``GET /recommend/{user_id}``: documented here, parsed by hand in the route. FastAPI's per-parameter
-#: validation of these seven parameters measured more than the whole request of a trivial route (see the Serving
-#: section of bench/RESULTS.md); this is the hot endpoint.
-_GET_QUERY = [
+#: The parameters of ``GET /recommend/{user_id}``: documented here, parsed by hand in the route. FastAPI's
+#: per-parameter validation of these seven parameters measured more than the whole request of a trivial route (see
+#: the Serving section of bench/RESULTS.md); this is the hot endpoint.
+_GET_PARAMETERS = [
+    {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": "External user id.", "example": "196"},
     query_parameter("k", {"type": "integer", "default": 10}, "How many items (1..max_k).", 10),
     query_parameter("exclude_seen", {"type": "boolean", "default": True},
                     "Leave out items the user interacted with in training."),
@@ -40,14 +42,13 @@ _GET_QUERY = [
     "/recommend/{user_id}",
     response_model=RecommendResponse,
     responses=ERRORS,
-    openapi_extra={"parameters": _GET_QUERY},
+    openapi_extra={"parameters": _GET_PARAMETERS},
 )
-async def recommend_get(
-    request: Request, user_id: str = Path(..., description="External user id.", examples=["196"])
-) -> Response:
+async def recommend_get(request: Request) -> Response:
     """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores."""
     started = time.perf_counter()
     served = served_model(request)
+    user_id: str = request.path_params["user_id"]
     q = request.query_params
     k = query_int(q, "k", 10)
     assert k is not None
