@@ -229,6 +229,7 @@ def bench_http(args: argparse.Namespace) -> str:
     env = {"TASTEBUD_HOME": str(args.home), "TASTEBUD_SERVING__MODEL_NAME": args.model_name}
     if not args.request_log:
         env[NO_LOG_ENV] = "1"
+    env.update(_cache_env(args))
     if args.switch_interval:
         env[SWITCH_ENV] = str(args.switch_interval)
     log = Path(tempfile.gettempdir()) / "tastebud-bench-serving.log"
@@ -266,7 +267,8 @@ def _http_section(args: argparse.Namespace, version: int, n_users: int, results:
     cmd = next(iter(next(iter(results.values())).values()))[0]["command"]
     title = (f"wrk on loopback, {args.repeats} alternating {args.duration} s runs per endpoint (medians); "
              f"{args.model_name} v{version} (ALS champion), {n_users} users picked at random; "
-             f"request log {'on (SQLite)' if args.request_log else 'OFF (diagnostic)'}")  # fmt: skip
+             f"request log {'on (SQLite)' if args.request_log else 'OFF (diagnostic)'}; "
+             f"{_cache_note(args)}")  # fmt: skip
     if args.switch_interval:
         title += f"; switch interval {args.switch_interval * 1000:g} ms (diagnostic)"
     headers = ["workers", "endpoint", "req/s", "p50 ms", "p99 ms", "of floor", "errors", "load before each run"]
@@ -274,6 +276,7 @@ def _http_section(args: argparse.Namespace, version: int, n_users: int, results:
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py http --repeats {args.repeats}"
         + ("" if args.request_log else " --no-request-log")
+        + _cache_flag(args)
         + f"`; each run is `{cmd}`. "
         + f"Machine: {machine_note()}.\n"
     )
@@ -364,7 +367,7 @@ def bench_ann(args: argparse.Namespace) -> str:
     ef = model.ann_.ef_search
     del bundle, model  # the servers load their own copy
     env = {"TASTEBUD_HOME": str(args.dir / "home"), "TASTEBUD_SERVING__MODEL_NAME": "synthetic-1m",
-           BUNDLE_ENV: str(bundle_dir), "TASTEBUD_SERVING__WATCH_INTERVAL_S": "0"}  # fmt: skip
+           BUNDLE_ENV: str(bundle_dir), "TASTEBUD_SERVING__WATCH_INTERVAL_S": "0", **_cache_env(args)}  # fmt: skip
     users = [str(u) for u in np.random.default_rng(8).choice(args.users, 2000, replace=False)]
     paths = {"floor": ["/_floor"], "recommend": [f"/recommend/u{int(u):05d}" for u in users]}
     log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-ann.log"
@@ -391,7 +394,8 @@ def bench_ann(args: argparse.Namespace) -> str:
         ])  # fmt: skip
     title = (
         f"1M-item catalog through FAISS {kind} ({n_items:,} x {args.dim}, M=32, efSearch {ef}): "
-        f"`GET /recommend/{{user_id}}` under wrk, {args.repeats} x {args.duration} s per endpoint (medians)"
+        f"`GET /recommend/{{user_id}}` under wrk, {args.repeats} x {args.duration} s per endpoint (medians); "
+        f"{_cache_note(args)}"
     )
     headers = ["workers", "req/s", "floor req/s", "of floor", "p50 ms", "p99 ms", "worst p99 ms", "errors",
                "load before each run"]  # fmt: skip
@@ -400,9 +404,26 @@ def bench_ann(args: argparse.Namespace) -> str:
         f"`recommend` in process p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms; "
         f"bundle load with checksums {load_s:.1f} s.\n\n"
         + table(title, headers, rows)
-        + f"\nCommand: `.venv/bin/python bench/bench_serving.py ann --repeats {args.repeats}` (bundle from "
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py ann --repeats {args.repeats}{_cache_flag(args)}` "
+        + "(bundle from "
         + "`ann-build`, reused). Machine: " + machine_note() + ".\n"
     )  # fmt: skip
+
+
+def _cache_env(args: argparse.Namespace) -> dict[str, str]:
+    size = args.result_cache_size
+    return {} if size is None else {"TASTEBUD_SERVING__RESULT_CACHE_SIZE": str(size)}
+
+
+def _cache_note(args: argparse.Namespace) -> str:
+    size = args.result_cache_size
+    if size == 0:
+        return "result cache OFF: every request scored"
+    return f"result cache {'on (default size)' if size is None else f'of {size:,} lists'}"
+
+
+def _cache_flag(args: argparse.Namespace) -> str:
+    return "" if args.result_cache_size is None else f" --result-cache-size {args.result_cache_size}"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -424,6 +445,9 @@ def main() -> None:
                         help="serve without the request log (diagnostic: what the log costs)")  # fmt: skip
     parser.add_argument("--switch-interval", type=float, default=0.0,
                         help="sys.setswitchinterval in the server, s (diagnostic; 0 keeps Python's 0.005)")  # fmt: skip
+    parser.add_argument("--result-cache-size", type=int, default=None,
+                        help="serving.result_cache_size of the server (default: the setting's default, 10,000 lists "
+                             "per worker; 0 scores every request afresh)")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     if args.part == "ann-build":

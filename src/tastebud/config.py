@@ -69,6 +69,12 @@ class ServingSettings(BaseModel):
         5, ge=0, description="Users with fewer interactions get content/hybrid scores (sparse_history)."
     )
     request_log_queue: int = Field(10_000, ge=1, description="Bound of the background request-log queue.")
+    result_cache_size: int = Field(
+        10_000,
+        ge=0,
+        description="Personal lists kept per worker and model (by user and request parameters), so a user's repeated "
+        "request is not scored again; a user with new events is always scored afresh. 0 disables the cache.",
+    )
     blas_threads: int = Field(
         1,
         ge=0,

@@ -74,6 +74,10 @@ def row_count(store: Store, table: str) -> int:
         return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
 
 
+def _index_names(store: Store) -> set[str]:
+    return {ix["name"] for ix in sa.inspect(store.engine).get_indexes("request_logs")}
+
+
 class StoreContract:
     """Every behaviour test of :class:`~tastebud.store.Store`, run against each backend."""
 
@@ -93,6 +97,15 @@ class StoreContract:
         store.init_schema()
         assert store.get_request("req-00001") is not None
         assert row_count(store, "request_logs") == 1
+
+    def test_request_log_indexes_only_time_ordered_keys(self, store: Store) -> None:
+        """A per-user index (a random page write per logged request) is dropped from older databases too."""
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_request_logs_user_id ON request_logs (user_id)"))
+        assert "ix_request_logs_user_id" in _index_names(store)
+        store.init_schema()
+        assert "ix_request_logs_user_id" not in _index_names(store)
+        assert "ix_request_logs_timestamp" in _index_names(store)
 
     def test_store_is_usable_after_close(self, store: Store) -> None:
         store.write_request_logs([log_record(1)])

@@ -86,13 +86,14 @@ def test_hybrid_serves_sparse_users_itself(cluster_dataset: Dataset) -> None:
     assert [it["item_id"] for it in result.items] == hybrid.recommend(["c1u00"], 4).item_ids[0]
 
 
+@pytest.mark.parametrize("cache", [0, 100])
 @pytest.mark.parametrize("name", ["svd", "userknn"])
-def test_models_without_history_scoring_still_exclude_new_events(name: str, toy_dataset: Dataset) -> None:
+def test_models_without_history_scoring_still_exclude_new_events(name: str, cache: int, toy_dataset: Dataset) -> None:
     from tastebud.serving.realtime import UserOverlays
     from tastebud.stream.handlers import normalise_events
 
     model = create(name).fit(toy_dataset)
-    engine = Engine(model, {}, toy_dataset.item_meta)
+    engine = Engine(model, {}, toy_dataset.item_meta, result_cache_size=cache)
     engine.overlays = UserOverlays()
     user = str(toy_dataset.users.ids[0])
     before = [it["item_id"] for it in engine.recommend(user, 5).items]
@@ -109,3 +110,61 @@ def test_models_without_history_scoring_still_exclude_new_events(name: str, toy_
     assert len(after) == len(before)
     kept = [it["item_id"] for it in engine.recommend(user, 5, exclude_seen=False).items]
     assert kept == model.recommend([user], 5, exclude_seen=False).item_ids[0]  # no exclusion asked: untouched
+
+
+def _items(result: object) -> list[tuple[str, float, list[str]]]:
+    return [(it["item_id"], it["score"], it["because"]) for it in result.items]  # type: ignore[attr-defined]
+
+
+def test_result_cache_answers_repeats_exactly_and_stays_bounded(toy_dataset: Dataset) -> None:
+    model = create("als", factors=8, iterations=5).fit(toy_dataset)
+    plain = Engine(model, {}, toy_dataset.item_meta)
+    cached = Engine(model, {}, toy_dataset.item_meta, result_cache_size=5)
+    users = [str(u) for u in toy_dataset.users.ids[:8].tolist()]
+    genre = plain.genres[0]
+    variants = [
+        {"k": 5},
+        {"k": 3},
+        {"k": 5, "exclude_seen": False},
+        {"k": 5, "explain": False},
+        {"k": 5, "filters": plain.parse_filters([genre])},
+    ]
+    for user in users:
+        for kw in variants:
+            first = cached.recommend(user, **kw)
+            again = cached.recommend(user, **kw)
+            assert again is first  # served from the cache
+            assert _items(first) == _items(plain.recommend(user, **kw))  # and equal to scoring afresh
+            assert first.items_json() is again.items_json()
+    assert cached.cache_hits == len(users) * len(variants)
+    assert cached.cache_misses == len(users) * len(variants)
+    assert len(cached._results) <= 5
+    unknown = cached.recommend("ghost", 5)
+    assert unknown.fallback_reason == "unknown_user" and len(cached._results) <= 5
+
+
+def test_result_cache_never_answers_a_user_with_new_events(toy_dataset: Dataset) -> None:
+    from tastebud.serving.realtime import UserOverlays
+    from tastebud.stream.handlers import normalise_events
+
+    model = create("als", factors=8, iterations=5).fit(toy_dataset)
+    engine = Engine(model, {}, toy_dataset.item_meta, result_cache_size=100)
+    engine.overlays = UserOverlays()
+    user = str(toy_dataset.users.ids[0])
+    before = engine.recommend(user, 5)
+    assert engine.recommend(user, 5) is before
+    events, rejected = normalise_events(
+        [{"event_id": f"e{i}", "user_id": user, "item_id": it["item_id"], "rating": 5, "timestamp": 1_700_000_000}
+         for i, it in enumerate(before.items[:2])],
+        source="test",
+    )  # fmt: skip
+    assert not rejected
+    engine.overlays.add(events)
+    after = engine.recommend(user, 5)
+    assert after is not before
+    assert not {it["item_id"] for it in before.items[:2]} & {it["item_id"] for it in after.items}
+    misses = engine.cache_misses
+    engine.recommend(user, 5)
+    assert engine.cache_misses == misses and engine.cache_hits == 1  # the overlay path bypasses the cache
+    engine.overlays.clear(user)
+    assert engine.recommend(user, 5) is before  # back to the model's own list

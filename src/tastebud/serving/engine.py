@@ -14,6 +14,7 @@ content neighbours (``"cold_item"``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import polars as pl
 
 from tastebud.errors import UnknownItemError, UnknownUserError
@@ -73,10 +75,24 @@ class Result:
     fallback_reason: str | None = None
     source: str = "model"  # which model answered: model, content, popular
     extra: dict[str, Any] = field(default_factory=dict)
+    _json: Any = field(default=None, init=False, repr=False, compare=False)
+    _logged: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def returned(self) -> int:
         return len(self.items)
+
+    def items_json(self) -> orjson.Fragment:
+        """``items`` serialised once (a cached result answers many requests); embed it in an orjson body."""
+        if self._json is None:
+            self._json = orjson.Fragment(orjson.dumps(self.items))
+        return self._json
+
+    def logged(self) -> tuple[list[str], list[float]]:
+        """(item ids, scores) of ``items`` for the request log, built once like :meth:`items_json`."""
+        if self._logged is None:
+            self._logged = ([it["item_id"] for it in self.items], [it["score"] for it in self.items])
+        return self._logged  # type: ignore[no-any-return]
 
 
 class Catalog:
@@ -170,6 +186,9 @@ class Engine:
         fallback: ``"popular"`` (required) and optionally ``"content"`` models, fitted on the same data.
         item_meta: item metadata (``item_id``, ``title``, ``year``, ``genres``, ``tags``).
         sparse_history_threshold: users with fewer training interactions get content scores (0 disables).
+        result_cache_size: personal results kept, by user and request parameters (0 disables). A bundle's model
+            is fixed, so a user's list only changes with new events; users with events newer than the model
+            (overlays) are never answered from, nor stored in, the cache.
     """
 
     def __init__(
@@ -179,6 +198,7 @@ class Engine:
         item_meta: pl.DataFrame,
         *,
         sparse_history_threshold: int = 0,
+        result_cache_size: int = 0,
     ) -> None:
         model.check_fitted()
         assert model.users_ is not None and model.items_ is not None
@@ -197,6 +217,10 @@ class Engine:
         self.popular_catalog, self.popularity = self._popularity(item_meta)
         #: events newer than the model, per user (set by the holder; shared across model switches)
         self.overlays: UserOverlays | None = None
+        #: personal results by (user row, k, exclude_seen, explain, filters); oldest entry evicted first
+        self.result_cache_size = result_cache_size
+        self._results: dict[tuple[Any, ...], Result] = {}
+        self.cache_hits = self.cache_misses = 0
 
     # ------------------------------------------------------------------ preparation
     def _catalog_of(self, model: Recommender | None, item_meta: pl.DataFrame) -> Catalog | None:
@@ -268,6 +292,37 @@ class Engine:
             result = self._popular(k, filters)
             result.is_fallback, result.fallback_reason = True, UNKNOWN_USER
             return result
+        if overlay is not None or not self.result_cache_size:
+            return self._personal(u, user_id, k, exclude_seen, filters, explain, overlay)
+        key = (u, k, exclude_seen, explain, filters)
+        cache = self._results
+        hit = cache.get(key)
+        if hit is not None:
+            self.cache_hits += 1
+            return hit
+        self.cache_misses += 1
+        result = self._personal(u, user_id, k, exclude_seen, filters, explain, None)
+        cache[key] = result
+        if len(cache) > self.result_cache_size:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted it first
+                del cache[next(iter(cache))]
+        return result
+
+    def clear_cache(self) -> None:
+        """Forget every cached result."""
+        self._results.clear()
+
+    def _personal(
+        self,
+        u: int,
+        user_id: str,
+        k: int,
+        exclude_seen: bool,
+        filters: Filters,
+        explain: bool,
+        overlay: tuple[list[str], np.ndarray] | None,
+    ) -> Result:
+        """A known user's list from the main model (or content scores for a short history)."""
         model, catalog, reason = self.model, self.catalog, None
         if (
             self.history_len[u] < self.threshold

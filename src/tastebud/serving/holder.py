@@ -80,6 +80,7 @@ class ModelHolder:
         alias: the alias to serve at startup and to watch.
         metrics: where switches and load times are counted.
         sparse_history_threshold: passed to every :class:`Engine`.
+        result_cache_size: passed to every :class:`Engine`.
         image_digest: the container image digest for provenance.
         loader: loads a bundle directory (tests inject one).
     """
@@ -92,6 +93,7 @@ class ModelHolder:
         alias: str = "champion",
         metrics: ServingMetrics | None = None,
         sparse_history_threshold: int = 0,
+        result_cache_size: int = 0,
         image_digest: str | None = None,
         loader: BundleLoader | None = None,
     ) -> None:
@@ -100,6 +102,7 @@ class ModelHolder:
         self.alias = alias
         self.metrics = metrics or ServingMetrics()
         self.sparse_history_threshold = sparse_history_threshold
+        self.result_cache_size = result_cache_size
         self.image_digest = image_digest
         self.loader = loader or default_loader
         self._current: Served | None = None
@@ -182,8 +185,9 @@ class ModelHolder:
         bundle = self.loader(path)
         fallback = dict(getattr(bundle, "fallback", None) or {})
         engine = Engine(
-            bundle.model, fallback, bundle.item_meta, sparse_history_threshold=self.sparse_history_threshold
-        )
+            bundle.model, fallback, bundle.item_meta,
+            sparse_history_threshold=self.sparse_history_threshold, result_cache_size=self.result_cache_size,
+        )  # fmt: skip
         engine.overlays = self.overlays  # real-time events outlive the model they were first scored with
         manifest = dict(bundle.manifest)
         provenance = static_provenance(manifest, name=self.name, version=version, image=self.image_digest)

@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 from tastebud.config import Settings, get_settings
 from tastebud.errors import DataValidationError, StoreError
 from tastebud.store.schema import (
+    DROPPED_INDEXES,
     RequestLogRecord,
     dead_letter_row,
     dead_letters,
@@ -124,6 +125,8 @@ class Store:
             try:
                 with self._begin("schema creation") as conn:
                     metadata.create_all(conn)
+                    for name in DROPPED_INDEXES:
+                        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
                 return
             except StoreError as err:
                 # Two processes creating the schema at once: the loser sees "already exists"; a second pass

@@ -117,7 +117,7 @@ def list_response(
     items = result.items
     body: dict[str, Any] = {
         **query,
-        "recommendations": items,
+        "recommendations": result.items_json(),
         "requested": result.requested,
         "returned": len(items),
         "model": served.model_block,
@@ -134,7 +134,7 @@ def list_response(
     if writer is not None:
         record = RequestLogRecord(
             request_id, now, endpoint, user_id, item_id, served.name, served.version, served.alias,
-            [it["item_id"] for it in items], [it["score"] for it in items], latency_ms, 200,
+            *result.logged(), latency_ms, 200,
             result.is_fallback, result.fallback_reason, None, provenance,
         )  # fmt: skip
         try:
