@@ -358,6 +358,8 @@ def bench_ann(args: argparse.Namespace) -> str:
     bundle = load_bundle(bundle_dir)
     load_s = time.perf_counter() - t0
     model = bundle.model
+    if args.ef_search is not None:
+        model.ann_.set_ef_search(args.ef_search)
     rng = np.random.default_rng(7)
     sample = [str(u) for u in rng.choice(model.users_.ids, args.queries, replace=False).tolist()]
     with threadpool_limits(1, "blas"):
@@ -368,6 +370,8 @@ def bench_ann(args: argparse.Namespace) -> str:
     del bundle, model  # the servers load their own copy
     env = {"TASTEBUD_HOME": str(args.dir / "home"), "TASTEBUD_SERVING__MODEL_NAME": "synthetic-1m",
            BUNDLE_ENV: str(bundle_dir), "TASTEBUD_SERVING__WATCH_INTERVAL_S": "0", **_cache_env(args)}  # fmt: skip
+    if args.ef_search is not None:
+        env["TASTEBUD_SERVING__ANN_EF_SEARCH"] = str(args.ef_search)
     users = [str(u) for u in np.random.default_rng(8).choice(args.users, 2000, replace=False)]
     paths = {"floor": ["/_floor"], "recommend": [f"/recommend/u{int(u):05d}" for u in users]}
     log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-ann.log"
@@ -404,7 +408,8 @@ def bench_ann(args: argparse.Namespace) -> str:
         f"`recommend` in process p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms; "
         f"bundle load with checksums {load_s:.1f} s.\n\n"
         + table(title, headers, rows)
-        + f"\nCommand: `.venv/bin/python bench/bench_serving.py ann --repeats {args.repeats}{_cache_flag(args)}` "
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py ann --repeats {args.repeats}{_cache_flag(args)}"
+        + ("" if args.ef_search is None else f" --ef-search {args.ef_search}") + "` "
         + "(bundle from "
         + "`ann-build`, reused). Machine: " + machine_note() + ".\n"
     )  # fmt: skip
@@ -448,6 +453,8 @@ def main() -> None:
     parser.add_argument("--result-cache-size", type=int, default=None,
                         help="serving.result_cache_size of the server (default: the setting's default, 10,000 lists "
                              "per worker; 0 scores every request afresh)")  # fmt: skip
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="ann: serving.ann_ef_search (HNSW efSearch), for the recall and the servers")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     if args.part == "ann-build":

@@ -75,6 +75,12 @@ class ServingSettings(BaseModel):
         description="Personal lists kept per worker and model (by user and request parameters), so a user's repeated "
         "request is not scored again; a user with new events is always scored afresh. 0 disables the cache.",
     )
+    ann_ef_search: int | None = Field(
+        None,
+        ge=1,
+        description="HNSW candidate list size for served models with a FAISS HNSW index (None keeps the bundle's): "
+        "lower is faster, higher recalls more.",
+    )
     blas_threads: int = Field(
         1,
         ge=0,

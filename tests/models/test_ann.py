@@ -97,3 +97,19 @@ def test_factor_model_hnsw_agrees_with_exact() -> None:
     for u, items in zip(users, b.item_ids, strict=True):
         row = seen[data.user_index([u])[0]]
         assert not set(data.item_index(items)) & set(row.indices)
+
+
+def test_set_ef_search_changes_the_search_list(vectors: np.ndarray) -> None:
+    hnsw = FaissIndex(hnsw_threshold=100, ef_search=128).build(vectors)
+    queries = vectors[:50] * 0.5
+    wide, _ = hnsw.search(queries, 10)
+    hnsw.set_ef_search(12)
+    assert hnsw.ef_search == 12 and hnsw.index_ is not None and hnsw.index_.hnsw.efSearch == 12
+    narrow, _ = hnsw.search(queries, 10)
+    assert narrow.shape == wide.shape and (narrow >= 0).all()
+    with pytest.raises(ParameterError, match="ef_search"):
+        hnsw.set_ef_search(0)
+    flat = FaissIndex().build(vectors)
+    before, _ = flat.search(queries, 10)
+    flat.set_ef_search(4)  # an exact index has no search list: unchanged results
+    np.testing.assert_array_equal(flat.search(queries, 10)[0], before)

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tastebud.config import Settings
+from tastebud.data.dataset import Dataset
 from tastebud.errors import BundleError, RegistryError
 from tastebud.monitoring.metrics import ServingMetrics
 from tastebud.serving import ModelHolder, create_app
@@ -127,3 +128,19 @@ def test_load_path_refuses_incompatible(bundles: dict[str, Path], tmp_path: Path
         ModelHolder(None, name="ml").load(version=1)
     with pytest.raises(RegistryError):
         ModelHolder(FakeRegistry("ml", {}), name="ml").load(version=1)
+
+
+def test_holder_sets_ann_ef_search_on_every_loaded_index(bundles: dict[str, Path], toy_dataset: Dataset) -> None:
+    from types import SimpleNamespace
+
+    from tastebud.models import create
+
+    model = create("als", factors=8, iterations=3, use_ann=True, ann_threshold=1).fit(toy_dataset)
+    assert model.ann_ is not None and model.ann_.kind == "hnsw" and model.ann_.ef_search != 24
+    holder = ModelHolder(None, name="ml", ann_ef_search=24)
+    holder.loader = lambda p: SimpleNamespace(manifest={}, model=model, fallback={}, item_meta=toy_dataset.item_meta)
+    holder.load_path(bundles["als"], version=1)
+    assert model.ann_.ef_search == 24 and model.ann_.index_.hnsw.efSearch == 24
+    assert model.ann_similar_ is not None and model.ann_similar_.ef_search == 24
+    user = str(toy_dataset.users.ids[0])
+    assert holder.current.engine.recommend(user, 3).items

@@ -201,9 +201,9 @@ class FactorRecommender(Recommender):
         if len(rows) == 1:
             # The serving path: one user. Slicing the CSR by hand and ranking a 1-D score vector avoids scipy's
             # fancy indexing and matrix construction, which cost more than the scoring itself.
-            idx, scores = self._rank_one(int(rows[0]), k, exclude_seen, cands)
-            explanations = self._explain(rows, [idx]) if explain else None
-            return sc.build_recommendations(list(user_ids), [idx], [scores], self.items_, explanations)
+            one, one_scores = self._rank_one(int(rows[0]), k, exclude_seen, cands)
+            explanations = self._explain(rows, [one]) if explain else None
+            return sc.build_recommendations(list(user_ids), [one], [one_scores], self.items_, explanations)
         exclude = self.seen_[rows] if exclude_seen else None
         if self.ann_ is not None and cands is None:
             idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)

@@ -65,6 +65,20 @@ class FaissIndex:
         self.index_ = index
         return self
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the HNSW candidate list size used by searches (no effect on an exact index).
+
+        Larger is more accurate and slower; a serving process can trade one for the other without rebuilding.
+
+        Raises:
+            ParameterError: ``ef_search`` is below 1.
+        """
+        if ef_search < 1:
+            raise ParameterError(f"FaissIndex: ef_search must be >= 1 (got {ef_search})")
+        self.ef_search = int(ef_search)
+        if isinstance(self._index, faiss.IndexHNSW):
+            self._index.hnsw.efSearch = self.ef_search
+
     @property
     def kind(self) -> str:
         """``"flat"`` (exact) or ``"hnsw"``."""

@@ -71,7 +71,7 @@ def create_app(
             state.holder = ModelHolder(
                 reg, name=cfg.model_name, alias=cfg.alias, metrics=metrics_,
                 sparse_history_threshold=cfg.sparse_history_threshold, result_cache_size=cfg.result_cache_size,
-                image_digest=image_digest(), loader=loader,
+                ann_ef_search=cfg.ann_ef_search, image_digest=image_digest(), loader=loader,
             )  # fmt: skip
         if state.request_log is None:
             owned_store, owned_writer = _default_request_log(settings, metrics_)

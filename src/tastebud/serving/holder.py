@@ -81,6 +81,7 @@ class ModelHolder:
         metrics: where switches and load times are counted.
         sparse_history_threshold: passed to every :class:`Engine`.
         result_cache_size: passed to every :class:`Engine`.
+        ann_ef_search: HNSW candidate list size set on every loaded model's FAISS indexes (``None``: the bundle's).
         image_digest: the container image digest for provenance.
         loader: loads a bundle directory (tests inject one).
     """
@@ -94,6 +95,7 @@ class ModelHolder:
         metrics: ServingMetrics | None = None,
         sparse_history_threshold: int = 0,
         result_cache_size: int = 0,
+        ann_ef_search: int | None = None,
         image_digest: str | None = None,
         loader: BundleLoader | None = None,
     ) -> None:
@@ -103,6 +105,7 @@ class ModelHolder:
         self.metrics = metrics or ServingMetrics()
         self.sparse_history_threshold = sparse_history_threshold
         self.result_cache_size = result_cache_size
+        self.ann_ef_search = ann_ef_search
         self.image_digest = image_digest
         self.loader = loader or default_loader
         self._current: Served | None = None
@@ -184,6 +187,11 @@ class ModelHolder:
     def _prepare(self, path: Path, *, version: int | None, alias: str | None) -> Served:
         bundle = self.loader(path)
         fallback = dict(getattr(bundle, "fallback", None) or {})
+        if self.ann_ef_search is not None:
+            for model in (bundle.model, *fallback.values()):
+                for index in (getattr(model, "ann_", None), getattr(model, "ann_similar_", None)):
+                    if index is not None:
+                        index.set_ef_search(self.ann_ef_search)
         engine = Engine(
             bundle.model, fallback, bundle.item_meta,
             sparse_history_threshold=self.sparse_history_threshold, result_cache_size=self.result_cache_size,
