@@ -80,3 +80,24 @@ def test_explanations_are_the_largest_contributions(toy_dataset: Dataset) -> Non
         assert contrib.sum() == pytest.approx(float(model.fold_in(seen) @ y[i]), rel=1e-3, abs=1e-4)
         best = [seen[j] for j in np.argsort(-contrib, kind="stable") if contrib[j] > 0][:3]
         assert reasons == best
+
+
+@pytest.mark.parametrize("cache", ["rows", "inverses", "none"])
+def test_explanations_do_not_depend_on_what_is_cached(toy_dataset: Dataset, cache: str, monkeypatch) -> None:
+    """Per-interaction rows, per-user inverses or a solve per request: the same items explain each item."""
+    from tastebud.models import als
+
+    model = ALSRecommender(factors=3, iterations=5, alpha=4.0, regularization=0.1).fit(toy_dataset)
+    users = [str(u) for u in toy_dataset.users.ids[:6].tolist()]
+    reference = model.recommend(users, k=4, explain=True)
+    n, d, nnz = len(model.users_), model.n_dims, model.seen_.nnz
+    budget = {"rows": nnz * d * 4, "inverses": n * d * d * 4, "none": 0}[cache]
+    if cache == "inverses":
+        assert nnz * d * 4 > budget, "the toy data must make the rows larger than the inverses"
+    monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", budget)
+    model.explain_rows_, model.user_inv_, model._inv_cached = None, None, False
+    got = model.recommend(users, k=4, explain=True)
+    assert (model.explain_rows_ is not None) == (cache == "rows")
+    assert (model.user_inv_ is not None) == (cache == "inverses")
+    assert got.item_ids == reference.item_ids
+    assert got.explanations == reference.explanations
