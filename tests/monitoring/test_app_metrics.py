@@ -78,6 +78,16 @@ def test_traffic_moves_counters_and_histograms(client: TestClient, train: Datase
     assert value(after, "tastebud_serving_recommendations_total", **personal) == 1
     assert value(after, "tastebud_serving_recommendations_total", endpoint="popular", model_version="1",
                  fallback_reason="none") == 1  # fmt: skip
+    # the personal list was scored once and cached; asking again is a hit (the unknown user never enters the cache)
+    assert value(after, "tastebud_serving_result_cache_total", outcome="miss") == 1
+    assert value(after, "tastebud_serving_result_cache_total", outcome="hit") == 0
+    user = str(train.users.ids[0])
+    first, again = client.get(f"/recommend/{user}?k=5"), client.get(f"/recommend/{user}?k=5")
+    assert first.json()["recommendations"] == again.json()["recommendations"]
+    assert first.json()["provenance"]["request_id"] != again.json()["provenance"]["request_id"]
+    cached = scrape(client)
+    assert value(cached, "tastebud_serving_result_cache_total", outcome="hit") == 2
+    assert value(cached, "tastebud_serving_result_cache_total", outcome="miss") == 1
     info = [k for k in after if k[0] == "tastebud_serving_model_info" and after[k] == 1]
     assert len(info) == 1 and ("version", "1") in info[0][1]
     assert value(after, "tastebud_serving_model_switches_total", trigger="startup", outcome="success") == 1

@@ -197,6 +197,7 @@ class ServingMetrics:
         # labelled children by label values: ``labels()`` per request costs a lock, a tuple and string keys
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._list_children: dict[tuple[str, int | None, str | None], Any] = {}
+        self._cache_children: tuple[Any, Any] | None = None
         r = self.registry
         self.requests = Counter(
             "tastebud_serving_requests_total",
@@ -250,6 +251,12 @@ class ServingMetrics:
             buckets=LOAD_BUCKETS,
             registry=r,
         )
+        self.result_cache = Counter(
+            "tastebud_serving_result_cache_total",
+            "Personal lists answered from the result cache (outcome=hit) or scored and cached (outcome=miss).",
+            ["outcome"],
+            registry=r,
+        )
         self.request_log_dropped = Counter(
             "tastebud_serving_request_log_dropped_total",
             "Request-log records dropped because the background writer's queue was full.",
@@ -284,6 +291,13 @@ class ServingMetrics:
             pair = self._request_children[key] = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def count_cache(self, hit: bool) -> None:
+        """Count one lookup of the personal result cache."""
+        children = self._cache_children
+        if children is None:
+            children = self._cache_children = (self.result_cache.labels("miss"), self.result_cache.labels("hit"))
+        children[hit].inc()
 
     def count_list(self, endpoint: str, model_version: int | None, fallback_reason: str | None) -> None:
         """Count one recommendation list served (``fallback_reason`` ``None``: personal)."""

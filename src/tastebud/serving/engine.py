@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -189,6 +189,7 @@ class Engine:
         result_cache_size: personal results kept, by user and request parameters (0 disables). A bundle's model
             is fixed, so a user's list only changes with new events; users with events newer than the model
             (overlays) are never answered from, nor stored in, the cache.
+        on_cache: called with True for every cache hit and False for every miss (a metrics counter).
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class Engine:
         *,
         sparse_history_threshold: int = 0,
         result_cache_size: int = 0,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> None:
         model.check_fitted()
         assert model.users_ is not None and model.items_ is not None
@@ -221,6 +223,7 @@ class Engine:
         self.result_cache_size = result_cache_size
         self._results: dict[tuple[Any, ...], Result] = {}
         self.cache_hits = self.cache_misses = 0
+        self._on_cache = on_cache
 
     # ------------------------------------------------------------------ preparation
     def _catalog_of(self, model: Recommender | None, item_meta: pl.DataFrame) -> Catalog | None:
@@ -299,8 +302,12 @@ class Engine:
         hit = cache.get(key)
         if hit is not None:
             self.cache_hits += 1
+            if self._on_cache is not None:
+                self._on_cache(True)
             return hit
         self.cache_misses += 1
+        if self._on_cache is not None:
+            self._on_cache(False)
         result = self._personal(u, user_id, k, exclude_seen, filters, explain, None)
         cache[key] = result
         if len(cache) > self.result_cache_size:

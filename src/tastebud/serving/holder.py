@@ -195,6 +195,7 @@ class ModelHolder:
         engine = Engine(
             bundle.model, fallback, bundle.item_meta,
             sparse_history_threshold=self.sparse_history_threshold, result_cache_size=self.result_cache_size,
+            on_cache=self.metrics.count_cache,
         )  # fmt: skip
         engine.overlays = self.overlays  # real-time events outlive the model they were first scored with
         manifest = dict(bundle.manifest)
