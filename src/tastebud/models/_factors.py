@@ -313,27 +313,8 @@ class FactorRecommender(Recommender):
             ids, found = self.ann_.search(x[None, :], k + len(seen))
             keep = (ids[0] >= 0) & ~np.isin(ids[0], seen)
             return ids[0][keep][:k].astype(np.int64, copy=False), found[0][keep][:k]
-        if cands is None:
-            scores = self.item_factors_ @ x
-            scores[seen] = -np.inf
-        else:
-            scores = self.item_factors_[cands] @ x
-            if len(seen) and len(cands):
-                # both sorted: the positions in ``cands`` of the seen items among them
-                pos = np.searchsorted(cands, seen)
-                inside = pos < len(cands)
-                pos = pos[inside]
-                scores[pos[cands[pos] == seen[inside]]] = -np.inf
-        n = len(scores)
-        kk = min(k, n)
-        if kk == 0:
-            return np.empty(0, dtype=np.int64), scores[:0]
-        part = np.argpartition(scores, n - kk)[n - kk :] if kk < n else np.arange(n)
-        part = part[np.argsort(-scores[part], kind="stable")]
-        val = scores[part]
-        part = part[val > -np.inf]
-        idx = part if cands is None else cands[part]
-        return idx.astype(np.int64, copy=False), val[: len(part)]
+        scores = self.item_factors_ @ x if cands is None else self.item_factors_[cands] @ x
+        return sc.rank_one(scores, k, seen, cands)
 
     def _explain_row(self, u: int, rec: np.ndarray) -> list[list[int]] | None:
         """Per recommended item index, the indices of user ``u``'s items that explain it (``None``: cannot)."""

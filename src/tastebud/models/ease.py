@@ -20,7 +20,7 @@ from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
 from tastebud.models import _scoring as sc
 from tastebud.models._history import explain_weighted
-from tastebud.models.base import ModelConfig, Recommendations, Recommender
+from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender
 
 
 class EASEConfig(ModelConfig):
@@ -56,7 +56,8 @@ class EASERecommender(Recommender):
         np.fill_diagonal(b, 0.0)
         if not np.isfinite(b).all():
             raise DataValidationError("ease: weights contain NaN or infinite values; raise l2")
-        self.weights_ = b.astype(np.float32)
+        # C order: serving reads the rows of a user's items; rows of a Fortran-ordered matrix are strided
+        self.weights_ = np.ascontiguousarray(b, dtype=np.float32)
         self.seen_ = x.astype(np.float32)
         self.users_, self.items_ = dataset.users, dataset.items
         return self
@@ -91,6 +92,31 @@ class EASERecommender(Recommender):
             else None
         )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
+
+    def recommend_row(
+        self,
+        row: int,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        explain: bool = False,
+    ) -> RankedRow:
+        """One user's top-``k`` in index space: ``x_u B`` as a product of the user's rows of ``B`` (see the base)."""
+        self.check_fitted()
+        assert self.weights_ is not None
+        k = sc.check_k(k)
+        seen = self.seen_
+        lo, hi = seen.indptr[row], seen.indptr[row + 1]
+        idx, vals = seen.indices[lo:hi], seen.data[lo:hi]
+        rows = self.weights_[idx]
+        scores = vals @ (rows if candidates is None else rows[:, candidates])
+        items, ranked = sc.rank_one(scores, k, idx if exclude_seen else idx[:0], candidates)
+        because = None
+        if explain:
+            contrib = np.asarray(rows[:, items], dtype=np.float64) * vals[:, None]
+            because = sc.top_contributors(contrib, idx)
+        return RankedRow(items, ranked, because)
 
     history_scoring = True
 
@@ -133,5 +159,5 @@ class EASERecommender(Recommender):
         directory = Path(directory)
         model, _ = sc.load_state(cls, directory)
         n = len(model.items_)  # type: ignore[arg-type]
-        model.weights_ = sc.load_checked(directory / "weights.npy", (n, n), np.floating)
+        model.weights_ = np.ascontiguousarray(sc.load_checked(directory / "weights.npy", (n, n), np.floating))
         return model
