@@ -244,10 +244,12 @@ def bench_http(args: argparse.Namespace) -> str:
                     res = run_wrk(server.url, p, args.duration, seed=rep + 1)
                     results[workers][name].append(res)
                     print(f"workers={workers} {name} #{rep + 1}: {_fmt(res)}", flush=True)
-    return _http_section(args, mv.version, len(users), results)
+    return _http_section(args, mv.version, bundle.model.name, len(users), results)
 
 
-def _http_section(args: argparse.Namespace, version: int, n_users: int, results: dict[int, Any]) -> str:
+def _http_section(
+    args: argparse.Namespace, version: int, kind: str, n_users: int, results: dict[int, Any]
+) -> str:
     labels = {"floor": "`GET /_floor`", "recommend": "`GET /recommend/{user_id}`",
               "recommend_noexplain": "`GET /recommend/{user_id}?explain=false`"}  # fmt: skip
     rows = []
@@ -266,7 +268,7 @@ def _http_section(args: argparse.Namespace, version: int, n_users: int, results:
             ])  # fmt: skip
     cmd = next(iter(next(iter(results.values())).values()))[0]["command"]
     title = (f"wrk on loopback, {args.repeats} alternating {args.duration} s runs per endpoint (medians); "
-             f"{args.model_name} v{version} (ALS champion), {n_users} users picked at random; "
+             f"{args.model_name} v{version} ({kind.upper()} champion), {n_users} users picked at random; "
              f"request log {'on (SQLite)' if args.request_log else 'OFF (diagnostic)'}; "
              f"{_cache_note(args)}")  # fmt: skip
     if args.switch_interval:
@@ -274,7 +276,7 @@ def _http_section(args: argparse.Namespace, version: int, n_users: int, results:
     headers = ["workers", "endpoint", "req/s", "p50 ms", "p99 ms", "of floor", "errors", "load before each run"]
     return (
         table(title, headers, rows)
-        + f"\nCommand: `.venv/bin/python bench/bench_serving.py http --repeats {args.repeats}"
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py http --home {args.home} --repeats {args.repeats}"
         + ("" if args.request_log else " --no-request-log")
         + _cache_flag(args)
         + f"`; each run is `{cmd}`. "
@@ -435,7 +437,7 @@ def _cache_flag(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("http", "ann-build", "ann"))
-    parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home with the ALS champion")
+    parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home whose champion is served")
     parser.add_argument("--model-name", default="movielens-100k")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tastebud-ann1m"), help="cache of the 1M bundle")
     parser.add_argument("--items", type=int, default=1_000_000)
