@@ -97,6 +97,10 @@ def test_factor_model_hnsw_agrees_with_exact() -> None:
     for u, items in zip(users, b.item_ids, strict=True):
         row = seen[data.user_index([u])[0]]
         assert not set(data.item_index(items)) & set(row.indices)
+        # the one-user path (serving) over-fetches by this user's own history and drops it too
+        one = approx.recommend_row(int(data.user_index([u])[0]), k=10)
+        assert len(one.items) == 10 and not set(one.items.tolist()) & set(row.indices)
+        assert len(set(one.items.tolist()) & set(data.item_index(items))) >= 8
 
 
 def test_set_ef_search_changes_the_search_list(vectors: np.ndarray) -> None:

@@ -311,8 +311,12 @@ class FactorRecommender(Recommender):
         seen = self.seen_.indices[lo:hi] if exclude_seen else self.seen_.indices[:0]
         if self.ann_ is not None and cands is None:
             ids, found = self.ann_.search(x[None, :], k + len(seen))
-            keep = (ids[0] >= 0) & ~np.isin(ids[0], seen)
-            return ids[0][keep][:k].astype(np.int64, copy=False), found[0][keep][:k]
+            got = ids[0]
+            keep = got >= 0
+            if len(seen):  # seen is sorted (CSR indices): a binary search per result, not np.isin's sort
+                pos = np.minimum(np.searchsorted(seen, got), len(seen) - 1)
+                keep &= seen[pos] != got
+            return got[keep][:k].astype(np.int64, copy=False), found[0][keep][:k]
         scores = self.item_factors_ @ x if cands is None else self.item_factors_[cands] @ x
         return sc.rank_one(scores, k, seen, cands)
 
