@@ -126,7 +126,7 @@ def bench_app() -> Any:
         settings = build_settings()
         limit_blas_threads(settings.serving.blas_threads)
         registry = _StaticRegistry(settings.serving.model_name, Path(bundle)) if bundle else None
-        app = create_app(settings, registry=registry, request_log=request_log)
+        app = create_app(settings, registry=registry, request_log=request_log, freeze_gc=True)
     else:
         app = create_app_from_env()
 

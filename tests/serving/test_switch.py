@@ -144,3 +144,16 @@ def test_holder_sets_ann_ef_search_on_every_loaded_index(bundles: dict[str, Path
     assert model.ann_similar_ is not None and model.ann_similar_.ef_search == 24
     user = str(toy_dataset.users.ids[0])
     assert holder.current.engine.recommend(user, 3).items
+
+
+def test_freeze_gc_moves_the_loaded_model_out_of_full_collections(bundles: dict[str, Path]) -> None:
+    import gc
+
+    before = gc.get_freeze_count()
+    try:
+        ModelHolder(None, name="ml").load_path(bundles["als"], version=1)
+        assert gc.get_freeze_count() == before  # off by default (tests, notebooks)
+        ModelHolder(None, name="ml", freeze_gc=True).load_path(bundles["als"], version=1)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -40,6 +40,7 @@ def create_app(
     store: Any = None,
     loader: BundleLoader | None = None,
     watch: bool = True,
+    freeze_gc: bool = False,
 ) -> FastAPI:
     """Build the API.
 
@@ -53,6 +54,8 @@ def create_app(
         store: the request store for ``/trace`` (defaults to the writer's store).
         loader: how bundles are loaded (default: verified ``load_bundle``).
         watch: load the alias at startup and watch it; False leaves loading to the caller.
+        freeze_gc: freeze the objects alive after each model load out of the garbage collector's full passes
+            (server processes: :func:`create_app_from_env`).
     """
     settings = settings or build_settings()
     cfg = settings.serving
@@ -71,7 +74,7 @@ def create_app(
             state.holder = ModelHolder(
                 reg, name=cfg.model_name, alias=cfg.alias, metrics=metrics_,
                 sparse_history_threshold=cfg.sparse_history_threshold, result_cache_size=cfg.result_cache_size,
-                ann_ef_search=cfg.ann_ef_search, image_digest=image_digest(), loader=loader,
+                ann_ef_search=cfg.ann_ef_search, freeze_gc=freeze_gc, image_digest=image_digest(), loader=loader,
             )  # fmt: skip
         if state.request_log is None:
             owned_store, owned_writer = _default_request_log(settings, metrics_)
@@ -123,7 +126,7 @@ def create_app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` (each worker builds its own from the environment)."""
     settings = build_settings()
     limit_blas_threads(settings.serving.blas_threads)
-    return create_app(settings)
+    return create_app(settings, freeze_gc=True)
 
 
 def limit_blas_threads(n: int) -> None:

@@ -117,7 +117,12 @@ class Catalog:
         self.n_words = max(1, -(-len(genre_vocab) // 64))
         self.genre_bits = _genre_bits(meta["genres"], self.genre_index, self.n_words)
         # JSON-ready records, built once: a response copies the base record and adds score and explanation.
-        self.records: list[dict[str, Any]] = meta.select("item_id", "title", "genres", "year").to_dicts()
+        # Tuples, not lists, for genres (and explanations): a dict holding only strings, numbers and tuples of them
+        # drops out of the garbage collector's tracking, so cached results cost its full passes nothing.
+        self.records: list[dict[str, Any]] = [
+            {**rec, "genres": tuple(rec["genres"] or ())}
+            for rec in meta.select("item_id", "title", "genres", "year").to_dicts()
+        ]
         self._cache: OrderedDict[Filters, Allowed] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -166,9 +171,9 @@ class Catalog:
         records, names = self.records, self.str_ids
         items, scores = row.items.tolist(), row.scores.tolist()
         if row.because is None:
-            return [{**records[i], "score": s, "because": []} for i, s in zip(items, scores, strict=True)]
+            return [{**records[i], "score": s, "because": ()} for i, s in zip(items, scores, strict=True)]
         return [
-            {**records[i], "score": s, "because": [names[j] for j in b]}
+            {**records[i], "score": s, "because": tuple([names[j] for j in b])}
             for i, s, b in zip(items, scores, row.because, strict=True)
         ]
 
@@ -372,7 +377,7 @@ class Engine:
         idx, val = top_k(scores[None, :], k)
         keep = idx[0] >= 0
         items = [
-            {**catalog.records[i], "score": s, "because": []}
+            {**catalog.records[i], "score": s, "because": ()}
             for i, s in zip(idx[0][keep].tolist(), val[0][keep].tolist(), strict=True)
         ]
         return Result(items, k, source="popular")
@@ -430,11 +435,11 @@ def _rows(recs: Recommendations, catalog: Catalog) -> list[dict[str, Any]]:
     ids = recs.item_ids[0]
     scores = np.asarray(recs.scores[0], dtype=np.float64).tolist()
     because = recs.explanations[0] if recs.explanations else None
-    empty: dict[str, Any] = {"title": None, "genres": [], "year": None}
+    empty: dict[str, Any] = {"title": None, "genres": (), "year": None}
     out = []
     for j, (item_id, score) in enumerate(zip(ids, scores, strict=True)):
         base = catalog.record(item_id) or {"item_id": item_id, **empty}
-        out.append({**base, "score": score, "because": list(because[j]) if because is not None else []})
+        out.append({**base, "score": score, "because": tuple(because[j]) if because is not None else ()})
     return out
 
 

@@ -9,6 +9,7 @@ version in the registry, loads and verifies its bundle and prepares the :class:`
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -82,6 +83,8 @@ class ModelHolder:
         sparse_history_threshold: passed to every :class:`Engine`.
         result_cache_size: passed to every :class:`Engine`.
         ann_ef_search: HNSW candidate list size set on every loaded model's FAISS indexes (``None``: the bundle's).
+        freeze_gc: after each load, move every object alive to the garbage collector's permanent generation
+            (:func:`gc.freeze`); for server processes, where they are the long-lived model.
         image_digest: the container image digest for provenance.
         loader: loads a bundle directory (tests inject one).
     """
@@ -96,6 +99,7 @@ class ModelHolder:
         sparse_history_threshold: int = 0,
         result_cache_size: int = 0,
         ann_ef_search: int | None = None,
+        freeze_gc: bool = False,
         image_digest: str | None = None,
         loader: BundleLoader | None = None,
     ) -> None:
@@ -106,6 +110,7 @@ class ModelHolder:
         self.sparse_history_threshold = sparse_history_threshold
         self.result_cache_size = result_cache_size
         self.ann_ef_search = ann_ef_search
+        self.freeze_gc = freeze_gc
         self.image_digest = image_digest
         self.loader = loader or default_loader
         self._current: Served | None = None
@@ -173,6 +178,11 @@ class ModelHolder:
                     raise
                 raise BundleError(f"{path}: bundle is incompatible with this server ({err})") from err
             self._current = served  # the atomic swap: requests already running keep the old object
+            if self.freeze_gc:
+                # The model's objects (catalog records, id maps, caches of the libraries) live as long as it is
+                # served: out of the cyclic collector's full passes, which otherwise walked them all and paused
+                # the event loop for up to 160 ms every few seconds under load.
+                gc.freeze()
             self.last_error = None
             self.metrics.model_switches.labels(trigger=trigger, outcome="success").inc()
             self.metrics.model_load_seconds.observe(time.perf_counter() - start)
