@@ -60,7 +60,7 @@ def run_server(settings: Settings, **overrides: Any) -> None:
         from tastebud.serving.app import create_app, limit_blas_threads
 
         limit_blas_threads(cfg.blas_threads)
-        uvicorn.run(create_app(settings), host=cfg.host, port=cfg.port, log_level=log_level)
+        uvicorn.run(create_app(settings, freeze_gc=True), host=cfg.host, port=cfg.port, log_level=log_level)
         return
     # Worker processes build their own app from the environment: hand them the effective settings there.
     os.environ["TASTEBUD_HOME"] = str(settings.home)
