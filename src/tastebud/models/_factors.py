@@ -349,13 +349,12 @@ class FactorRecommender(Recommender):
     def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]] | None:
         """Explanations for recommended items as item ids; ``None`` where the model cannot explain."""
         assert self.items_ is not None
-        ids = self.items_.ids
         out = []
         for u, rec in zip(rows.tolist(), rec_rows, strict=True):
             because = self._explain_row(u, rec)
             if because is None:
                 return None
-            out.append([[str(x) for x in ids[b].tolist()] for b in because])
+            out.append(sc.id_lists(self.items_.ids, because))
         return out
 
     # ------------------------------------------------------------------ fold-in

@@ -102,5 +102,4 @@ def explain_weighted(
         n: how many items explain each recommendation.
     """
     contrib = np.asarray(block, dtype=np.float64) * np.asarray(weights, dtype=np.float64)[:, None]
-    ids = items.ids
-    return [[str(ids[j]) for j in row] for row in sc.top_contributors(contrib, idx, n)]
+    return sc.id_lists(items.ids, sc.top_contributors(contrib, idx, n))

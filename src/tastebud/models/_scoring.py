@@ -219,6 +219,11 @@ def top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, n: int = EXPLAIN
     return [[x for x, ok in zip(row, oks, strict=True) if ok] for row, oks in zip(names, positive, strict=True)]
 
 
+def id_lists(ids: np.ndarray, index_lists: Sequence[Sequence[int]]) -> list[list[str]]:
+    """Lists of item indices (explanations) as lists of the external ids ``ids`` holds."""
+    return [[str(ids[j]) for j in row] for row in index_lists]
+
+
 def explain_linear(
     seen: sp.csr_matrix,
     rows: np.ndarray,
@@ -243,7 +248,7 @@ def explain_linear(
         lo, hi = seen.indptr[u], seen.indptr[u + 1]
         seen_idx, vals = seen.indices[lo:hi], seen.data[lo:hi]
         contrib = np.asarray(weights(seen_idx, rec), dtype=np.float64) * vals[:, None]
-        out.append([[str(ids[j]) for j in row] for row in top_contributors(contrib, seen_idx, n)])
+        out.append(id_lists(ids, top_contributors(contrib, seen_idx, n)))
     return out
 
 

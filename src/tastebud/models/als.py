@@ -151,8 +151,7 @@ class ALSRecommender(FactorRecommender):
         factor = scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False)
         weighted = scipy.linalg.cho_solve(factor, y[rec].astype(np.float64).T, check_finite=False)
         contrib = (y[idx] @ weighted) * conf[:, None]
-        ids = self.items_.ids
-        return [[str(x) for x in ids[b].tolist()] for b in sc.top_contributors(contrib, idx)]
+        return sc.id_lists(self.items_.ids, sc.top_contributors(contrib, idx))
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
