@@ -198,12 +198,10 @@ class FactorRecommender(Recommender):
         k = sc.check_k(k)
         rows = self.users_.index(user_ids, kind="user")
         cands = sc.resolve_candidates(self.items_, candidates)
-        if len(rows) == 1:
-            # The serving path: one user. Slicing the CSR by hand and ranking a 1-D score vector avoids scipy's
-            # fancy indexing and matrix construction, which cost more than the scoring itself.
-            one, one_scores = self._rank_one(int(rows[0]), k, exclude_seen, cands)
-            explanations = self._explain(rows, [one]) if explain else None
-            return sc.build_recommendations(list(user_ids), [one], [one_scores], self.items_, explanations)
+        if len(rows) == 1:  # one user: the serving path, in index space, with the same results
+            one = self.recommend_row(int(rows[0]), k, exclude_seen=exclude_seen, candidates=cands, explain=explain)
+            explanations = None if one.because is None else [sc.id_lists(self.items_.ids, one.because)]
+            return sc.build_recommendations(list(user_ids), [one.items], [one.scores], self.items_, explanations)
         exclude = self.seen_[rows] if exclude_seen else None
         if self.ann_ is not None and cands is None:
             idx, scores = self._ann_search(self.ann_, self.user_factors_[rows], k, exclude)
