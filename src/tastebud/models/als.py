@@ -82,10 +82,10 @@ class ALSRecommender(FactorRecommender):
     def load(cls, directory: Path) -> Self:
         """Read a model written by :meth:`save` and build its explanation cache (off the request path)."""
         model = super().load(directory)
-        model._cache_inverses()
+        model._cache_explanations()
         return model
 
-    def _cache_inverses(self) -> None:
+    def _cache_explanations(self) -> None:
         """Precompute what explaining a request needs, so that it is one small product (when it fits).
 
         Preferred: per training interaction ``(u, j)``, the row ``c_uj · y_jᵀ W_u⁻¹`` (aligned with ``seen_``'s
@@ -121,11 +121,11 @@ class ALSRecommender(FactorRecommender):
 
         ``W_u = YᵀC_uY + λI`` is the user's system matrix (Hu et al. 2008, section 5); the contributions sum
         to the score the exact least-squares user vector gives item ``i``. Only the k returned items are
-        explained, from the cache of :meth:`_cache_inverses` when it fits (else solved here, ``YᵀY`` cached).
+        explained, from the cache of :meth:`_cache_explanations` when it fits (else solved here, ``YᵀY`` cached).
         """
         assert self.item_factors_ is not None
         if not self._inv_cached:
-            self._cache_inverses()
+            self._cache_explanations()
         y = self.item_factors_
         lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
         seen_idx = self.seen_.indices[lo:hi]

@@ -310,6 +310,7 @@ class ServingMetrics:
                 fallback_reason=fallback_reason or "none",
             )
         child.inc()
+
     def set_model(self, *, name: str, version: int | None, model: str, snapshot_id: str, git_sha: str) -> None:
         """Record the model now served (the info gauge holds exactly one series per process)."""
         labels = {

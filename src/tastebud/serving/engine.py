@@ -320,10 +320,6 @@ class Engine:
                 del cache[next(iter(cache))]
         return result
 
-    def clear_cache(self) -> None:
-        """Forget every cached result."""
-        self._results.clear()
-
     def _personal(
         self,
         u: int,

@@ -114,20 +114,21 @@ def list_response(
     now = utc_now()
     latency_ms = (time.perf_counter() - started) * 1000.0
     provenance = request_provenance(served.provenance, request_id=request_id, timestamp=now, latency_ms=latency_ms)
-    items = result.items
     body: dict[str, Any] = {
         **query,
         "recommendations": result.items_json(),
         "requested": result.requested,
-        "returned": len(items),
+        "returned": result.returned,
         "model": served.model_block,
         "is_fallback": result.is_fallback,
         "fallback_reason": result.fallback_reason,
         "variant": None,
         "provenance": provenance,
     }
-    if len(items) < result.requested:
-        body["note"] = f"only {len(items)} of the {result.requested} requested items pass the filters and exclusions"
+    if result.returned < result.requested:
+        body["note"] = (
+            f"only {result.returned} of the {result.requested} requested items pass the filters and exclusions"
+        )
     state = request.app.state
     state.metrics.count_list(endpoint, served.version, result.fallback_reason)
     writer = state.request_log
