@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tastebud.monitoring.metrics import ServingMetrics
 from tastebud.serving.provenance import new_request_id, utc_now
+from tastebud.store.schema import RequestLogRecord
 
 logger = logging.getLogger(__name__)
 
@@ -77,24 +78,12 @@ def _log_failure(
         except orjson.JSONDecodeError:
             error["code"] = None
         request_id = new_request_id()
-        record: dict[str, Any] = {
-            "request_id": request_id,
-            "timestamp": utc_now(),
-            "endpoint": endpoint,
-            "user_id": params.get("user_id"),
-            "item_id": params.get("item_id"),
-            "model_name": served.name if served is not None else None,
-            "model_version": served.version if served is not None else None,
-            "alias": served.alias if served is not None else None,
-            "item_ids": [],
-            "scores": [],
-            "latency_ms": elapsed * 1000.0,
-            "status_code": status,
-            "is_fallback": False,
-            "fallback_reason": None,
-            "variant": None,
-            "provenance": {"request_id": request_id, "error": error},
-        }
+        record = RequestLogRecord(
+            request_id, utc_now(), endpoint, params.get("user_id"), params.get("item_id"),
+            served.name if served is not None else None, served.version if served is not None else None,
+            served.alias if served is not None else None, [], [], elapsed * 1000.0, status, False, None, None,
+            {"request_id": request_id, "error": error},
+        )  # fmt: skip
         if writer.submit(record) is False:
             metrics.request_log_dropped.inc()
     except Exception:
