@@ -334,6 +334,21 @@ class StoreContract:
         by_arrival = sorted(all_events, key=lambda e: e["id"])
         later = store.query_events(after_id=by_arrival[5]["id"])
         assert {e["event_id"] for e in later} == {e["event_id"] for e in by_arrival[6:]}
+    def test_events_after_follow_arrival_order(self, store: Store) -> None:
+        assert store.events_after(0) == [] and store.last_event_id() == 0
+        # event time runs backwards while arrival runs forwards: the follower's order is arrival
+        store.write_events([event(n, timestamp=T0 - timedelta(minutes=n)) for n in range(6)])
+        store.write_events([event(n) for n in range(6, 9)])
+        arrived = store.events_after(0)
+        ids = [e["id"] for e in arrived]
+        assert ids == sorted(ids) and len(ids) == 9
+        assert [e["event_id"] for e in arrived[:3]] == ["ev-00000", "ev-00001", "ev-00002"]
+        assert store.last_event_id() == ids[-1]
+        assert [e["id"] for e in store.events_after(ids[2], limit=2)] == ids[3:5]
+        assert [e["id"] for e in store.events_after(ids[2], through_id=ids[4])] == ids[3:5]
+        # nothing was received an hour ago
+        assert store.last_event_id(settled_s=3600) == 0
+
 
     def test_invalid_event_is_rejected_and_nothing_is_written(self, store: Store) -> None:
         with pytest.raises(DataValidationError, match=r"event 1 .*user_id"):

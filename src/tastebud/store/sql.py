@@ -267,6 +267,39 @@ class Store:
         query = query.order_by(events.c.timestamp, events.c.id)
         return self._fetch(_limited(query, limit), "event read")
 
+    def events_after(
+        self, after_id: int = 0, *, through_id: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored events in arrival order (the store's ``id`` sequence): ``after_id < id <= through_id``.
+
+        This is how every serving process follows the store (it remembers the last ``id`` it applied) and how a
+        retrain reads the events since its champion's cutoff.
+
+        Args:
+            after_id: only events stored after this ``id`` (0: from the first).
+            through_id: only events up to and including this ``id`` (``None``: up to the newest).
+            limit: most events returned (the oldest first).
+        """
+        query = sa.select(events).where(events.c.id > int(after_id))
+        if through_id is not None:
+            query = query.where(events.c.id <= int(through_id))
+        return self._fetch(_limited(query.order_by(events.c.id), limit), "event read")
+
+    def last_event_id(self, *, settled_s: float = 0.0) -> int:
+        """The highest event ``id`` stored (0 when there is none).
+
+        Args:
+            settled_s: only events received at least this many seconds ago. On PostgreSQL ids are drawn from a
+                sequence before the transaction commits, so a reader that takes ``max(id)`` may later see a
+                smaller id appear; a few seconds of settling makes every id up to the answer final.
+        """
+        query = sa.select(sa.func.max(events.c.id))
+        if settled_s > 0:
+            query = query.where(events.c.received_at <= datetime.now(UTC) - timedelta(seconds=settled_s))
+        with self._begin("event read") as conn:
+            value = conn.execute(query).scalar()
+        return int(value or 0)
+
     # --- dead letters --------------------------------------------------------------------------------------------
 
     def write_dead_letters(self, records: Sequence[Mapping[str, Any]]) -> int:
