@@ -83,6 +83,21 @@ class ServingSettings(BaseModel):
         description="HNSW candidate list size for served models with a FAISS HNSW index (None keeps the bundle's): "
         "lower is faster, higher recalls more.",
     )
+    event_poll_s: float = Field(
+        0.1,
+        ge=0.0,
+        description="Seconds between a serving process's reads of the event store: how soon an event stored by "
+        "another worker, replica or the Kafka ingest consumer changes this process's answers. 0 stops following "
+        "(only this process's own POST /events then count, until the next start or model switch).",
+    )
+    overlay_max_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=0,
+        description="Bytes the real-time overlays (events newer than the served model) may take per process; the "
+        "least recently active users go first. About 2 KB for a user with 10 new items, 12 KB with 200.",
+    )
+    overlay_max_users: int = Field(100_000, ge=0, description="Users with real-time overlays per process.")
+    overlay_max_items: int = Field(200, ge=1, description="Newest items kept in one user's real-time overlay.")
     blas_threads: int = Field(
         1,
         ge=0,
@@ -106,6 +121,46 @@ class StreamSettings(BaseModel):
     consume_in_server: bool = Field(False, description="Run the Kafka consumer inside the serving process.")
 
 
+class RetrainSettings(BaseModel):
+    """Retraining (``tastebud retrain run``): data floors, the fresh holdout, the single-flight lock."""
+
+    min_users: int = Field(20, ge=1, description="Fewest users the merged data (champion data + events) may have.")
+    min_items: int = Field(20, ge=1, description="Fewest items with interactions the merged data may have.")
+    min_interactions: int = Field(500, ge=1, description="Fewest interactions the merged data may have.")
+    max_new_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Largest share of the merged interactions that the new events may make up (events / merged); "
+        "more is implausible (a flood, a replay gone wrong) and the data is rejected.",
+    )
+    min_new_events: int = Field(
+        1, ge=1, description="Fewest new events since the champion's cutoff for a retrain (fewer: no_new_data)."
+    )
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the new events (the newest by event time, first-time pairs only) held out to compare "
+        "candidate and champion.",
+    )
+    min_holdout_users: int = Field(
+        20, ge=1, description="Fewest holdout users for the gate to promote; fewer and the candidate is refused."
+    )
+    lock_ttl_s: float = Field(
+        120.0,
+        gt=0.0,
+        description="Lease of the retrain lock, seconds; renewed every third of it while a retrain works. A lock "
+        "whose lease ran out (or whose owner is a dead process on this host) is taken over.",
+    )
+    settle_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="PostgreSQL only: events received in the last this many seconds wait for the next retrain "
+        "(their ids may not be final yet). SQLite ids are final at once.",
+    )
+
+
 class Settings(BaseSettings):
     """Effective settings of a Tastebud installation."""
 
@@ -121,6 +176,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings, description="Event store and request log.")
     serving: ServingSettings = Field(default_factory=ServingSettings, description="The HTTP API.")
     stream: StreamSettings = Field(default_factory=StreamSettings, description="Event streaming.")
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings, description="Retraining.")
 
     @classmethod
     def settings_customise_sources(
@@ -189,9 +245,7 @@ def load_yaml_settings(path: Path) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of settings at the top level, got {type(content).__name__}"
-        )
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(content).__name__}")
     return content
 
 
@@ -200,9 +254,7 @@ def build_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid settings: {problems}") from err
 
 

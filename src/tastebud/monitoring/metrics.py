@@ -41,6 +41,10 @@ DRIFT_SIGNALS = ("rating", "item_popularity", "user_activity", "genre_mix", "sco
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Where ``tastebud monitor drift`` writes its gauges, relative to the home directory; ``/metrics`` appends it.
 DRIFT_TEXTFILE = Path("monitoring") / "drift.prom"
+#: Where every retrain (scheduled or by hand) writes its gauges, relative to the home directory.
+RETRAIN_TEXTFILE = Path("monitoring") / "retrain.prom"
+#: Outcomes of a retrain (the ``outcome`` label of ``tastebud_retrain_last_outcome``).
+RETRAIN_OUTCOMES = ("promoted", "refused", "rejected_data", "no_new_data", "busy", "failed")
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -51,7 +55,10 @@ __all__ = [
     "LATENCY_BUCKETS",
     "LOAD_BUCKETS",
     "MULTIPROC_ENV",
+    "RETRAIN_OUTCOMES",
+    "RETRAIN_TEXTFILE",
     "DriftMetrics",
+    "RetrainMetrics",
     "ServingMetrics",
     "StreamMetrics",
     "mark_process_dead",
@@ -279,6 +286,11 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.realtime_events = Counter(
+            "tastebud_serving_realtime_events_total",
+            "Stored events this process applied to its real-time overlays (every process applies every event).",
+            registry=r,
+        )
         self.model_loaded.set(0)
         self.stream = StreamMetrics(r)
 
@@ -375,9 +387,68 @@ class DriftMetrics:
 
     def write(self, path: Path) -> Path:
         """Write the gauges to ``path`` in Prometheus text format (atomically: a scrape never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(generate_latest(self.registry))
-        os.replace(tmp, path)
-        return path
+        return _write_textfile(self.registry, path)
+
+
+class RetrainMetrics:
+    """Gauges of the latest retrain (``tastebud retrain run`` or the schedule service), written as a text file.
+
+    Like the drift gauges, they go to a text file in the home (:data:`RETRAIN_TEXTFILE`) that the serving
+    ``/metrics`` appends, so the staleness alert compares them with the configured schedule on the same target.
+
+    Args:
+        registry: where to register; a fresh :class:`CollectorRegistry` when ``None``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.last_run = Gauge(
+            "tastebud_retrain_last_run_timestamp_seconds", "Unix time the latest retrain finished.", registry=r
+        )
+        self.last_success = Gauge(
+            "tastebud_retrain_last_success_timestamp_seconds",
+            "Unix time the latest successful retrain finished (promoted, refused by the gate, or no new data).",
+            registry=r,
+        )
+        self.last_outcome = Gauge(
+            "tastebud_retrain_last_outcome",
+            "Outcome of the latest retrain: 1 for its outcome, 0 for the others.",
+            ["outcome"],
+            registry=r,
+        )
+        self.duration = Gauge(
+            "tastebud_retrain_duration_seconds", "Wall time of the latest retrain, in seconds.", registry=r
+        )
+        self.data_interactions = Gauge(
+            "tastebud_retrain_data_interactions", "Interactions the latest retrain trained on.", registry=r
+        )
+        self.new_events = Gauge(
+            "tastebud_retrain_new_events",
+            "Stored events since the champion's cutoff that the latest retrain read.",
+            registry=r,
+        )
+        self.gate_passed = Gauge(
+            "tastebud_retrain_gate_passed",
+            "1 when the latest retrain's candidate passed the promotion gate, 0 when it was refused; NaN when no "
+            "gate ran (no new data, rejected data, busy, failed).",
+            registry=r,
+        )
+        self.schedule = Gauge(
+            "tastebud_retrain_schedule_seconds",
+            "Configured interval between scheduled retrains, in seconds (the staleness alert allows twice this).",
+            registry=r,
+        )
+
+    def write(self, path: Path) -> Path:
+        """Write the gauges to ``path`` in Prometheus text format (atomically: a scrape never sees half a file)."""
+        return _write_textfile(self.registry, path)
+
+
+def _write_textfile(registry: CollectorRegistry, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(generate_latest(registry))
+    os.replace(tmp, path)
+    return path

@@ -75,12 +75,14 @@ def create_app(
                 reg, name=cfg.model_name, alias=cfg.alias, metrics=metrics_,
                 sparse_history_threshold=cfg.sparse_history_threshold, result_cache_size=cfg.result_cache_size,
                 ann_ef_search=cfg.ann_ef_search, freeze_gc=freeze_gc, image_digest=image_digest(), loader=loader,
+                overlay_args=overlay_bounds(settings),
             )  # fmt: skip
         if state.request_log is None:
             owned_store, owned_writer = _default_request_log(settings, metrics_)
             state.request_log = owned_writer
         if state.store is None:
             state.store = owned_store or getattr(state.request_log, "store", None)
+        follower = _attach_follower(settings, state, metrics_)
         if watch:
             state.holder.start(cfg.watch_interval_s)
         consumer = _start_consumer(settings, state, metrics_)
@@ -89,6 +91,8 @@ def create_app(
         finally:
             if consumer is not None:
                 consumer.stop()
+            if follower is not None:
+                follower.stop()
             state.holder.stop()
             writer = state.request_log
             if writer is not None:
@@ -146,6 +150,37 @@ def limit_blas_threads(n: int) -> None:
     threadpool_limits(limits=n, user_api="blas")
 
 
+def overlay_bounds(settings: Settings) -> dict[str, Any]:
+    """The real-time overlays' bounds from ``settings.serving`` (:class:`UserOverlays` keyword arguments)."""
+    cfg = settings.serving
+    return {"max_bytes": cfg.overlay_max_bytes, "max_users": cfg.overlay_max_users, "max_items": cfg.overlay_max_items}
+
+
+def _attach_follower(settings: Settings, state: Any, metrics_: ServingMetrics) -> Any:
+    """Follow the event store in this process (every worker and replica does), when there is one; else None.
+
+    The holder's loads then build each model's overlays from the store, so a restart loses no event, and the
+    follower thread applies events stored by any process within ``serving.event_poll_s``.
+    """
+    store = state.store
+    if store is None or not hasattr(store, "events_after"):
+        return None
+    from tastebud.serving.realtime import EventFollower
+
+    holder = state.holder
+    overlay_args = dict(holder.overlay_args) if holder is not None else overlay_bounds(settings)
+    follower = EventFollower(
+        store, interval_s=settings.serving.event_poll_s, overlay_args=overlay_args,
+        on_apply=metrics_.realtime_events.inc,
+    )  # fmt: skip
+    try:
+        holder.attach_follower(follower)
+    except Exception as err:  # a store that cannot be read now is retried by the follower's polls
+        logger.error("real-time overlays not rebuilt at start: %s", err)
+    follower.start()
+    return follower
+
+
 def _start_consumer(settings: Settings, state: Any, metrics_: ServingMetrics) -> Any:
     """Start the in-server Kafka consumer when ``stream.consume_in_server`` and a broker are set; else None."""
     stream = settings.stream
@@ -159,7 +194,11 @@ def _start_consumer(settings: Settings, state: Any, metrics_: ServingMetrics) ->
 
         store = create_store(settings)
         store.init_schema()
-    consumer = BackgroundConsumer.from_settings(settings, store, state.holder.overlays, metrics_.stream)
+    holder = state.holder
+    follower = holder.follower
+    # Once a batch is stored, this process applies it at once; the others read it from the store.
+    on_stored = (lambda _events: follower.poll()) if follower is not None else holder.overlays.add
+    consumer = BackgroundConsumer.from_settings(settings, store, on_stored, metrics_.stream)
     consumer.start()
     logger.info("consuming events in the server from %s", stream.bootstrap_servers)
     return consumer

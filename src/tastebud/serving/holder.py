@@ -22,7 +22,7 @@ from tastebud.errors import BundleError, TastebudError
 from tastebud.monitoring.metrics import ServingMetrics
 from tastebud.serving.engine import Engine
 from tastebud.serving.provenance import static_provenance, utc_now
-from tastebud.serving.realtime import UserOverlays
+from tastebud.serving.realtime import EventFollower, UserOverlays
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ class Served:
     model_block: dict[str, Any]
 
 
+def events_cutoff(manifest: dict[str, Any]) -> int:
+    """The highest store event id a bundle's model learned (``extra.events_through_id``; 0: none)."""
+    extra = manifest.get("extra") or {}
+    try:
+        return max(0, int(extra.get("events_through_id") or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def default_loader(directory: Path) -> Any:
     """Load and verify a bundle (imports the registry's bundle module on first use)."""
     from tastebud.registry.bundle import load_bundle
@@ -87,6 +96,12 @@ class ModelHolder:
             (:func:`gc.freeze`); for server processes, where they are the long-lived model.
         image_digest: the container image digest for provenance.
         loader: loads a bundle directory (tests inject one).
+        overlay_args: bounds of the real-time overlays (:class:`UserOverlays` keyword arguments).
+
+    Real-time overlays: with an :class:`EventFollower` attached (:meth:`attach_follower`, done by the app when it
+    has a store), every loaded model gets overlays built from the store's events after the model's cutoff, swapped
+    in together with the model. Without one, a single set of overlays fed by :meth:`UserOverlays.add` is shared
+    by every model (tests, the offline demo).
     """
 
     def __init__(
@@ -102,6 +117,7 @@ class ModelHolder:
         freeze_gc: bool = False,
         image_digest: str | None = None,
         loader: BundleLoader | None = None,
+        overlay_args: dict[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -121,8 +137,44 @@ class ModelHolder:
         self._failed_target: int | None = None  # alias value whose bundle was refused (not retried)
         self.last_error: str | None = None
         self.started_at = time.time()
-        #: events that arrived since training, per user (``POST /events``, the in-server consumer)
-        self.overlays = UserOverlays(observe=self.metrics.realtime_seconds.observe)
+        self.overlay_args: dict[str, Any] = {"observe": self.metrics.realtime_seconds.observe, **(overlay_args or {})}
+        #: follows the event store (set by :meth:`attach_follower`)
+        self.follower: EventFollower | None = None
+        self._shared_overlays = UserOverlays(**self.overlay_args)
+
+    # ------------------------------------------------------------------ real-time events
+    @property
+    def overlays(self) -> UserOverlays:
+        """The served model's real-time overlays (the shared ones before a model is loaded or without a follower)."""
+        served = self._current
+        if served is not None and served.engine.overlays is not None:
+            return served.engine.overlays
+        return self._shared_overlays
+
+    def attach_follower(self, follower: EventFollower) -> None:
+        """Follow the event store with ``follower``: the served model (if any) gets overlays rebuilt from the store.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        with self._switch_lock:
+            self.follower = follower
+            follower.follow(lambda: self.overlays if self._current is not None else None)
+            served = self._current
+            if served is not None:
+                overlays = self._build_overlays(served)
+                follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
+
+    def _build_overlays(self, served: Served) -> UserOverlays:
+        cutoff = events_cutoff(served.bundle.manifest)
+        vocabulary = served.engine.model.items_.lookup if served.engine.model.items_ is not None else None
+        if self.follower is None:
+            return self._shared_overlays
+        try:
+            return self.follower.build(cutoff=cutoff, vocabulary=vocabulary)
+        except Exception as err:  # the store is unreachable: the follower's next poll reads everything after cutoff
+            logger.warning("could not rebuild real-time overlays from the store (%s); they fill on the next poll", err)
+            return UserOverlays(**self.overlay_args, vocabulary=vocabulary, cutoff=cutoff)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -166,6 +218,7 @@ class ModelHolder:
             start = time.perf_counter()
             try:
                 served = self._prepare(Path(path), version=version, alias=alias)
+                overlays = self._build_overlays(served)
             except Exception as err:
                 self.metrics.model_switches.labels(trigger=trigger, outcome="failed").inc()
                 self.last_error = str(err)
@@ -177,7 +230,15 @@ class ModelHolder:
                 if isinstance(err, BundleError):
                     raise
                 raise BundleError(f"{path}: bundle is incompatible with this server ({err})") from err
-            self._current = served  # the atomic swap: requests already running keep the old object
+
+            def install() -> None:
+                served.engine.overlays = overlays
+                self._current = served  # the atomic swap: requests already running keep the old object
+
+            if self.follower is not None:
+                self.follower.swap(install, overlays)  # events stored meanwhile are applied first
+            else:
+                install()
             if self.freeze_gc:
                 # The model's objects (catalog records, id maps, caches of the libraries) live as long as it is
                 # served: out of the cyclic collector's full passes, which otherwise walked them all and paused
@@ -207,7 +268,6 @@ class ModelHolder:
             sparse_history_threshold=self.sparse_history_threshold, result_cache_size=self.result_cache_size,
             on_cache=self.metrics.count_cache,
         )  # fmt: skip
-        engine.overlays = self.overlays  # real-time events outlive the model they were first scored with
         manifest = dict(bundle.manifest)
         provenance = static_provenance(manifest, name=self.name, version=version, image=self.image_digest)
         block = {"name": self.name, "version": version, "alias": alias, "type": provenance["model_type"]}

@@ -163,6 +163,11 @@ class ListResponse(BaseModel):
 
 class RecommendResponse(ListResponse):
     user_id: str
+    realtime_events: int | None = Field(
+        None,
+        description="Items of the user's events newer than the served model that went into this list (absent: "
+        "the model's own list).",
+    )
 
 
 class SimilarResponse(ListResponse):

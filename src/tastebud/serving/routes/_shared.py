@@ -125,6 +125,9 @@ def list_response(
         "variant": None,
         "provenance": provenance,
     }
+    realtime = result.extra.get("realtime_items")
+    if realtime is not None:
+        body["realtime_events"] = realtime
     if result.returned < result.requested:
         body["note"] = (
             f"only {result.returned} of the {result.requested} requested items pass the filters and exclusions"

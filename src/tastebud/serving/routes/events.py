@@ -56,5 +56,15 @@ async def post_events(
              "duplicates": 0},
             status=422,
         )  # fmt: skip
-    users = state.holder.overlays.add(result.events) if state.holder is not None else set()
+    holder = state.holder
+    users: set[str] = set()
+    if holder is not None:
+        if holder.follower is not None:
+            # Read the store back: this worker applies the events now, in the store's order, exactly as every other
+            # process does on its next poll (the store is the one source of the live state).
+            await run_in_threadpool(holder.follower.poll)
+            overlays = holder.overlays
+            users = {e.user_id for e in result.events if e.user_id in overlays}
+        else:
+            users = holder.overlays.add(result.events)
     return json_response({**result.to_dict(), "users_updated": len(users)})
