@@ -1,13 +1,16 @@
-"""Benchmark of freshness: how long from an event to a ``/recommend`` that reflects it.
+"""Benchmark of freshness: how long from an event to a ``/recommend`` that reflects it, in every serving process.
 
-A serving process (uvicorn, one worker, ALS bundle on synthetic data of ML-100K's shape) runs the in-server Kafka
-consumer against a Tansu broker (in memory) started here. Background events for many known users are produced at
-``--rate`` events/s; every ``--probe-every`` seconds a probe event is produced for a brand-new user and a poller
-asks ``GET /recommend/<user>`` every ``--poll-ms`` until the answer is personalised (``is_fallback`` false). The
-freshness of a probe is the time from just before it is produced to that first changed answer.
+Two serving processes (uvicorn, one worker each: what ``--workers 2`` runs, on two ports so that the probe can
+choose the process it asks) share one home and store, serve one ALS bundle (synthetic data of ML-100K's shape) and
+each run the in-server Kafka consumer against a Tansu broker (in memory) started here, in one consumer group.
+Background events for many known users are produced at ``--rate`` events/s; every ``--probe-every`` seconds a probe
+event is produced for a brand-new user and a poller asks ``GET /recommend/<user>`` of *every* process every
+``--poll-ms`` until each answer is personalised (``is_fallback`` false). The freshness of a probe is the time from
+just before it is produced to the moment the last process answers with it: the consumer that stored it applies it
+at once, the other process when its event follower next reads the store.
 
-The HTTP path is measured the same way: background ``POST /events`` at the same rate, a probe is one
-``POST /events`` and the clock runs from just before the POST to the first changed ``/recommend``.
+The HTTP path is measured the same way: background ``POST /events`` at the same rate spread over the processes, a
+probe is one ``POST /events`` to the first process and the clock runs until both processes answer with it.
 
     .venv/bin/python bench/bench_freshness.py                     # 30 s per path
     .venv/bin/python bench/bench_freshness.py --seconds 60 --record
@@ -87,23 +90,27 @@ def build_bundle(workdir: Path) -> tuple[Path, list[str], list[str]]:
 class Prober:
     """Polls ``/recommend`` for probe users until personalised and records each probe's delay."""
 
-    def __init__(self, base: str, poll_s: float, timeout_s: float = 30.0) -> None:
-        self.base, self.poll_s, self.timeout_s = base, poll_s, timeout_s
+    def __init__(self, bases: list[str], poll_s: float, timeout_s: float = 30.0) -> None:
+        self.bases, self.poll_s, self.timeout_s = bases, poll_s, timeout_s
         self.delays: list[float] = []
         self.missed = 0
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def watch(self, user: str, started: float) -> None:
-        """Poll for ``user`` in a thread; the delay counts from ``started`` (``time.perf_counter()``)."""
+        """Poll every process for ``user`` in a thread; the delay counts from ``started`` until the last one."""
 
         def run() -> None:
             import httpx
 
+            waiting = list(self.bases)
             with httpx.Client(timeout=5.0) as client:
                 while time.perf_counter() - started < self.timeout_s:
-                    body = client.get(f"{self.base}/recommend/{user}?k=10&explain=false").json()
-                    if body.get("is_fallback") is False:
+                    for base in list(waiting):
+                        body = client.get(f"{base}/recommend/{user}?k=10&explain=false").json()
+                        if body.get("is_fallback") is False:
+                            waiting.remove(base)
+                    if not waiting:
                         with self._lock:
                             self.delays.append(time.perf_counter() - started)
                         return
@@ -137,7 +144,9 @@ def event(event_id: str, user: str, item: str, ts: int) -> dict[str, Any]:
     return {"event_id": event_id, "user_id": user, "item_id": item, "rating": 5.0, "timestamp": ts}
 
 
-def kafka_path(args: argparse.Namespace, base: str, bootstrap: str, topics: dict[str, str], users, items) -> dict:
+def kafka_path(
+    args: argparse.Namespace, bases: list[str], bootstrap: str, topics: dict[str, str], users, items
+) -> dict:
     from tastebud.stream.handlers import Event
     from tastebud.stream.producer import EventProducer
 
@@ -150,14 +159,14 @@ def kafka_path(args: argparse.Namespace, base: str, bootstrap: str, topics: dict
         producer.send_event(Event(eid, user, item, "rating", 5.0, 5.0, ts, "bench"))
 
     # warm-up: the consumer joins its group; wait until a first probe comes through
-    warm = Prober(base, args.poll_ms / 1000, timeout_s=120)
+    warm = Prober(bases, args.poll_ms / 1000, timeout_s=120)
     send(f"warm-{tag}", f"warm-{tag}", items[0])
     producer.poll(0)
     warm.watch(f"warm-{tag}", time.perf_counter())
     warm.join()
     if not warm.delays:
         raise RuntimeError("the in-server consumer never picked up the warm-up event")
-    prober = Prober(base, args.poll_ms / 1000)
+    prober = Prober(bases, args.poll_ms / 1000)
     every = max(1, int(args.rate * args.probe_every))
     probes = 0
 
@@ -182,13 +191,13 @@ def kafka_path(args: argparse.Namespace, base: str, bootstrap: str, topics: dict
     return {"path": "Kafka (in-server consumer)", "events": sent, "prober": prober}
 
 
-def http_path(args: argparse.Namespace, base: str, users, items) -> dict:
+def http_path(args: argparse.Namespace, bases: list[str], users, items) -> dict:
     import httpx
 
     rng = np.random.default_rng(2)
     ts = int(time.time()) - 10
     tag = uuid.uuid4().hex[:6]
-    prober = Prober(base, args.poll_ms / 1000)
+    prober = Prober(bases, args.poll_ms / 1000)
     background = httpx.Client(timeout=10.0)
     probe_client = httpx.Client(timeout=10.0)
     batch = 20  # background events go in batches, as a client SDK or a proxy would send them
@@ -201,12 +210,12 @@ def http_path(args: argparse.Namespace, base: str, users, items) -> dict:
             event(f"h-{tag}-{i + j}", users[int(rng.integers(len(users)))], items[int(rng.integers(len(items)))], ts)
             for j in range(batch)
         ]
-        background.post(f"{base}/events", json=body)
+        background.post(f"{bases[(i // batch) % len(bases)]}/events", json=body)
         if i % every == 0:
             user = f"hprobe-{tag}-{probes}"
             probes += 1
             started = time.perf_counter()
-            r = probe_client.post(f"{base}/events", json=[event(f"{user}-e", user, items[0], ts)])
+            r = probe_client.post(f"{bases[0]}/events", json=[event(f"{user}-e", user, items[0], ts)])
             r.raise_for_status()
             prober.watch(user, started)
 
@@ -234,6 +243,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="background events per second")
     parser.add_argument("--probe-every", type=float, default=0.25, help="seconds between probes")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="poll interval of /recommend, ms")
+    parser.add_argument("--workers", type=int, default=2, help="serving processes sharing the store")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     args = parser.parse_args()
     if args.serve:
@@ -246,35 +256,42 @@ def main() -> None:
         workdir = Path(tmp)
         bundle, users, items = build_bundle(workdir)
         tansu, bootstrap = start_tansu(workdir)
-        server = None
+        servers: list[subprocess.Popen] = []
         try:
             tag = uuid.uuid4().hex[:8]
             topics = {k: f"{k}-{tag}" for k in ("ratings", "interactions", "dead_letter")}
             ensure_topics(bootstrap, topics.values(), partitions=2)
-            port = free_port()
-            cfg = {"home": str(workdir / "home"), "bootstrap": bootstrap, "topics": topics, "group": f"serving-{tag}",
-                   "bundle": str(bundle), "port": port}  # fmt: skip
-            (workdir / "serve.json").write_text(json.dumps(cfg))
-            server = subprocess.Popen([sys.executable, __file__, "--serve", str(workdir / "serve.json")])
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base)
-            results = [kafka_path(args, base, bootstrap, topics, users, items), http_path(args, base, users, items)]
+            bases = []
+            for n in range(args.workers):
+                port = free_port()
+                cfg = {"home": str(workdir / "home"), "bootstrap": bootstrap, "topics": topics,
+                       "group": f"serving-{tag}", "bundle": str(bundle), "port": port}  # fmt: skip
+                (workdir / f"serve-{n}.json").write_text(json.dumps(cfg))
+                config = workdir / f"serve-{n}.json"
+                servers.append(subprocess.Popen([sys.executable, __file__, "--serve", str(config)]))
+                bases.append(f"http://127.0.0.1:{port}")
+            for base in bases:
+                wait_ready(base)
+            results = [kafka_path(args, bases, bootstrap, topics, users, items), http_path(args, bases, users, items)]
         finally:
-            if server is not None and server.poll() is None:
-                os.kill(server.pid, signal.SIGTERM)
-                server.wait(30)
+            for server in servers:
+                if server.poll() is None:
+                    os.kill(server.pid, signal.SIGTERM)
+                    server.wait(30)
             if tansu.poll() is None:
                 os.kill(tansu.pid, signal.SIGKILL)
                 tansu.wait(10)
     rows = [summary_row(r, args.seconds) for r in results]
     text = table(
-        "Event to changed /recommend (ms), probes for new users under background load",
+        f"Event to changed /recommend in every one of {args.workers} serving processes (ms), probes for new users "
+        "under background load",
         ["path", "background ev/s", "probes", "missed", "p50", "p95", "p99", "max"],
         rows,
     )
     note = (
         f"Command: `.venv/bin/python bench/bench_freshness.py --seconds {args.seconds:g}` (ALS 64 factors on "
-        f"synthetic 943 x 1,682 / 100K; one uvicorn worker with the in-server consumer, poll timeout 50 ms; "
+        f"synthetic 943 x 1,682 / 100K; {args.workers} serving processes on one SQLite store, each with the "
+        f"in-server consumer (one group, poll timeout 50 ms) and the event follower (serving.event_poll_s 0.1 s); "
         f"Tansu in memory; /recommend polled every {args.poll_ms:g} ms; a probe every {args.probe_every:g} s). "
         "Target: p95 < 1 s."
     )

@@ -115,3 +115,10 @@ class StreamError(TastebudError):
 
     status_code = 503
     code = "stream_unavailable"
+
+
+class LockError(TastebudError):
+    """A single-flight lock is held by someone else, or its holder lost its lease while working."""
+
+    status_code = 409
+    code = "lock_conflict"

@@ -12,6 +12,7 @@ fresh, empty database for each test::
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -334,6 +335,7 @@ class StoreContract:
         by_arrival = sorted(all_events, key=lambda e: e["id"])
         later = store.query_events(after_id=by_arrival[5]["id"])
         assert {e["event_id"] for e in later} == {e["event_id"] for e in by_arrival[6:]}
+
     def test_events_after_follow_arrival_order(self, store: Store) -> None:
         assert store.events_after(0) == [] and store.last_event_id() == 0
         # event time runs backwards while arrival runs forwards: the follower's order is arrival
@@ -348,7 +350,6 @@ class StoreContract:
         assert [e["id"] for e in store.events_after(ids[2], through_id=ids[4])] == ids[3:5]
         # nothing was received an hour ago
         assert store.last_event_id(settled_s=3600) == 0
-
 
     def test_invalid_event_is_rejected_and_nothing_is_written(self, store: Store) -> None:
         with pytest.raises(DataValidationError, match=r"event 1 .*user_id"):
@@ -374,3 +375,109 @@ class StoreContract:
         assert [d["payload"] for d in letters] == [payload, b"{oops"]
         assert [d["reason"] for d in store.query_dead_letters(source="http")] == ["not JSON"]
         assert all(d["received_at"].utcoffset() == timedelta(0) for d in letters)
+
+    # --- locks ---------------------------------------------------------------------------------------------------
+
+    def test_a_lock_is_exclusive_until_released(self, store: Store) -> None:
+        assert store.get_lock("retrain:m") is None
+        assert store.acquire_lock("retrain:m", "a", 60)
+        assert not store.acquire_lock("retrain:m", "b", 60)
+        assert store.acquire_lock("retrain:other", "b", 60)  # another name is another lock
+        held = store.get_lock("retrain:m")
+        assert held is not None and held["owner"] == "a"
+        assert held["expires_at"] - held["acquired_at"] == timedelta(seconds=60)
+        assert held["expires_at"].utcoffset() == timedelta(0)
+        assert store.acquire_lock("retrain:m", "a", 60)  # re-entry by its owner renews
+        assert not store.release_lock("retrain:m", "b")  # not b's to release
+        assert store.get_lock("retrain:m") is not None
+        assert store.release_lock("retrain:m", "a")
+        assert store.get_lock("retrain:m") is None
+        assert store.acquire_lock("retrain:m", "b", 60)
+
+    def test_an_expired_lease_can_be_taken_and_its_owner_cannot_renew(self, store: Store) -> None:
+        assert store.acquire_lock("job", "a", 0.2)
+        assert not store.acquire_lock("job", "b", 60)
+        time.sleep(0.4)
+        assert store.acquire_lock("job", "b", 60)
+        assert not store.renew_lock("job", "a", 60)
+        assert not store.release_lock("job", "a")
+        held = store.get_lock("job")
+        assert held is not None and held["owner"] == "b"
+
+    def test_renewal_extends_the_lease(self, store: Store) -> None:
+        assert store.acquire_lock("job", "a", 0.5)
+        before = store.get_lock("job")
+        assert before is not None
+        time.sleep(0.05)
+        assert store.renew_lock("job", "a", 60)
+        after = store.get_lock("job")
+        assert after is not None and after["expires_at"] > before["expires_at"] + timedelta(seconds=50)
+        assert after["renewed_at"] > before["renewed_at"] and after["acquired_at"] == before["acquired_at"]
+        time.sleep(0.6)
+        assert not store.acquire_lock("job", "b", 60)  # the renewed lease still holds
+        assert not store.renew_lock("nothing", "a", 60)
+
+    def test_a_named_owner_can_be_taken_over(self, store: Store) -> None:
+        assert store.acquire_lock("job", "dead", 3600)
+        assert not store.acquire_lock("job", "b", 60, take_over="someone-else")
+        assert store.acquire_lock("job", "b", 60, take_over="dead")
+        assert not store.acquire_lock("job", "c", 60, take_over="dead")  # b holds it now, not dead
+        held = store.get_lock("job")
+        assert held is not None and held["owner"] == "b"
+
+    def test_bad_lock_arguments_are_refused(self, store: Store) -> None:
+        for ttl in (0, -1, float("nan"), float("inf")):
+            with pytest.raises(DataValidationError, match="lease"):
+                store.acquire_lock("job", "a", ttl)
+        with pytest.raises(DataValidationError, match="empty"):
+            store.acquire_lock("job", "", 10)
+
+    def test_concurrent_takers_exactly_one_wins(self, store: Store) -> None:
+        barrier = threading.Barrier(6)
+        won: list[str] = []
+        errors: list[BaseException] = []
+
+        def take(owner: str) -> None:
+            try:
+                barrier.wait(timeout=10)
+                if store.acquire_lock("race", owner, 60):
+                    won.append(owner)
+            except BaseException as err:  # collected: an assert in a thread would be lost
+                errors.append(err)
+
+        threads = [threading.Thread(target=take, args=(f"t{n}",)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        held = store.get_lock("race")
+        assert len(won) == 1 and held is not None and held["owner"] == won[0]
+
+    # --- retrain history -----------------------------------------------------------------------------------------
+
+    def test_retrain_history_round_trip(self, store: Store) -> None:
+        first = store.start_retrain(model_name="m", trigger="manual", owner="h:1:a", started_at=T0)
+        second = store.start_retrain(model_name="m", trigger="schedule", owner="h:2:b", started_at=T0 + timedelta(1))
+        other = store.start_retrain(model_name="n", trigger="drift", owner="h:3:c", started_at=T0)
+        assert len({first, second, other}) == 3
+        gate = {"candidate": {"ndcg_at_10": 0.31}, "champion": {"ndcg_at_10": 0.3}, "passed": False}
+        assert store.update_retrain(first, version=4, champion_version=3)
+        assert store.finish_retrain(
+            first, outcome="refused", reason="not enough", duration_s=12.5, fit_s=3.25, n_interactions=1000,
+            n_new_events=40, gate=gate,
+        )  # fmt: skip
+        assert not store.finish_retrain(99_999, outcome="failed")
+        rows = store.retrain_history("m")
+        assert [r["id"] for r in rows] == [second, first]  # newest first
+        done = rows[1]
+        assert done["outcome"] == "refused" and done["reason"] == "not enough" and done["gate"] == gate
+        assert (done["version"], done["champion_version"], done["n_new_events"]) == (4, 3, 40)
+        assert done["started_at"] == T0 and done["finished_at"].utcoffset() == timedelta(0)
+        assert rows[0]["outcome"] == "running" and rows[0]["finished_at"] is None
+        assert [r["id"] for r in store.retrain_history(outcome="running")] == [second, other]
+        assert len(store.retrain_history(limit=1)) == 1 and len(store.retrain_history()) == 3
+        with pytest.raises(DataValidationError, match="unknown field"):
+            store.update_retrain(first, colour="red")
+        with pytest.raises(DataValidationError):
+            store.update_retrain(first, gate={"x": float("nan")})

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -16,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tastebud.config import Settings
 from tastebud.data.dataset import Dataset
 from tastebud.monitoring.drift import DriftReport, SignalDrift, Thresholds, write_gauges
-from tastebud.monitoring.metrics import DRIFT_TEXTFILE, LATENCY_BUCKETS
+from tastebud.monitoring.metrics import DRIFT_TEXTFILE, LATENCY_BUCKETS, RETRAIN_TEXTFILE
+from tastebud.monitoring.retrain import write_retrain_gauges
 from tastebud.store import create_store
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -150,6 +152,9 @@ def test_every_queried_metric_is_exported(client: TestClient, train: Dataset, se
     drive(client, train)
     signal = SignalDrift("rating", ["1", "2"], [0.5, 0.5], [0.4, 0.6], 10, 10, 0.02, 0.01, "ok")  # type: ignore[arg-type]
     write_gauges(DriftReport([signal], Thresholds()), settings.home / DRIFT_TEXTFILE)
+    retrain = SimpleNamespace(outcome="refused", started_at=None, duration_s=12.0, n_interactions=900,
+                              n_new_events=40, gate={"passed": False})  # fmt: skip
+    write_retrain_gauges(retrain, settings.home / RETRAIN_TEXTFILE, schedule_s=3600)
     text = client.get("/metrics").text
     exported = exported_names(text)
     queried = queried_names()
@@ -166,8 +171,9 @@ def test_every_queried_metric_is_exported(client: TestClient, train: Dataset, se
         used = set(re.findall(r"tastebud:[a-z0-9_:]+", expr))
         assert used <= records, f"{where} reads undefined recording rules {used - records}"
         assert queried[where] or used, f"{where} reads no metric"
-    # The drift file was appended to the scrape.
+    # The drift and retrain files were appended to the scrape.
     assert 'tastebud_monitor_drift_psi_ratio{signal="rating"} 0.02' in text
+    assert 'tastebud_retrain_last_outcome{outcome="refused"} 1.0' in text
 
 
 def test_queried_names_parser_can_fail() -> None:

@@ -140,7 +140,7 @@ class TestPostgresStore(StoreContract):
         with create_store(settings) as store:
             store.init_schema()
             assert store.backend == "postgresql"
-            assert store.table_names() == ["dead_letters", "events", "request_logs"]
+            assert store.table_names() == ["dead_letters", "events", "locks", "request_logs", "retrains"]
         assert not (tmp_path / "tastebud.db").exists()
 
     def test_bare_postgresql_scheme_uses_psycopg(self, store_url: str) -> None:

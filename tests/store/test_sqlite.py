@@ -122,3 +122,23 @@ def test_fast_path_batch_is_atomic_when_a_row_fails_in_the_database(tmp_path: Pa
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM request_logs").scalar() == 0
     store.close()
+
+
+def _init(url: str) -> str:
+    try:
+        with create_store(url=url) as store:
+            store.init_schema()
+        return "ok"
+    except Exception as err:  # reported to the test
+        return repr(err)
+
+
+def test_processes_creating_the_schema_at_once_all_succeed(tmp_path: Path) -> None:
+    """The workers of one server start together and each creates the schema of a new database."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for n in range(4):
+            url = f"sqlite:///{tmp_path / f'race-{n}.db'}"
+            assert pool.map(_init, [url] * 4) == ["ok"] * 4

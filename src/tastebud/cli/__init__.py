@@ -3,7 +3,7 @@
 One module per group of commands; importing them registers the commands on :data:`app`.
 """
 
-from tastebud.cli import data, demo, evaluate, models, monitor, serve, stream  # noqa: F401  (registers the commands)
+from tastebud.cli import data, demo, evaluate, models, monitor, retrain, serve, stream  # noqa: F401  (registers the commands)
 from tastebud.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -53,6 +53,7 @@ def demo(
     if champion:
         model_name, result = _register_champion(settings, champion, k)
         _the_loop(settings, result)
+        _retrain(settings, model_name)
         if serve:
             _serve(settings, model_name, port)
 
@@ -61,7 +62,7 @@ def _serve(settings: Settings, model_name: str, port: int) -> None:
     from tastebud.cli.serve import run_server
 
     base = f"http://127.0.0.1:{port}"
-    console.rule("[bold]8. serve the champion")
+    console.rule("[bold]9. serve the champion")
     console.print(
         "Try:\n"
         f"  {base}/docs                     the OpenAPI docs\n"
@@ -159,6 +160,24 @@ def _the_loop(settings: Settings, result: Any, n_events: int = 5, k: int = 5) ->
         mark = " " if it["item_id"] in before_ids else "+"
         because = ", ".join(_title(engine, i) for i in it["because"][:2])
         console.print(f" {mark}{n}. {it['title'] or it['item_id']}" + (f"  (because: {because})" if because else ""))
+
+
+def _retrain(settings: Settings, model_name: str) -> None:
+    """One retrain on the champion's data plus the events just stored, and the gate's decision."""
+    from tastebud.cli.retrain import print_outcome
+    from tastebud.monitoring.metrics import RETRAIN_TEXTFILE
+    from tastebud.monitoring.retrain import write_retrain_gauges
+    from tastebud.pipeline.retrain import run_retrain
+
+    console.rule("[bold]8. retrain on the new events: the gate decides")
+    with console.status("retraining (data + events, fit, fresh holdout, gate) ..."):
+        outcome = run_retrain(settings, model_name=model_name, trigger="demo")
+    write_retrain_gauges(outcome, settings.home / RETRAIN_TEXTFILE)
+    print_outcome(outcome)
+    console.print(
+        "Later retrains: `tastebud retrain run`, or leave `tastebud retrain schedule --every 6h --volume-events "
+        "10000` running; `tastebud retrain history` lists them."
+    )
 
 
 def _title(engine: Any, item_id: str) -> str:

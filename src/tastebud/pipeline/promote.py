@@ -47,11 +47,19 @@ def _primary(manifest: dict[str, Any]) -> str:
 def compare_versions(
     registry: ModelRegistry, candidate: ModelVersion, champion: ModelVersion | None, settings: Settings
 ) -> GateResult:
-    """Run the gate, re-evaluating both on the candidate's validation split when their snapshots differ."""
+    """Run the gate, re-evaluating both on the candidate's validation split when their snapshots differ.
+
+    A version made by ``tastebud retrain`` brings the numbers of its comparison with the champion it was retrained
+    against; against any other champion it cannot be re-evaluated (it learned its holdout) and the rebuild refuses.
+    """
     cand_manifest = registry.manifest(candidate)
     primary = _primary(cand_manifest)
     if champion is None:
         return check_gate(cand_manifest["metrics"], None, settings.registry, primary=primary)
+    recorded = cand_manifest.get("extra", {}).get("retrain", {}).get("gate")
+    if recorded and recorded.get("champion_version") == champion.version:
+        # a retrained version was compared with this very champion on its fresh holdout (tastebud retrain)
+        return check_gate(recorded["candidate"], recorded["champion"], settings.registry, primary=primary)
     champ_manifest = registry.manifest(champion)
     if _eval_key(cand_manifest) == _eval_key(champ_manifest) and _eval_key(cand_manifest)[0] is not None:
         return check_gate(cand_manifest["metrics"], champ_manifest["metrics"], settings.registry, primary=primary)

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tastebud.config import Settings
 from tastebud.data.dataset import Dataset
@@ -23,6 +23,9 @@ from tastebud.models import Recommender, create
 from tastebud.registry.aliases import CHALLENGER, ModelRegistry, ModelVersion, provenance_tags
 from tastebud.registry.bundle import read_manifest, utc_now, write_bundle
 
+if TYPE_CHECKING:
+    from tastebud.store import Store
+
 logger = logging.getLogger(__name__)
 
 #: Registered model name per dataset name (others keep the dataset name).
@@ -31,6 +34,8 @@ DEFAULT_MODEL_NAMES = {"ml-100k": "movielens-100k", "ml-1m": "movielens-1m"}
 SPLIT_METHOD, TEST_FRACTION, VALIDATION_FRACTION = "random", 0.2, 0.1
 #: Default preparation of datasets read by name (merge duplicate pairs, keep the latest).
 DEFAULT_PREPARE: dict[str, Any] = {"dedupe": "latest"}
+#: ``data.split.method`` of bundles written by ``tastebud retrain`` (evaluated on a fresh holdout of new events).
+RETRAIN_SPLIT = "retrain-holdout"
 
 
 def default_model_name(dataset_name: str) -> str:
@@ -55,12 +60,20 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def load_data(spec: dict[str, Any], settings: Settings) -> Dataset:
+def load_data(spec: dict[str, Any], settings: Settings, *, store: Store | None = None) -> Dataset:
     """Rebuild a dataset from a manifest's data spec (``synthetic`` parameters or a ``source``, then ``prepare``).
 
+    A retrained model's spec names a ``parent`` spec and a range of stored events instead; it is rebuilt by
+    :func:`tastebud.pipeline.lineage.load_merged` from ``store`` (default: the store in ``settings``).
+
     Raises:
-        DataValidationError: the spec says neither how to generate nor where to read the data.
+        DataValidationError: the spec says neither how to generate nor where to read the data, or a merged
+            snapshot cannot be rebuilt as recorded.
     """
+    if spec.get("parent") is not None:
+        from tastebud.pipeline.lineage import load_merged
+
+        return load_merged(spec, settings, store=store).dataset
     if spec.get("synthetic") is not None:
         from tastebud.data.synthetic import generate_synthetic
 
@@ -113,6 +126,13 @@ def rebuild_split(manifest: dict[str, Any], settings: Settings) -> Split:
     spec = extra.get("data_spec")
     if not spec:
         raise DataValidationError("manifest has no extra.data_spec: the data cannot be rebuilt")
+    if manifest["data"].get("split", {}).get("method") == RETRAIN_SPLIT:
+        # its model was refitted on everything, the holdout included: no held-out part is left to evaluate it on
+        raise DataValidationError(
+            f"a retrained model ({extra.get('registered_name', 'this version')}) learned its holdout after the "
+            "comparison: it is compared only with the champion it was retrained against (extra.retrain.gate); "
+            "run `tastebud retrain run` for a fresh comparison"
+        )
     ds = load_data(spec, settings)
     if spec.get("snapshot_id") and ds.snapshot_id != spec["snapshot_id"]:
         raise DataValidationError(
@@ -349,7 +369,15 @@ class Reproduction:
 
 
 def reproduce_manifest(manifest: dict[str, Any], settings: Settings) -> dict[str, float | None]:
-    """Re-train a bundle's model from its manifest alone and return the validation metrics."""
+    """Re-train a bundle's model from its manifest alone and return the validation metrics.
+
+    A retrained model's metrics are those of its comparison fit on the retrain's holdout; they are reproduced by
+    :func:`tastebud.pipeline.candidate.reproduce_retrain_metrics`.
+    """
+    if manifest["data"].get("split", {}).get("method") == RETRAIN_SPLIT:
+        from tastebud.pipeline.candidate import reproduce_retrain_metrics
+
+        return reproduce_retrain_metrics(manifest, settings)
     split = rebuild_split(manifest, settings)
     model_info = manifest["model"]
     seed = int(manifest["data"]["split"]["seed"])

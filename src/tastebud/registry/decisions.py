@@ -1,4 +1,6 @@
-"""The decision log: every promotion, refusal, forced promotion and rollback, as JSON lines under the home.
+"""The decision log: every promotion, refusal, forced promotion, rollback and abandoned retrain, as JSON lines.
+
+The log lives under the home (``registry/decisions.jsonl``).
 
 Each decision is one line appended with a single ``write`` on a file opened with ``O_APPEND`` under an
 exclusive lock, so concurrent writers never interleave and a reader never sees half a line.
@@ -17,8 +19,9 @@ from typing import Any, Literal
 from tastebud.config import Settings
 from tastebud.errors import RegistryError
 
-Action = Literal["promoted", "refused", "forced", "rolled_back"]
-ACTIONS: tuple[str, ...] = ("promoted", "refused", "forced", "rolled_back")
+Action = Literal["promoted", "refused", "forced", "rolled_back", "abandoned"]
+#: ``abandoned``: a version registered by a retrain that was killed before its decision; it is never promoted.
+ACTIONS: tuple[str, ...] = ("promoted", "refused", "forced", "rolled_back", "abandoned")
 
 
 @dataclass
@@ -28,12 +31,14 @@ class Decision:
     Attributes:
         time: UTC ISO time.
         model_name: the registered model.
-        action: ``promoted``, ``refused``, ``forced`` or ``rolled_back``.
+        action: ``promoted``, ``refused``, ``forced``, ``rolled_back`` or ``abandoned``.
         version: the version the decision is about (the new champion, or the refused candidate).
         previous: the champion before the decision (``None`` when there was none).
         actor: who or what asked (``--actor``, default the OS user).
         reason: why, in words.
         numbers: the compared metrics (candidate, champion, thresholds).
+        trigger: what started the retrain that asked (``manual``, ``schedule``, ``drift``, ``volume`` ...);
+            ``None`` for decisions made by hand (and in lines written before the field existed).
     """
 
     time: str
@@ -44,6 +49,7 @@ class Decision:
     actor: str
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    trigger: str | None = None
 
     def to_json(self) -> str:
         """One JSON line (no newline)."""

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from tastebud.config import Settings, build_settings
-from tastebud.monitoring.metrics import DRIFT_TEXTFILE, ServingMetrics, mark_process_dead
+from tastebud.monitoring.metrics import DRIFT_TEXTFILE, RETRAIN_TEXTFILE, ServingMetrics, mark_process_dead
 from tastebud.serving.errors import install_error_handlers
 from tastebud.serving.holder import BundleLoader, ModelHolder
 from tastebud.serving.middleware import MetricsMiddleware
@@ -60,8 +60,9 @@ def create_app(
     settings = settings or build_settings()
     cfg = settings.serving
     metrics_ = holder.metrics if holder is not None else ServingMetrics()
-    if settings.home / DRIFT_TEXTFILE not in metrics_.textfiles:  # the latest drift check's gauges
-        metrics_.textfiles.append(settings.home / DRIFT_TEXTFILE)
+    for textfile in (DRIFT_TEXTFILE, RETRAIN_TEXTFILE):  # the latest drift check's and retrain's gauges
+        if settings.home / textfile not in metrics_.textfiles:
+            metrics_.textfiles.append(settings.home / textfile)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

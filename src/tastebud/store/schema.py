@@ -1,4 +1,4 @@
-"""The store's tables, as SQLAlchemy Core: the request log, interaction events and dead letters.
+"""The store's tables, as SQLAlchemy Core: the request log, interaction events, dead letters, locks and retrains.
 
 One :data:`metadata` serves SQLite and PostgreSQL alike: JSON columns use SQLAlchemy's portable ``JSON`` type and
 every timestamp goes through :class:`UTCDateTime`, so a timezone-aware datetime goes in and a UTC-aware one comes
@@ -119,10 +119,47 @@ dead_letters = sa.Table(
     sa.Index("ix_dead_letters_received_at", "received_at"),
 )
 
+#: Named leases for single-flight work (one retrain per model): one row per held lock. A lock is taken by an
+#: atomic upsert that only overwrites a row whose lease expired (or that the caller may take over), so two
+#: takers never both succeed.
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    # who holds it: "host:pid:token" for retrains (the token tells threads of one process apart)
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("acquired_at", UTCDateTime(), nullable=False),
+    sa.Column("renewed_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+#: One row per retrain attempt: written when it starts (outcome ``running``) and updated when it ends.
+retrains = sa.Table(
+    "retrains",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("trigger", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("version", sa.Integer(), nullable=True),
+    sa.Column("champion_version", sa.Integer(), nullable=True),
+    sa.Column("duration_s", sa.Float(), nullable=True),
+    sa.Column("fit_s", sa.Float(), nullable=True),
+    sa.Column("n_interactions", sa.BigInteger(), nullable=True),
+    sa.Column("n_new_events", sa.BigInteger(), nullable=True),
+    sa.Column("gate", _json(), nullable=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Index("ix_retrains_model_started", "model_name", "started_at"),
+)
+
 #: Column names of each table, in declaration order (what a read returns as dict keys).
 REQUEST_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in request_logs.columns)
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(c.name for c in dead_letters.columns)
+RETRAIN_COLUMNS: tuple[str, ...] = tuple(c.name for c in retrains.columns)
 
 
 class RequestLogRecord(NamedTuple):

@@ -1,8 +1,10 @@
-"""The :class:`Store`: request log, events and dead letters over SQLAlchemy (SQLite in WAL mode, or PostgreSQL).
+"""The :class:`Store`: request log, events, dead letters, locks and retrain history over SQLAlchemy (SQLite in
+WAL mode, or PostgreSQL).
 
 Every write is one transaction and idempotent on its natural key (``request_id``, ``event_id``) through
-``INSERT .. ON CONFLICT DO NOTHING``, which both dialects speak. Failures surface as :class:`StoreError` naming the
-URL with its password hidden; invalid records as :class:`DataValidationError` naming the record and field.
+``INSERT .. ON CONFLICT DO NOTHING``, which both dialects speak; a lock is taken by one conditional upsert.
+Failures surface as :class:`StoreError` naming the URL with its password hidden; invalid records as
+:class:`DataValidationError` naming the record and field.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from tastebud.config import Settings, get_settings
 from tastebud.errors import DataValidationError, StoreError
 from tastebud.store.schema import (
     DROPPED_INDEXES,
+    RETRAIN_COLUMNS,
     RequestLogRecord,
     dead_letter_row,
     dead_letters,
     event_row,
     events,
+    locks,
     metadata,
     request_log_row,
     request_logs,
+    retrains,
     row_dict,
     to_utc,
     validated_event_row,
@@ -73,7 +78,7 @@ def create_store(
 
 
 class Store:
-    """Request log, events and dead letters in one SQL database; safe to share between threads.
+    """Request log, events, dead letters, locks and retrain history in one SQL database; safe to share between threads.
 
     Attributes:
         url: the database URL with any password replaced by ``***`` (safe to log).
@@ -121,7 +126,8 @@ class Store:
         Raises:
             StoreError: when the database cannot be reached or refuses the DDL.
         """
-        for attempt in (1, 2):
+        attempts = 5
+        for attempt in range(1, attempts + 1):
             try:
                 with self._begin("schema creation") as conn:
                     metadata.create_all(conn)
@@ -129,10 +135,13 @@ class Store:
                         conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
                 return
             except StoreError as err:
-                # Two processes creating the schema at once: the loser sees "already exists"; a second pass
-                # finds every table and creates nothing.
-                raced = isinstance(err.__cause__, sa.exc.IntegrityError | sa.exc.ProgrammingError)
-                if attempt == 2 or not raced:
+                # Processes creating the schema at once (the workers of one server): a loser sees "already
+                # exists" (SQLite: an OperationalError) and tries again; a later pass finds every table.
+                cause = err.__cause__
+                raced = isinstance(cause, sa.exc.IntegrityError | sa.exc.ProgrammingError) or (
+                    isinstance(cause, sa.exc.OperationalError) and "already exists" in str(cause)
+                )
+                if attempt == attempts or not raced:
                     raise
 
     def table_names(self) -> list[str]:
@@ -325,6 +334,133 @@ class Store:
             query = query.where(dead_letters.c.source == source)
         query = query.order_by(dead_letters.c.received_at, dead_letters.c.id)
         return self._fetch(_limited(query, limit), "dead letter read")
+
+    # --- locks --------------------------------------------------------------------------------------------------
+
+    def acquire_lock(self, name: str, owner: str, ttl_s: float, *, take_over: str | None = None) -> bool:
+        """Take the lock ``name`` for ``owner`` with a lease of ``ttl_s`` seconds; whether ``owner`` holds it now.
+
+        One atomic ``INSERT .. ON CONFLICT DO UPDATE .. WHERE`` (never read-then-write): the row is created, or
+        overwritten only when its lease has expired, when ``owner`` holds it already (the lease is renewed), or
+        when it is held by ``take_over`` (an owner the caller found dead). Of two concurrent takers exactly one
+        succeeds. Times come from the database clock on PostgreSQL (one clock for every host) and from this host's
+        clock on SQLite (a local file).
+
+        Args:
+            name: the lock, e.g. ``retrain:movielens-100k``.
+            owner: who takes it (unique per taker, e.g. ``host:pid:token``).
+            ttl_s: lease in seconds; :meth:`renew_lock` extends it.
+            take_over: an owner whose hold may be overwritten even before its lease expires.
+
+        Raises:
+            DataValidationError: ``ttl_s`` is not a positive number or ``name``/``owner`` is empty.
+        """
+        _check_lock_args(name, owner, ttl_s)
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        with self._begin("lock acquire") as conn:
+            now = self._clock(conn)
+            values = {"owner": owner, "acquired_at": now, "renewed_at": now, "expires_at": now + _seconds(ttl_s)}
+            stmt = dialect_insert(locks).values(name=name, **values)
+            free = (locks.c.expires_at <= now) | (locks.c.owner == owner)
+            if take_over is not None:
+                free = free | (locks.c.owner == take_over)
+            stmt = stmt.on_conflict_do_update(index_elements=[locks.c.name], set_=values, where=free)
+            row = conn.execute(stmt.returning(locks.c.owner)).first()
+        return row is not None and row[0] == owner
+
+    def renew_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Extend ``owner``'s lease of ``name`` to ``ttl_s`` seconds from now; False when ``owner`` no longer holds it.
+
+        Raises:
+            DataValidationError: ``ttl_s`` is not a positive number or ``name``/``owner`` is empty.
+        """
+        _check_lock_args(name, owner, ttl_s)
+        with self._begin("lock renewal") as conn:
+            now = self._clock(conn)
+            stmt = (
+                sa.update(locks)
+                .where(locks.c.name == name, locks.c.owner == owner)
+                .values(renewed_at=now, expires_at=now + _seconds(ttl_s))
+            )
+            return conn.execute(stmt).rowcount == 1
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        """Drop ``owner``'s hold of ``name``; False when ``owner`` did not hold it (nothing changes then)."""
+        with self._begin("lock release") as conn:
+            stmt = sa.delete(locks).where(locks.c.name == name, locks.c.owner == owner)
+            return conn.execute(stmt).rowcount == 1
+
+    def get_lock(self, name: str) -> dict[str, Any] | None:
+        """The lock row of ``name`` (``owner``, ``acquired_at``, ``renewed_at``, ``expires_at``), or None.
+
+        A row whose ``expires_at`` has passed is still returned: it is free to take, not yet taken.
+        """
+        rows = self._fetch(sa.select(locks).where(locks.c.name == name), "lock read")
+        return rows[0] if rows else None
+
+    def _clock(self, conn: Connection) -> datetime:
+        if self.backend == "postgresql":
+            value = conn.execute(sa.select(sa.func.now())).scalar_one()
+            return to_utc(value, where="database clock")
+        return datetime.now(UTC)
+
+    # --- retrain history -----------------------------------------------------------------------------------------
+
+    def start_retrain(self, *, model_name: str, trigger: str, owner: str, started_at: datetime | None = None) -> int:
+        """Record a retrain that starts now (outcome ``running``); returns its id for :meth:`finish_retrain`."""
+        row = {
+            "model_name": model_name,
+            "trigger": trigger,
+            "owner": owner,
+            "outcome": "running",
+            "started_at": to_utc(started_at or datetime.now(UTC), where="started_at"),
+        }
+        with self._begin("retrain history write") as conn:
+            return int(conn.execute(sa.insert(retrains).values(**row).returning(retrains.c.id)).scalar_one())
+
+    def update_retrain(self, retrain_id: int, **fields: Any) -> bool:
+        """Set fields of one retrain row (``version``, ``champion_version``, ``n_new_events``, ...); whether it exists.
+
+        Raises:
+            DataValidationError: an unknown field, or a value the column cannot store (NaN in ``gate``).
+        """
+        unknown = sorted(key for key in fields if key == "id" or key not in RETRAIN_COLUMNS)
+        if unknown:
+            raise DataValidationError(f"retrain history: unknown field(s) {', '.join(unknown)}")
+        for key in ("started_at", "finished_at"):
+            if fields.get(key) is not None:
+                fields[key] = to_utc(fields[key], where=key)
+        if fields.get("gate") is not None:
+            try:
+                fields["gate"] = json.loads(_json_dumps(fields["gate"]))
+            except (TypeError, ValueError) as err:
+                raise DataValidationError(f"retrain history: gate numbers cannot be stored as JSON: {err}") from err
+        if not fields:
+            return True
+        with self._begin("retrain history write") as conn:
+            stmt = sa.update(retrains).where(retrains.c.id == int(retrain_id)).values(**fields)
+            return conn.execute(stmt).rowcount == 1
+
+    def finish_retrain(
+        self, retrain_id: int, *, outcome: str, reason: str | None = None, finished_at: datetime | None = None,
+        **fields: Any,
+    ) -> bool:  # fmt: skip
+        """Record how a retrain ended (``outcome``, ``reason`` and any other field); whether the row exists."""
+        return self.update_retrain(
+            retrain_id, outcome=outcome, reason=reason, finished_at=finished_at or datetime.now(UTC), **fields
+        )
+
+    def retrain_history(
+        self, model_name: str | None = None, limit: int | None = None, *, outcome: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Retrain rows, newest first, optionally of one model and one outcome (``running`` finds unfinished ones)."""
+        query = sa.select(retrains)
+        if model_name is not None:
+            query = query.where(retrains.c.model_name == model_name)
+        if outcome is not None:
+            query = query.where(retrains.c.outcome == outcome)
+        query = query.order_by(retrains.c.started_at.desc(), retrains.c.id.desc())
+        return self._fetch(_limited(query, limit), "retrain history read")
 
     def close(self) -> None:
         """Close every pooled connection; the store can be used again afterwards (it reconnects)."""
@@ -612,6 +748,17 @@ def _limited(query: sa.Select[Any], limit: int | None) -> sa.Select[Any]:
     if limit < 0:
         raise DataValidationError(f"limit must be >= 0, got {limit}")
     return query.limit(int(limit))
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=float(value))
+
+
+def _check_lock_args(name: str, owner: str, ttl_s: float) -> None:
+    if not name or not owner:
+        raise DataValidationError(f"lock name and owner must not be empty (got {name!r}, {owner!r})")
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise DataValidationError(f"lock lease must be a positive number of seconds, got {ttl_s!r}")
 
 
 def _first_per_key(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
