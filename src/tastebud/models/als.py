@@ -5,12 +5,17 @@ Confidence follows implicit 0.7's convention, applied exactly once by implicit i
 multiplies it, so an observed cell has confidence ``c_ui = alpha * value`` and every unobserved cell
 confidence 1 (preference 0).
 The paper writes ``1 + alpha * r``; the two differ by the constant 1 on observed cells only.
+
+:meth:`ALSRecommender.fit_warm` retrains from a previous model's factors (a warm start): implicit keeps factors
+that are set before ``fit``, and its conjugate-gradient solver starts each row from its current vector, so a few
+sweeps from the champion reach the quality of a full cold fit.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.linalg
@@ -18,13 +23,20 @@ import scipy.sparse as sp
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
+from tastebud.data.dataset import Dataset, IdMap
+from tastebud.errors import ParameterError
 from tastebud.models import _scoring as sc
 from tastebud.models._factors import FactorConfig, FactorRecommender
+from tastebud.models.base import Recommender
+
+logger = logging.getLogger(__name__)
 
 #: Explanations are precomputed at load time within this many bytes: per training interaction ``(u, j)`` the row
 #: ``c_uj · y_jᵀ W_u⁻¹`` (float32; ML-100K: 20 MiB), else per user ``W_u⁻¹`` (ML-100K: 15 MiB; 10K users at d=64:
 #: 160 MiB); beyond both, ``W_u`` is solved per request.
 EXPLAIN_CACHE_BYTES = 256 * 2**20
+#: Default ALS sweeps of a warm start (``ALSConfig.warm_iterations``), measured in ``bench/bench_warm_start.py``.
+WARM_ITERATIONS_DEFAULT = 5
 
 
 class ALSConfig(FactorConfig):
@@ -36,6 +48,9 @@ class ALSConfig(FactorConfig):
     """Confidence scale: an observed cell weighs ``alpha * value`` against 1 for unobserved cells."""
     use_cg: bool = True
     """Use implicit's conjugate-gradient solver (faster); False solves each user exactly by Cholesky."""
+    warm_iterations: int = Field(WARM_ITERATIONS_DEFAULT, ge=0)
+    """Sweeps of :meth:`ALSRecommender.fit_warm` from a previous model's factors (``iterations`` stays the count
+    of a cold fit). The default was chosen in bench/RESULTS.md, "Retraining: warm-start vs cold ALS"."""
 
 
 class ALSRecommender(FactorRecommender):
@@ -46,23 +61,109 @@ class ALSRecommender(FactorRecommender):
     config: ALSConfig
 
     def _train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        from implicit.cpu.als import AlternatingLeastSquares
-
         cfg = self.config
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only adds contention
         with threadpool_limits(limits=1, user_api="blas"):
-            model = AlternatingLeastSquares(
-                factors=cfg.factors,
-                regularization=cfg.regularization,
-                alpha=cfg.alpha,
-                iterations=cfg.iterations,
-                use_cg=cfg.use_cg,
-                num_threads=cfg.num_threads,
-                random_state=cfg.random_state,
-            )
+            model = self._solver(cfg.iterations)
             # implicit 0.7 expects users as rows
             model.fit(matrix, show_progress=cfg.show_progress)
         return model.user_factors, model.item_factors
+
+    def _solver(self, iterations: int) -> Any:
+        """implicit's CPU ``AlternatingLeastSquares`` with this model's parameters (float32 factors)."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        cfg = self.config
+        return AlternatingLeastSquares(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=cfg.alpha,
+            dtype=np.float32,
+            iterations=iterations,
+            use_cg=cfg.use_cg,
+            num_threads=cfg.num_threads,
+            random_state=cfg.random_state,
+        )
+
+    # ------------------------------------------------------------------ warm start
+    def fit_warm(self, dataset: Dataset, previous: Recommender, *, iterations: int | None = None) -> Self:
+        """Fit on ``dataset`` starting from ``previous``'s factors, matched by external id; returns self.
+
+        Users and items that ``previous`` knows start from its vectors. New items are then solved in closed
+        form against those user factors (new users counting as zero), and new users against the resulting item
+        factors: one exact half-step each, implicit's ``recalculate_item``/``recalculate_user``. A new row with
+        nothing to solve from (no interaction with a carried-over user or item) starts from small random values,
+        as in a cold fit. Then ``iterations`` ALS sweeps refine every factor; implicit keeps factors set before
+        ``fit`` and its conjugate-gradient solver starts from them. The result is an ordinary fitted model (same
+        save format, explanations, fold-in); ``previous`` is left unchanged.
+
+        When ``previous`` is not a fitted ALS with the same ``factors`` this is a plain cold :meth:`fit` (with
+        the config's ``iterations``), and the reason is logged.
+
+        Args:
+            dataset: the data to fit, typically the champion's data plus the events since.
+            previous: the model to start from, typically the champion.
+            iterations: ALS sweeps after the initialisation (0: only the initialisation); default the config's
+                ``warm_iterations``.
+
+        Raises:
+            ParameterError: ``iterations`` is negative.
+            DataValidationError: training produced factors with NaN/inf values.
+        """
+        n_sweeps = self.config.warm_iterations if iterations is None else iterations
+        if n_sweeps < 0:
+            raise ParameterError(f"{self.name}: fit_warm iterations must be >= 0, got {n_sweeps}")
+        reason = self._warm_start_refusal(previous)
+        if reason is not None:
+            logger.info("als warm start falls back to a cold fit", extra={"model": self.name, "reason": reason})
+            return self.fit(dataset)
+        assert isinstance(previous, ALSRecommender)
+        matrix = dataset.matrix("value")
+        with threadpool_limits(limits=1, user_api="blas"):
+            user_factors, item_factors, counts = self._warm_factors(matrix, dataset.users, dataset.items, previous)
+            model = self._solver(n_sweeps)
+            # implicit initialises only factors that are None; these have the data's shapes (users as rows)
+            model.user_factors, model.item_factors = user_factors, item_factors
+            model.fit(matrix, show_progress=self.config.show_progress)
+        logger.info("als warm start", extra={"model": self.name, "iterations": n_sweeps, **counts})
+        return self._set_factors(model.user_factors, model.item_factors, matrix, dataset.users, dataset.items)
+
+    def _warm_start_refusal(self, previous: Recommender) -> str | None:
+        """Why ``previous`` cannot seed a warm start (``None``: it can)."""
+        if not isinstance(previous, ALSRecommender):
+            return f"previous model is {getattr(previous, 'name', type(previous).__name__)!r}, not als"
+        if not previous.is_fitted or previous.user_factors_ is None or previous.item_factors_ is None:
+            return "previous model is not fitted"
+        if previous.n_dims != self.n_dims:
+            return f"previous model has {previous.n_dims} factors, this one {self.n_dims}"
+        return None
+
+    def _warm_factors(
+        self, matrix: sp.csr_matrix, users: IdMap, items: IdMap, previous: ALSRecommender
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Initial (user, item) factors for ``matrix``: carried over by id, new rows solved or random."""
+        assert previous.users_ is not None and previous.items_ is not None
+        assert previous.user_factors_ is not None and previous.item_factors_ is not None
+        rng = np.random.default_rng(self.config.random_state)
+        user_src, item_src = _positions(users, previous.users_), _positions(items, previous.items_)
+        x = _carry_over(previous.user_factors_, user_src)
+        y = _carry_over(previous.item_factors_, item_src)
+        new_users, new_items = np.flatnonzero(user_src < 0), np.flatnonzero(item_src < 0)
+        solver = self._solver(0)
+        solver.user_factors, solver.item_factors = x, y
+        if len(new_items):  # against the carried-over users only: new users are still zero
+            solved = solver.recalculate_item(new_items, sp.csr_matrix(matrix[:, new_items].T))
+            y[new_items] = _or_random(solved, rng, 0.01)
+        if len(new_users):  # against every item, the new ones included (implicit computes YᵀY here)
+            solved = solver.recalculate_user(new_users, matrix[new_users])
+            x[new_users] = _or_random(solved, rng, 0.01)
+        counts = {
+            "users_carried": len(users) - len(new_users),
+            "users_new": len(new_users),
+            "items_carried": len(items) - len(new_items),
+            "items_new": len(new_items),
+        }
+        return x, y, counts
 
     def _confidence(self, values: np.ndarray) -> np.ndarray:
         return self.config.alpha * values.astype(np.float64)
@@ -152,6 +253,33 @@ class ALSRecommender(FactorRecommender):
         weighted = scipy.linalg.cho_solve(factor, y[rec].astype(np.float64).T, check_finite=False)
         contrib = (y[idx] @ weighted) * conf[:, None]
         return sc.id_lists(self.items_.ids, sc.top_contributors(contrib, idx))
+
+
+def _positions(ids: IdMap, previous: IdMap) -> np.ndarray:
+    """Per id of ``ids``, its index in ``previous`` (-1 where ``previous`` does not have it)."""
+    lookup = previous.lookup
+    return np.fromiter((lookup.get(str(x), -1) for x in ids.ids.tolist()), dtype=np.int64, count=len(ids))
+
+
+def _carry_over(factors: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """A new float32 factor array: row ``r`` is ``factors[source[r]]``, zero where ``source[r]`` is -1."""
+    out = np.zeros((len(source), factors.shape[1]), dtype=np.float32)
+    known = source >= 0
+    out[known] = factors[source[known]]
+    return out
+
+
+def _or_random(solved: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """``solved`` with rows that got no signal (all zero, or not finite) replaced by uniform ``[0, scale)`` values.
+
+    A row solved from nothing is exactly zero, and ALS cannot leave zero where every neighbour is zero too (a
+    component of new users and items only): those rows start like a cold fit instead, as implicit does.
+    """
+    solved = np.asarray(solved, dtype=np.float32).reshape(len(solved), -1)
+    empty = ~(np.isfinite(solved).all(axis=1) & (solved != 0).any(axis=1))
+    if empty.any():
+        solved[empty] = rng.random((int(empty.sum()), solved.shape[1]), dtype=np.float32) * scale
+    return solved
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
