@@ -122,3 +122,10 @@ class LockError(TastebudError):
 
     status_code = 409
     code = "lock_conflict"
+
+
+class ExperimentError(TastebudError):
+    """An experiment definition is invalid, or a lifecycle change (create, start, stop) was refused; says why."""
+
+    status_code = 422
+    code = "experiment_error"

@@ -48,6 +48,8 @@ def log_record(n: int, **fields: Any) -> dict[str, Any]:
         "fallback_reason": "unknown_user" if n % 2 == 1 else None,
         "variant": "B",
         "provenance": {"git_sha": "abc123", "snapshot_id": f"snap-{n}", "nested": {"k": [1, 2]}},
+        "experiment": "exp-1" if n % 2 == 0 else None,
+        "exposure": {"teams": ["a", "b", "a"]} if n % 3 == 0 else None,
     }
     record.update(fields)
     return record
@@ -73,6 +75,25 @@ def row_count(store: Store, table: str) -> int:
     """Rows in ``table``."""
     with store.engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+
+
+def experiment_row(name: str, **fields: Any) -> dict[str, Any]:
+    """A draft experiment's row on model ``m``, layer ``default``, traffic 0-100 (override any column)."""
+    row = {
+        "name": name,
+        "model_name": "m",
+        "kind": "ab",
+        "status": "draft",
+        "layer": "default",
+        "traffic_start": 0.0,
+        "traffic_end": 100.0,
+        "definition": {"variants": [{"name": "a", "ref": "champion"}, {"name": "b", "ref": "2"}], "weights": [50, 50]},
+        "salt": "0123456789abcdef",
+        "created_at": T0,
+        "created_by": "ana",
+    }
+    row.update(fields)
+    return row
 
 
 def _index_names(store: Store) -> set[str]:
@@ -121,6 +142,31 @@ class StoreContract:
         assert store.write_request_logs(records) == 4
         for record in records:
             assert store.get_request(record["request_id"]) == record
+
+    def test_server_records_round_trip_with_experiment_and_exposure(self, store: Store) -> None:
+        from tastebud.store.schema import RequestLogRecord
+
+        records = [RequestLogRecord(**log_record(n)) for n in range(6)]
+        old_shape = RequestLogRecord(*list(log_record(7).values())[:16])  # built without the two newer fields
+        assert store.write_request_logs([*records, old_shape]) == 7
+        for record in records:
+            assert store.get_request(record.request_id) == record._asdict()
+        stored = store.get_request(old_shape.request_id)
+        assert stored is not None and stored["experiment"] is None and stored["exposure"] is None
+
+    def test_columns_added_since_are_added_to_an_older_table(self, store: Store) -> None:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE request_logs"))
+            conn.execute(sa.text(
+                "CREATE TABLE request_logs (request_id VARCHAR(64) PRIMARY KEY, timestamp TIMESTAMP NOT NULL, "
+                "endpoint VARCHAR(64) NOT NULL, user_id VARCHAR(255), item_id VARCHAR(255), model_name VARCHAR(255), "
+                "model_version INTEGER, alias VARCHAR(64), item_ids JSON NOT NULL, scores JSON NOT NULL, "
+                "latency_ms FLOAT NOT NULL, status_code INTEGER NOT NULL, is_fallback BOOLEAN NOT NULL, "
+                "fallback_reason VARCHAR(64), variant VARCHAR(64), provenance JSON NOT NULL)"
+            ))  # fmt: skip
+        store.init_schema()
+        assert store.write_request_logs([log_record(0)]) == 1
+        assert store.get_request("req-00000") == log_record(0)
 
     def test_get_request_of_unknown_id_is_none(self, store: Store) -> None:
         store.write_request_logs([log_record(1)])
@@ -481,3 +527,153 @@ class StoreContract:
             store.update_retrain(first, colour="red")
         with pytest.raises(DataValidationError):
             store.update_retrain(first, gate={"x": float("nan")})
+
+    # --- experiments ---------------------------------------------------------------------------------------------
+
+    def test_experiment_round_trip_and_unique_names(self, store: Store) -> None:
+        assert store.insert_experiment(experiment_row("e1"), actor="ana")
+        assert store.insert_experiment(experiment_row("e2", model_name="n", created_at=T0 + timedelta(1)), actor="bo")
+        assert not store.insert_experiment(experiment_row("e1", created_by="eve"), actor="eve")  # name taken
+        row = store.get_experiment("e1")
+        assert row is not None and row["created_by"] == "ana" and row["status"] == "draft"
+        assert row["definition"] == experiment_row("e1")["definition"]
+        assert row["created_at"] == T0 == row["updated_at"] and row["started_at"] is None
+        assert store.get_experiment("nope") is None
+        assert [r["name"] for r in store.list_experiments()] == ["e1", "e2"]
+        assert [r["name"] for r in store.list_experiments(model_name="n")] == ["e2"]
+        assert store.list_experiments(status="running") == []
+        changes = store.experiment_changes("e1")
+        assert [(c["action"], c["actor"]) for c in changes] == [("created", "ana")]
+        assert changes[0]["details"] == experiment_row("e1")["definition"] and changes[0]["time"] == T0
+        with pytest.raises(DataValidationError, match="missing column"):
+            store.insert_experiment({k: v for k, v in experiment_row("e3").items() if k != "salt"}, actor="ana")
+        with pytest.raises(DataValidationError, match="unknown column"):
+            store.insert_experiment(experiment_row("e3", colour="red"), actor="ana")
+        with pytest.raises(DataValidationError):
+            store.insert_experiment(experiment_row("e3", definition={"mde": float("nan")}), actor="ana")
+        assert store.get_experiment("e3") is None
+
+    def test_experiment_start_is_conditional_and_refuses_overlaps(self, store: Store) -> None:
+        rows = [
+            experiment_row("full"),
+            experiment_row("half", traffic_start=50.0),  # overlaps "full"
+            experiment_row("low", traffic_end=50.0),  # overlaps "full", not "high"
+            experiment_row("high", traffic_start=50.0),
+            experiment_row("other-layer", layer="l2"),
+            experiment_row("other-model", model_name="n"),
+        ]
+        for row in rows:
+            assert store.insert_experiment(row, actor="ana")
+        pinned = {**rows[0]["definition"], "versions": {"a": 1, "b": 2}}
+        assert store.mark_experiment_running("full", actor="bo", details={"versions": {"a": 1}}, definition=pinned)
+        assert not store.mark_experiment_running("full", actor="bo")  # not a draft any more
+        assert not store.mark_experiment_running("half", actor="bo")  # overlaps a running one
+        assert not store.mark_experiment_running("nope", actor="bo")
+        assert store.mark_experiment_running("other-layer", actor="bo")
+        assert store.mark_experiment_running("other-model", actor="bo")
+        full = store.get_experiment("full")
+        assert full is not None and full["status"] == "running" and full["definition"] == pinned
+        assert full["started_at"] is not None and full["started_at"] >= full["created_at"]
+        assert store.mark_experiment_stopped("full", actor="cy", details={"reason": "done"})
+        assert not store.mark_experiment_stopped("full", actor="cy")
+        assert store.mark_experiment_running("low", actor="bo")
+        assert store.mark_experiment_running("high", actor="bo")  # [0, 50) and [50, 100) do not overlap
+        assert not store.mark_experiment_running("half", actor="bo")
+        assert store.mark_experiment_stopped("half", actor="cy")  # a draft can be retired
+        running = {r["name"] for r in store.list_experiments(model_name="m", status="running")}
+        assert running == {"low", "high", "other-layer"}
+        refusal = store.record_experiment_change("half", actor="bo", action="start_refused", details={"why": "x"})
+        actions = [(c["action"], c["actor"]) for c in store.experiment_changes("full")]
+        assert actions == [("created", "ana"), ("started", "bo"), ("stopped", "cy")]
+        last = store.experiment_changes("half")[-1]
+        assert last["id"] == refusal and last["details"] == {"why": "x"}
+        assert len(store.experiment_changes(limit=2)) == 2
+
+    def test_concurrent_experiment_starts_exactly_one_wins(self, store: Store) -> None:
+        names = [f"e{n}" for n in range(6)]
+        for name in names:  # all overlap: one model, one layer, every range contains 50
+            assert store.insert_experiment(experiment_row(name, traffic_start=float(names.index(name))), actor="a")
+        for targets in (["e0"] * 6, names):  # the same experiment six times; six overlapping ones
+            barrier = threading.Barrier(6)
+            won: list[str] = []
+            errors: list[BaseException] = []
+
+            def start(name: str, barrier: threading.Barrier = barrier, won: list[str] = won,
+                      errors: list[BaseException] = errors) -> None:  # fmt: skip
+                try:
+                    barrier.wait(timeout=10)
+                    if store.mark_experiment_running(name, actor=name):
+                        won.append(name)
+                except BaseException as err:  # collected: an assert in a thread would be lost
+                    errors.append(err)
+
+            threads = [threading.Thread(target=start, args=(name,)) for name in targets]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert len(won) == 1
+            running = store.list_experiments(status="running")
+            assert [r["name"] for r in running] == won
+            assert store.mark_experiment_stopped(won[0], actor="reset")
+
+    # --- frames (experiment analysis) ----------------------------------------------------------------------------
+
+    def test_exposures_frame_reads_one_experiment_typed_and_in_time_order(self, store: Store) -> None:
+        import polars as pl
+
+        from tastebud.experiments.outcomes import EXPOSURE_SCHEMA
+
+        records = [log_record(n, experiment="exp-1" if n % 4 else "exp-2", latency_ms=0.1 + 0.2 + n) for n in range(12)]
+        records[5]["item_ids"] = ['say "hi"', "ü,ß", "back\\slash"]  # JSON escapes and non-ASCII survive
+        records.append(log_record(12, experiment=None))
+        late = T0 - timedelta(hours=1)  # logged last, happened first
+        records.append(log_record(13, experiment="exp-1", timestamp=late, item_ids=[], scores=[], status_code=503))
+        assert store.write_request_logs(records) == len(records)
+        frame = store.exposures_frame(experiment="exp-1")
+        assert frame.schema == EXPOSURE_SCHEMA
+        stored = {r["request_id"]: r for r in store.query_request_logs()}
+        wanted = sorted((r for r in records if r["experiment"] == "exp-1"), key=lambda r: r["timestamp"])
+        assert frame["request_id"].to_list() == [r["request_id"] for r in wanted]
+        for row in frame.iter_rows(named=True):
+            record = stored[row["request_id"]]
+            expected = {name: record[name] for name in EXPOSURE_SCHEMA.names() if name != "teams"}
+            assert row == {**expected, "teams": (record["exposure"] or {}).get("teams")}
+        assert frame.filter(pl.col("request_id") == "req-00003")["teams"].to_list() == [["a", "b", "a"]]
+        assert frame["is_fallback"].to_list().count(True) == 7  # the odd request numbers
+        since, until = T0 + timedelta(seconds=2), T0 + timedelta(seconds=7)
+        window = store.exposures_frame(experiment="exp-1", since=since, until=until)
+        assert window["request_id"].to_list() == ["req-00002", "req-00003", "req-00005", "req-00006"]
+        empty = store.exposures_frame(experiment="nope")
+        assert empty.height == 0 and empty.schema == EXPOSURE_SCHEMA
+
+    def test_events_frame_reads_events_typed_with_window_and_kinds(self, store: Store) -> None:
+        import polars as pl
+
+        from tastebud.experiments.outcomes import EVENT_SCHEMA
+
+        records = [event(n) for n in range(10)]
+        records.append(event(10, kind="play", value=0.1 + 0.2, rating=None, user_id='u"ü', item_id="a,b"))
+        store.write_events(records)
+        frame = store.events_frame()
+        assert frame.schema == EVENT_SCHEMA
+        stored = [{name: r[name] for name in EVENT_SCHEMA.names()} for r in store.query_events()]
+        assert frame.sort("timestamp").to_dicts() == stored
+        assert frame.filter(pl.col("kind") == "play")["value"].to_list() == [0.1 + 0.2]
+        since, until = T0 + timedelta(minutes=3), T0 + timedelta(minutes=8)
+        views = store.events_frame(kinds=["view", "click"], since=since, until=until)
+        assert sorted(views["timestamp"].to_list()) == [T0 + timedelta(minutes=n) for n in (3, 5, 7)]
+        assert store.events_frame(kinds=[]).height == 0
+        assert store.events_frame(since=T0 + timedelta(days=1)).schema == EVENT_SCHEMA
+
+    def test_frames_read_in_chunks_line_up(self, store: Store) -> None:
+        store.write_request_logs([log_record(n, experiment="exp-1") for n in range(25)])
+        store.write_events([event(n) for n in range(25)])
+        whole = store.exposures_frame(experiment="exp-1"), store.events_frame().sort("timestamp")
+        store.frame_chunk_rows = 4  # several queries, some on empty rowid ranges once rows are filtered out
+        chunked = store.exposures_frame(experiment="exp-1"), store.events_frame().sort("timestamp")
+        assert chunked[0].equals(whole[0]) and chunked[1].equals(whole[1]) and whole[1].height == 25
+        since, until = T0 + timedelta(seconds=9), T0 + timedelta(seconds=21)
+        odd = store.exposures_frame(experiment="exp-1", since=since, until=until)
+        assert odd["request_id"].to_list() == [f"req-{n:05d}" for n in range(9, 21)]

@@ -140,7 +140,9 @@ class TestPostgresStore(StoreContract):
         with create_store(settings) as store:
             store.init_schema()
             assert store.backend == "postgresql"
-            assert store.table_names() == ["dead_letters", "events", "locks", "request_logs", "retrains"]
+            assert store.table_names() == [
+                "dead_letters", "events", "experiment_changes", "experiments", "locks", "request_logs", "retrains",
+            ]  # fmt: skip
         assert not (tmp_path / "tastebud.db").exists()
 
     def test_bare_postgresql_scheme_uses_psycopg(self, store_url: str) -> None:

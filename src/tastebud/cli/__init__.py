@@ -3,7 +3,17 @@
 One module per group of commands; importing them registers the commands on :data:`app`.
 """
 
-from tastebud.cli import data, demo, evaluate, models, monitor, retrain, serve, stream  # noqa: F401  (registers the commands)
+from tastebud.cli import (  # noqa: F401  (registers the commands)
+    data,
+    demo,
+    evaluate,
+    experiment,
+    models,
+    monitor,
+    retrain,
+    serve,
+    stream,
+)
 from tastebud.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -205,6 +205,7 @@ class ServingMetrics:
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._list_children: dict[tuple[str, int | None, str | None], Any] = {}
         self._cache_children: tuple[Any, Any] | None = None
+        self._exposure_children: dict[tuple[str, str], Any] = {}
         r = self.registry
         self.requests = Counter(
             "tastebud_serving_requests_total",
@@ -291,6 +292,12 @@ class ServingMetrics:
             "Stored events this process applied to its real-time overlays (every process applies every event).",
             registry=r,
         )
+        self.experiment_exposures = Counter(
+            "tastebud_serving_experiment_exposures_total",
+            "Recommendation lists served under a running experiment, by experiment and variant.",
+            ["experiment", "variant"],
+            registry=r,
+        )
         self.model_loaded.set(0)
         self.stream = StreamMetrics(r)
 
@@ -303,6 +310,14 @@ class ServingMetrics:
             pair = self._request_children[key] = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def count_exposure(self, experiment: str, variant: str | None) -> None:
+        """Count one list served under ``experiment``."""
+        key = (experiment, variant or "")
+        child = self._exposure_children.get(key)
+        if child is None:
+            child = self._exposure_children[key] = self.experiment_exposures.labels(*key)
+        child.inc()
 
     def count_cache(self, hit: bool) -> None:
         """Count one lookup of the personal result cache."""

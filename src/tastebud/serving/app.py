@@ -86,6 +86,7 @@ def create_app(
         follower = _attach_follower(settings, state, metrics_)
         if watch:
             state.holder.start(cfg.watch_interval_s)
+        router = _start_router(settings, state) if watch else None
         consumer = _start_consumer(settings, state, metrics_)
         try:
             yield
@@ -94,6 +95,8 @@ def create_app(
                 consumer.stop()
             if follower is not None:
                 follower.stop()
+            if router is not None:
+                router.stop()
             state.holder.stop()
             writer = state.request_log
             if writer is not None:
@@ -180,6 +183,19 @@ def _attach_follower(settings: Settings, state: Any, metrics_: ServingMetrics) -
         logger.error("real-time overlays not rebuilt at start: %s", err)
     follower.start()
     return follower
+
+
+def _start_router(settings: Settings, state: Any) -> Any:
+    """Route users of the running experiments of the served model (polled every ``serving.watch_interval_s``)."""
+    store = state.store
+    if store is None or not hasattr(store, "list_experiments") or state.holder.registry is None:
+        return None
+    from tastebud.serving.experiments import ExperimentRouter
+
+    router = ExperimentRouter(store, state.holder)
+    state.holder.router = router
+    router.start(settings.serving.watch_interval_s)
+    return router
 
 
 def _start_consumer(settings: Settings, state: Any, metrics_: ServingMetrics) -> Any:

@@ -140,6 +140,8 @@ class ModelHolder:
         self.overlay_args: dict[str, Any] = {"observe": self.metrics.realtime_seconds.observe, **(overlay_args or {})}
         #: follows the event store (set by :meth:`attach_follower`)
         self.follower: EventFollower | None = None
+        #: routes users of running experiments to their variant's model (set by the app)
+        self.router: Any = None
         self._shared_overlays = UserOverlays(**self.overlay_args)
 
     # ------------------------------------------------------------------ real-time events
@@ -159,11 +161,43 @@ class ModelHolder:
         """
         with self._switch_lock:
             self.follower = follower
-            follower.follow(lambda: self.overlays if self._current is not None else None)
+            follower.follow(self.followed_overlays)
             served = self._current
             if served is not None:
                 overlays = self._build_overlays(served)
                 follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
+
+    def followed_overlays(self) -> list[UserOverlays]:
+        """The overlays of every model this process serves: the current one and any experiment variant's."""
+        out = [] if self._current is None else [self.overlays]
+        for served in self.variant_models():
+            if served.engine.overlays is not None:
+                out.append(served.engine.overlays)
+        return out
+
+    def variant_models(self) -> list[Served]:
+        """Models loaded for experiment variants besides the current one (see :mod:`tastebud.serving.experiments`)."""
+        router = self.router
+        return [] if router is None else router.loaded()
+
+    def prepare(self, version: int, *, alias: str | None = None) -> Served:
+        """Resolve, load, verify and prepare ``version`` with its overlays, without serving it (experiment variants).
+
+        Raises:
+            TastebudError: the registry does not know the version.
+            BundleError: the bundle is missing, corrupt or incompatible.
+        """
+        if self.registry is None:
+            raise BundleError("no model registry configured: cannot resolve versions")
+        mv = self.registry.resolve(self.name, version)
+        path = self.registry.bundle_path(mv)
+        served = self._prepare(Path(path), version=int(mv.version), alias=alias)
+        overlays = self._build_overlays(served)
+        if self.follower is not None:
+            self.follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
+        else:
+            served.engine.overlays = overlays
+        return served
 
     def _build_overlays(self, served: Served) -> UserOverlays:
         cutoff = events_cutoff(served.bundle.manifest)

@@ -117,6 +117,9 @@ class UserOverlays:
         self._users: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        # the follower's lookback state for these overlays: (time, last id) marks and the ids above the horizon
+        self._marks: deque[tuple[float, int]] = deque()
+        self._recent: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._users)
@@ -255,17 +258,15 @@ class EventFollower:
         self.on_apply = on_apply
         #: serialises reads of the store with the swap of a model and its overlays
         self.lock = threading.RLock()
-        self._target: Callable[[], UserOverlays | None] = lambda: None
-        self._marks: deque[tuple[float, int]] = deque()  # (time, last id) for the lookback horizon
-        self._recent: set[int] = set()  # ids above the horizon already applied
+        self._targets: Callable[[], Iterable[UserOverlays]] = tuple
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
         self.last_error: str | None = None
 
-    def follow(self, target: Callable[[], UserOverlays | None]) -> None:
-        """Apply polled events to whatever ``target()`` returns (the served model's overlays)."""
-        self._target = target
+    def follow(self, targets: Callable[[], Iterable[UserOverlays]]) -> None:
+        """Apply polled events to the overlays ``targets()`` returns (of every model the process serves)."""
+        self._targets = targets
 
     # ------------------------------------------------------------------ building
     def build(self, *, cutoff: int, vocabulary: Mapping[str, int] | None) -> UserOverlays:
@@ -294,45 +295,47 @@ class EventFollower:
             except Exception as err:  # the model is served all the same; the next poll catches up
                 logger.warning("could not catch the real-time overlays up with the store: %s", err)
             install()
-            self._marks.clear()
-            self._recent.clear()
 
     # ------------------------------------------------------------------ following
     def poll(self) -> set[str]:
-        """Apply the events stored since the last poll to the served model's overlays; the users updated."""
+        """Apply the events stored since the last poll to the served models' overlays; the users updated."""
+        touched: set[str] = set()
         with self.lock:
-            overlays = self._target()
-            if overlays is None:
-                return set()
-            return self._read_into(overlays, lookback=True)
+            seen: set[int] = set()
+            for overlays in self._targets():
+                if id(overlays) not in seen:  # two variants may share one model's overlays
+                    seen.add(id(overlays))
+                    touched |= self._read_into(overlays, lookback=True)
+        return touched
 
     def _read_into(self, overlays: UserOverlays, *, through_id: int | None = None, lookback: bool = False) -> set[str]:
         touched: set[str] = set()
         applied = 0
         now = time.monotonic()
         after = overlays.last_id
+        marks = overlays._marks
         if lookback and self.lookback_s > 0:
-            while len(self._marks) > 1 and self._marks[1][0] <= now - self.lookback_s:
-                self._marks.popleft()
-            if self._marks and self._marks[0][0] <= now - self.lookback_s:
-                after = min(after, self._marks[0][1])
+            while len(marks) > 1 and marks[1][0] <= now - self.lookback_s:
+                marks.popleft()
+            if marks and marks[0][0] <= now - self.lookback_s:
+                after = min(after, marks[0][1])
         while True:
             rows = self.store.events_after(after, through_id=through_id, limit=self.page)
-            recent = self._recent if lookback else ()
+            recent = overlays._recent if lookback else ()
             fresh = [r for r in rows if r["id"] > overlays.cutoff and r["id"] not in recent]
             if fresh:
                 touched |= overlays.add(_Row(r) for r in fresh)
                 applied += len(fresh)
                 if lookback and self.lookback_s > 0:
-                    self._recent.update(r["id"] for r in fresh)
+                    overlays._recent.update(r["id"] for r in fresh)
                 overlays.last_id = max(overlays.last_id, fresh[-1]["id"])
             if len(rows) < self.page:
                 break
             after = rows[-1]["id"]
         if self.lookback_s > 0 and lookback:
-            self._marks.append((now, overlays.last_id))
-            horizon = self._marks[0][1]
-            self._recent = {i for i in self._recent if i > horizon}
+            marks.append((now, overlays.last_id))
+            horizon = marks[0][1]
+            overlays._recent = {i for i in overlays._recent if i > horizon}
         if applied and self.on_apply is not None:
             self.on_apply(applied)
         return touched

@@ -157,7 +157,10 @@ class ListResponse(BaseModel):
     model: ModelOut
     is_fallback: bool
     fallback_reason: str | None = Field(None, description="unknown_user, sparse_history or cold_item.")
-    variant: str | None = Field(None, description="Experiment variant (reserved).")
+    variant: str | None = Field(
+        None, description="The experiment variant that answered (interleaved: both variants' lists merged)."
+    )
+    experiment: str | None = Field(None, description="The experiment the user is in, if any.")
     provenance: Provenance
 
 

@@ -11,7 +11,17 @@ SQLite (WAL mode) in the home directory by default, PostgreSQL when ``settings.s
     writer.close()
 """
 
-from tastebud.store.schema import RequestLogRecord, dead_letters, events, locks, metadata, request_logs, retrains
+from tastebud.store.schema import (
+    RequestLogRecord,
+    dead_letters,
+    events,
+    experiment_changes,
+    experiments,
+    locks,
+    metadata,
+    request_logs,
+    retrains,
+)
 from tastebud.store.sql import SUPPORTED_BACKENDS, Store, create_store
 from tastebud.store.writer import RequestLogWriter
 
@@ -23,6 +33,8 @@ __all__ = [
     "create_store",
     "dead_letters",
     "events",
+    "experiment_changes",
+    "experiments",
     "locks",
     "metadata",
     "request_logs",

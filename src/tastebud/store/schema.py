@@ -1,4 +1,5 @@
-"""The store's tables, as SQLAlchemy Core: the request log, interaction events, dead letters, locks and retrains.
+"""The store's tables, as SQLAlchemy Core: the request log, interaction events, dead letters, locks, retrains and
+experiments.
 
 One :data:`metadata` serves SQLite and PostgreSQL alike: JSON columns use SQLAlchemy's portable ``JSON`` type and
 every timestamp goes through :class:`UTCDateTime`, so a timezone-aware datetime goes in and a UTC-aware one comes
@@ -78,6 +79,10 @@ request_logs = sa.Table(
     sa.Column("fallback_reason", sa.String(64), nullable=True),
     sa.Column("variant", sa.String(64), nullable=True),
     sa.Column("provenance", _json(), nullable=False),
+    # the experiment the request was part of (its variant in ``variant``); the exposure is the list itself
+    sa.Column("experiment", sa.String(64), nullable=True),
+    # per-position detail of an exposure: ``{"teams": [...]}`` for an interleaved list (which ranker gave each item)
+    sa.Column("exposure", _json(), nullable=True),
     # Only time-ordered keys are indexed (request ids are time-ordered too), so every insert appends at the right
     # edge of each index. A per-user index took a random page write per request, which on a log of millions of
     # rows cost the serving process more CPU than the request; per-user reads filter a time window instead.
@@ -155,11 +160,50 @@ retrains = sa.Table(
     sa.Index("ix_retrains_model_started", "model_name", "started_at"),
 )
 
+#: Experiments (A/B, interleaving, canary) as data: one row each, its full definition as JSON. The model, layer
+#: and traffic range are columns too, so that a start is one conditional UPDATE that also refuses an overlap with
+#: a running experiment (see :meth:`tastebud.store.Store.mark_experiment_running`).
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    # draft -> running -> stopped (a draft may be stopped without ever running)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("layer", sa.String(64), nullable=False),
+    # the share of the layer's hash space the experiment takes, in percent: [traffic_start, traffic_end)
+    sa.Column("traffic_start", sa.Float(), nullable=False),
+    sa.Column("traffic_end", sa.Float(), nullable=False),
+    sa.Column("definition", _json(), nullable=False),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("stopped_at", UTCDateTime(), nullable=True),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_experiments_model_status", "model_name", "status"),
+)
+
+#: Every change of an experiment (created, started, start refused, stopped): when, who, and the details.
+experiment_changes = sa.Table(
+    "experiment_changes",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("experiment", sa.String(64), nullable=False),
+    sa.Column("time", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("details", _json(), nullable=True),
+    sa.Index("ix_experiment_changes_experiment", "experiment", "id"),
+)
+
 #: Column names of each table, in declaration order (what a read returns as dict keys).
 REQUEST_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in request_logs.columns)
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(c.name for c in dead_letters.columns)
 RETRAIN_COLUMNS: tuple[str, ...] = tuple(c.name for c in retrains.columns)
+EXPERIMENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in experiments.columns)
 
 
 class RequestLogRecord(NamedTuple):
@@ -190,6 +234,8 @@ class RequestLogRecord(NamedTuple):
     fallback_reason: str | None
     variant: str | None
     provenance: dict[str, Any]
+    experiment: str | None = None
+    exposure: dict[str, Any] | None = None
 
 
 def row_dict(row: sa.Row[Any]) -> dict[str, Any]:
@@ -212,6 +258,8 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
     "fallback_reason": None,
     "variant": None,
     "provenance": None,
+    "experiment": None,
+    "exposure": None,
 }
 _EVENT_REQUIRED = ("event_id", "user_id", "item_id", "kind", "timestamp")
 _EVENT_DEFAULTS: dict[str, Any] = {"rating": None, "value": None, "source": None, "received_at": None}
@@ -231,7 +279,7 @@ def request_log_row(record: Mapping[str, Any], index: int = 0) -> dict[str, Any]
     row = _fill(record, _REQUEST_REQUIRED, _REQUEST_DEFAULTS, where)
     row["request_id"] = _text(row["request_id"], where, "request_id")
     row["endpoint"] = _text(row["endpoint"], where, "endpoint")
-    for key in ("user_id", "item_id", "model_name", "alias", "fallback_reason", "variant"):
+    for key in ("user_id", "item_id", "model_name", "alias", "fallback_reason", "variant", "experiment"):
         row[key] = _text(row[key], where, key, nullable=True)
     row["timestamp"] = to_utc(row["timestamp"], where=f"{where}, field 'timestamp'")
     row["model_version"] = _integer(row["model_version"], where, "model_version", nullable=True)
@@ -252,6 +300,10 @@ def request_log_row(record: Mapping[str, Any], index: int = 0) -> dict[str, Any]
             f"{where}, field 'provenance': expected a JSON object, got {type(provenance).__name__}"
         )
     row["provenance"] = dict(provenance)
+    exposure = row["exposure"]
+    if exposure is not None and not isinstance(exposure, Mapping):
+        raise DataValidationError(f"{where}, field 'exposure': expected a JSON object, got {type(exposure).__name__}")
+    row["exposure"] = None if exposure is None else dict(exposure)
     return row
 
 

@@ -97,6 +97,10 @@ def list_response(
     query: dict[str, Any],
     user_id: str | None = None,
     item_id: str | None = None,
+    request_id: str | None = None,
+    variant: str | None = None,
+    experiment: str | None = None,
+    exposure: dict[str, Any] | None = None,
 ) -> Response:
     """The JSON response of a recommendation list; also submits the request log and counts the list.
 
@@ -109,8 +113,12 @@ def list_response(
         query: the echo fields of the body (``user_id``, ``item_id`` or ``genre``).
         user_id: for the request log.
         item_id: for the request log.
+        request_id: the request's id (a new one when ``None``).
+        variant: the experiment variant that answered (``None``: no experiment).
+        experiment: the experiment the request is part of.
+        exposure: per-position detail of the exposure for the request log (interleaving teams).
     """
-    request_id = new_request_id()
+    request_id = request_id or new_request_id()
     now = utc_now()
     latency_ms = (time.perf_counter() - started) * 1000.0
     provenance = request_provenance(served.provenance, request_id=request_id, timestamp=now, latency_ms=latency_ms)
@@ -122,9 +130,11 @@ def list_response(
         "model": served.model_block,
         "is_fallback": result.is_fallback,
         "fallback_reason": result.fallback_reason,
-        "variant": None,
+        "variant": variant,
         "provenance": provenance,
     }
+    if experiment is not None:
+        body["experiment"] = experiment
     realtime = result.extra.get("realtime_items")
     if realtime is not None:
         body["realtime_events"] = realtime
@@ -134,12 +144,14 @@ def list_response(
         )
     state = request.app.state
     state.metrics.count_list(endpoint, served.version, result.fallback_reason)
+    if experiment is not None:
+        state.metrics.count_exposure(experiment, variant)
     writer = state.request_log
     if writer is not None:
         record = RequestLogRecord(
             request_id, now, endpoint, user_id, item_id, served.name, served.version, served.alias,
             *result.logged(), latency_ms, 200,
-            result.is_fallback, result.fallback_reason, None, provenance,
+            result.is_fallback, result.fallback_reason, variant, provenance, experiment, exposure,
         )  # fmt: skip
         try:
             accepted = writer.submit(record)

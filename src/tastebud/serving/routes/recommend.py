@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
+from tastebud.serving.engine import Result
+from tastebud.serving.holder import Served
+from tastebud.serving.provenance import new_request_id
 from tastebud.serving.routes._shared import (
     check_k,
     list_response,
@@ -45,7 +49,10 @@ _GET_PARAMETERS = [
     openapi_extra={"parameters": _GET_PARAMETERS},
 )
 async def recommend_get(request: Request) -> Response:
-    """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores."""
+    """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores.
+
+    A user in a running experiment is answered by their variant's model (``variant``, ``experiment``).
+    """
     started = time.perf_counter()
     served = served_model(request)
     user_id: str = request.path_params["user_id"]
@@ -54,13 +61,12 @@ async def recommend_get(request: Request) -> Response:
     assert k is not None
     check_k(k, max_k(request))
     exclude_seen, explain = query_bool(q, "exclude_seen", True), query_bool(q, "explain", True)
-    engine = served.engine
-    filters = engine.parse_filters(split_genres(q.get("genres")), query_int(q, "year_min", None),
-                                   query_int(q, "year_max", None))  # fmt: skip
-    result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
-    return list_response(
-        request, served, result, endpoint="recommend", started=started, query={"user_id": user_id}, user_id=user_id
+    genres, year_min, year_max = (
+        split_genres(q.get("genres")),
+        query_int(q, "year_min", None),
+        query_int(q, "year_max", None),
     )
+    return _answer(request, served, started, user_id, k, exclude_seen, explain, (genres, year_min, year_max))
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
@@ -69,13 +75,62 @@ async def recommend_post(request: Request, body: RecommendRequest) -> Response:
     started = time.perf_counter()
     served = served_model(request)
     check_k(body.k, max_k(request))
-    engine = served.engine
     f = body.filters
-    filters = engine.parse_filters(f.genres if f else None, f.year_min if f else None, f.year_max if f else None)
-    result = engine.recommend(
-        body.user_id, body.k, exclude_seen=body.exclude_seen, filters=filters, explain=body.explain
-    )
+    raw = (f.genres if f else None, f.year_min if f else None, f.year_max if f else None)
+    return _answer(request, served, started, body.user_id, body.k, body.exclude_seen, body.explain, raw)
+
+
+def _answer(
+    request: Request,
+    served: Served,
+    started: float,
+    user_id: str,
+    k: int,
+    exclude_seen: bool,
+    explain: bool,
+    raw_filters: tuple[Any, Any, Any],
+) -> Response:
+    router = request.app.state.holder.router
+    route = router.route(user_id) if router is not None else None
+    if route is None:
+        engine = served.engine
+        filters = engine.parse_filters(*raw_filters)
+        result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
+        return list_response(
+            request, served, result, endpoint="recommend", started=started, query={"user_id": user_id},
+            user_id=user_id,
+        )  # fmt: skip
+    served = route.served
+    engine = served.engine
+    filters = engine.parse_filters(*raw_filters)
+    result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
+    request_id = new_request_id()
+    exposure = None
+    if route.other is not None:  # interleaving: both rankers' lists merged by team draft
+        from tastebud.experiments.interleaving import interleaving_rng
+
+        other = route.other.engine.recommend(
+            user_id, k, exclude_seen=exclude_seen, filters=route.other.engine.parse_filters(*raw_filters),
+            explain=explain,
+        )  # fmt: skip
+        result, teams = interleave(result, other, k, interleaving_rng(route.salt, user_id, request_id))
+        exposure = {"teams": [route.names[0] if t == "A" else route.names[1] for t in teams]}
     return list_response(
-        request, served, result, endpoint="recommend", started=started,
-        query={"user_id": body.user_id}, user_id=body.user_id,
+        request, served, result, endpoint="recommend", started=started, query={"user_id": user_id},
+        user_id=user_id, request_id=request_id, variant=route.variant, experiment=route.experiment,
+        exposure=exposure,
     )  # fmt: skip
+
+
+def interleave(a: Result, b: Result, k: int, rng: Any) -> tuple[Result, list[str]]:
+    """The team-draft merge of two answers: a result whose items come from ``a`` and ``b``, and each one's team."""
+    from tastebud.experiments.interleaving import team_draft
+
+    records = {it["item_id"]: it for it in b.items}
+    records.update({it["item_id"]: it for it in a.items})
+    ids, teams = team_draft([it["item_id"] for it in a.items], [it["item_id"] for it in b.items], k, rng)
+    merged = Result(
+        [records[i] for i in ids], k, is_fallback=a.is_fallback and b.is_fallback,
+        fallback_reason=a.fallback_reason if a.is_fallback and b.is_fallback else None, source=a.source,
+    )  # fmt: skip
+    return merged, list(teams)
