@@ -132,3 +132,34 @@ def test_a_variant_whose_model_cannot_load_is_routed_nowhere(
     assert len(holder.router) == 0 and "version 3" in (holder.router.last_error or "")
     body = client.get("/recommend/1?k=5").json()
     assert body["variant"] is None and body["model"]["version"] == 1 and body["is_fallback"] is False
+
+
+def test_experiments_endpoints_list_and_analyse_from_behaviour(
+    client: TestClient, store: Store, registry: FakeRegistry, settings: Settings, writer: FakeWriter
+) -> None:
+    from tastebud.stream.ingest import ingest_events
+
+    start(store, registry, settings, client, name="endpoints", mde=0.5)
+    listed = client.get("/experiments").json()
+    assert [e["name"] for e in listed["experiments"]] == ["endpoints"]
+    assert listed["experiments"][0]["routed_here"] is True and listed["experiments"][0]["status"] == "running"
+    assert [v["version"] for v in listed["experiments"][0]["variants"]] == [1, 2]
+    bodies = [client.get(f"/recommend/{u}?k=5").json() for u in map(str, range(1, 121))]
+    writer.flush()
+    # the request log of this test lives in the fake writer: copy the exposures into the store the analysis reads
+    store.write_request_logs(list(writer.store.records.values()))
+    # every treatment user clicks their first item; no control user does anything (a 200 is not a success)
+    clicks = [
+        {"event_id": f"c{b['user_id']}", "user_id": b["user_id"], "item_id": b["recommendations"][0]["item_id"],
+         "kind": "click", "timestamp": int(time.time()) + 1}
+        for b in bodies if b["variant"] == "treatment"
+    ]  # fmt: skip
+    assert ingest_events(store, clicks).accepted == len(clicks)
+    body = client.get("/experiments/endpoints").json()
+    assert "status" in body, body
+    assert body["status"] == "running" and sum(body["users"].values()) == 120
+    primary = body["report"]["primary"]
+    assert primary["mean_control"] == 0.0 and primary["mean_treatment"] == 1.0
+    assert client.get("/experiments/endpoints").json() == body  # reused within the TTL
+    assert client.get("/experiments/nope").status_code == 404
+    assert client.get("/experiments/" + "x" * 500).status_code == 404

@@ -215,8 +215,9 @@ def _ab(
     guardrails = []
     if control in out.guardrail_values and treatment in out.guardrail_values:
         wanted = set(experiment.guardrails)
-        pick = {k: v for k, v in out.guardrail_values[control].items() if k in wanted}
-        other = {k: v for k, v in out.guardrail_values[treatment].items() if k in wanted}
+        # a guardrail without a value on either side (coverage without a catalog size) cannot be judged
+        pick = {k: v for k, v in out.guardrail_values[control].items() if k in wanted and v is not None}
+        other = {k: v for k, v in out.guardrail_values[treatment].items() if k in wanted and v is not None}
         guardrails = list(analysis.check_guardrails(pick, other))
     out.report = analysis.build_report(
         experiment.name, primary, secondary=secondary, srm_result=srm, guardrails=guardrails,

@@ -23,7 +23,18 @@ from tastebud.serving.errors import install_error_handlers
 from tastebud.serving.holder import BundleLoader, ModelHolder
 from tastebud.serving.middleware import MetricsMiddleware
 from tastebud.serving.provenance import image_digest
-from tastebud.serving.routes import events, health, items, metrics, models, popular, recommend, similar, trace
+from tastebud.serving.routes import (
+    events,
+    experiments,
+    health,
+    items,
+    metrics,
+    models,
+    popular,
+    recommend,
+    similar,
+    trace,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +135,7 @@ def create_app(
     app.state.request_log = request_log
     app.state.store = store
     install_error_handlers(app)
-    for module in (recommend, similar, popular, items, health, metrics, trace, models, events):
+    for module in (recommend, similar, popular, items, health, metrics, trace, models, events, experiments):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
     return app
