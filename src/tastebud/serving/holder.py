@@ -197,6 +197,8 @@ class ModelHolder:
             self.follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
         else:
             served.engine.overlays = overlays
+        if self.freeze_gc:  # a variant's model lives as long as the experiment: out of full GC passes too
+            gc.freeze()
         return served
 
     def _build_overlays(self, served: Served) -> UserOverlays:
