@@ -337,3 +337,41 @@ def test_time_series_accumulates_per_variant_over_first_exposure() -> None:
     with pytest.raises(ParameterError, match="unknown metric"):
         time_series(per_user, "revenue")
     assert time_series(per_user.clear(), "mean_rating").height == 0
+
+
+# --- from the store ------------------------------------------------------------------------------------------------
+
+
+def test_metrics_from_a_stores_frames() -> None:
+    """End to end through the store's frame readers (in memory: one shared connection, read chunk by chunk)."""
+    from tastebud.store import create_store
+
+    def log(n: int, user: str, variant: str, items: list[str], **kw: Any) -> dict[str, Any]:
+        return {"request_id": f"r{n}", "timestamp": T0 + timedelta(seconds=n), "endpoint": "recommend",
+                "user_id": user, "item_ids": items, "scores": [1.0] * len(items), "latency_ms": 5.0 + n,
+                "status_code": 200, "is_fallback": False, "variant": variant, "experiment": "exp", **kw}  # fmt: skip
+
+    def event(n: int, user: str, item: str, kind: str, at: float, **kw: Any) -> dict[str, Any]:
+        return {"event_id": f"e{n}", "user_id": user, "item_id": item, "kind": kind,
+                "timestamp": T0 + timedelta(seconds=at), **kw}  # fmt: skip
+
+    with create_store(url="sqlite://") as store:
+        store.init_schema()
+        store.frame_chunk_rows = 2
+        store.write_request_logs([
+            log(0, "u1", "control", ["a", "b"]), log(1, "u2", "treatment", ["a", "b"]),
+            log(2, "u3", "treatment", [], status_code=500), log(3, "u4", "control", ["c"], experiment="other"),
+        ])  # fmt: skip
+        store.write_events([
+            event(0, "u1", "b", "play", 30, value=12.0), event(1, "u2", "a", "rating", 40, rating=5.0),
+            event(2, "u1", "z", "click", -30), event(3, "u2", "b", "view", 2 * HOUR),
+        ])  # fmt: skip
+        ex = store.exposures_frame(experiment="exp")
+        ev = store.events_frame(since=T0 - timedelta(hours=1), until=END)
+    got = metrics(ex, ev)
+    assert sorted(got) == ["u1", "u2", "u3"]
+    assert (got["u1"]["hit_rate"], got["u1"]["plays"], got["u1"]["pre_click_rate"]) == (1.0, 12.0, 1.0)
+    assert (got["u2"]["rating_rate"], got["u2"]["mean_rating"], got["u2"]["click_rate"]) == (1.0, 5.0, 0.0)
+    assert (got["u3"]["exposures"], got["u3"]["hit_rate"]) == (1, 0.0)
+    guard = {r["variant"]: r for r in guardrails(ex, 10).iter_rows(named=True)}
+    assert (guard["treatment"]["error_ratio"], guard["treatment"]["items_shown"]) == (0.5, 2)

