@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tastebud.serving._loop import Loop
 from tastebud.serving.holder import ModelHolder, Served
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,7 @@ class ExperimentRouter:
         self._models: dict[int, Served] = {}  # version -> prepared model (versions other than the holder's)
         self._failed: dict[int, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Loop | None = None
         self.last_error: str | None = None
 
     def __len__(self) -> int:
@@ -79,30 +79,26 @@ class ExperimentRouter:
 
     def start(self, interval_s: float) -> None:
         """Refresh once the holder serves a model, then every ``interval_s`` seconds, in a daemon thread."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
+        if self._loop is None:
+            self._loop = Loop(
+                "tastebud-experiments",
+                self._step,
+                interval_s,
+                first=True,
+                ready=lambda: self.holder.current is not None,
+            )
+        self._loop.start()
 
-        def run() -> None:
-            while self.holder.current is None and not self._stop.wait(0.05):
-                pass
-            while not self._stop.is_set():
-                try:
-                    self.refresh()
-                except Exception:  # never let the thread die: the next round tries again
-                    logger.exception("experiment refresh failed")
-                if interval_s <= 0 or self._stop.wait(interval_s):
-                    return
-
-        self._thread = threading.Thread(target=run, name="tastebud-experiments", daemon=True)
-        self._thread.start()
+    def _step(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # never let the thread die: the next round tries again
+            logger.exception("experiment refresh failed")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the refresh thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._loop is not None:
+            self._loop.stop(timeout)
 
     def loaded(self) -> list[Served]:
         """The models loaded for variants (the holder's own model is not among them)."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tastebud.models.base import Recommendations
+from tastebud.serving._loop import Loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from tastebud.serving.engine import Engine, Filters, Result
@@ -259,8 +260,7 @@ class EventFollower:
         #: serialises reads of the store with the swap of a model and its overlays
         self.lock = threading.RLock()
         self._targets: Callable[[], Iterable[UserOverlays]] = tuple
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("tastebud-event-follower", self._step, interval_s)
         self.errors = 0
         self.last_error: str | None = None
 
@@ -340,33 +340,24 @@ class EventFollower:
             self.on_apply(applied)
         return touched
 
+    def _step(self) -> None:
+        try:
+            self.poll()
+        except Exception as err:  # the store may be briefly unreachable: try again next round
+            self.errors += 1
+            if str(err) != self.last_error:
+                logger.warning("could not follow the event store: %s", err)
+            self.last_error = str(err)
+        else:
+            self.last_error = None
+
     def start(self) -> None:
-        """Poll every ``interval_s`` in a daemon thread until :meth:`stop`."""
-        if self._thread is not None or self.interval_s <= 0:
-            return
-        self._stop.clear()
-
-        def run() -> None:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    self.poll()
-                except Exception as err:  # the store may be briefly unreachable: try again next round
-                    self.errors += 1
-                    if str(err) != self.last_error:
-                        logger.warning("could not follow the event store: %s", err)
-                    self.last_error = str(err)
-                else:
-                    self.last_error = None
-
-        self._thread = threading.Thread(target=run, name="tastebud-event-follower", daemon=True)
-        self._thread.start()
+        """Poll every ``interval_s`` in a daemon thread until :meth:`stop` (0: never)."""
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the polling thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
 
 def recommend_with_overlay(
