@@ -589,6 +589,29 @@ class StoreContract:
         assert last["id"] == refusal and last["details"] == {"why": "x"}
         assert len(store.experiment_changes(limit=2)) == 2
 
+    def test_experiment_definition_update_only_while_running(self, store: Store) -> None:
+        assert store.insert_experiment(experiment_row("c"), actor="ana")
+        ramped = {**experiment_row("c")["definition"], "weights": [75, 25]}
+        # a draft is not updated, and nothing is recorded
+        assert not store.update_experiment_definition("c", ramped, actor="bo", action="ramped")
+        assert not store.update_experiment_definition("nope", ramped, actor="bo", action="ramped")
+        assert store.mark_experiment_running("c", actor="bo")
+        at = T0 + timedelta(hours=1)
+        details = {"weights": [75, 25], "guardrails": {"error_ratio": 0.0}}
+        assert store.update_experiment_definition("c", ramped, actor="canary", action="ramped", details=details, at=at)
+        row = store.get_experiment("c")
+        assert row is not None and row["definition"] == ramped and row["status"] == "running"
+        last = store.experiment_changes("c")[-1]
+        assert (last["action"], last["actor"], last["details"], last["time"]) == ("ramped", "canary", details, at)
+        with pytest.raises(DataValidationError):
+            store.update_experiment_definition("c", {"mde": float("nan")}, actor="bo", action="ramped")
+        assert store.get_experiment("c")["definition"] == ramped  # type: ignore[index]
+        assert store.mark_experiment_stopped("c", actor="cy")
+        assert not store.update_experiment_definition("c", experiment_row("c")["definition"], actor="bo", action="x")
+        row = store.get_experiment("c")
+        assert row is not None and row["definition"] == ramped
+        assert [c["action"] for c in store.experiment_changes("c")] == ["created", "started", "ramped", "stopped"]
+
     def test_concurrent_experiment_starts_exactly_one_wins(self, store: Store) -> None:
         names = [f"e{n}" for n in range(6)]
         for name in names:  # all overlap: one model, one layer, every range contains 50

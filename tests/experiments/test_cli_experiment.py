@@ -120,3 +120,17 @@ def test_help_teaches_with_examples(cli: Run) -> None:
     assert "--traffic-range" in out and "--layer" in out
     code, out = cli("--help")
     assert code == 0 and all(cmd in out for cmd in ("create", "list", "show", "start", "stop"))
+
+
+def test_canary_and_a_ramp_step_through_the_cli(cli: Run) -> None:
+    code, out = cli("canary", "cli-canary", "--treatment", "challenger", "--start", "5")
+    assert code == 0, out
+    code, out = cli("show", "cli-canary", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["kind"] == "canary" and shown["status"] == "running"
+    assert list(shown["weights"]) == [95, 5]
+    code, out = cli("ramp", "cli-canary", "--once", "--min-requests", "10")
+    assert code == 0 and "waiting" in out, out  # no traffic yet: nothing judged, nothing changed
+    code, out = cli("ramp", "cli-canary", "--once", "--steps", "50,5")
+    line = _one_error_line(out)
+    assert code == 1 and "step" in line

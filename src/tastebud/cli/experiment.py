@@ -344,7 +344,11 @@ def analyze_cmd(
         experiment = get_experiment(store, name)
         result = analyze_experiment(store, experiment, catalog_size=_catalog_size(settings, experiment))
     directory = Path(out) if out else settings.runs_dir / "experiments" / name
-    paths = write_analysis(result, directory)
+    _print_analysis(result, write_analysis(result, directory), as_json)
+
+
+def _print_analysis(result: Any, paths: dict[str, Any], as_json: bool) -> None:
+    """Print an analysis (``analyze`` and ``simulate``): the decision, the primary metric per variant, the lift."""
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
         return
@@ -370,6 +374,66 @@ def analyze_cmd(
         if report.srm is not None and report.srm.flagged:
             console.print(f"[red]sample ratio mismatch[/red] (p={report.srm.p_value:.2g}): trust no metric")
     console.print("written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
+
+
+@experiment_app.command("simulate")
+def simulate_cmd(
+    ctx: typer.Context,
+    name: NameArgument,
+    url: Annotated[str, typer.Option("--url", help="The running server (tastebud serve).")] = "http://127.0.0.1:8000",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Dataset whose held-out part (tastebud train's test split) says what each user really likes.",
+        ),
+    ] = "ml-100k",
+    users: Annotated[
+        int, typer.Option("--users", help="Simulated users (the first ones with held-out likes).", min=1)
+    ] = 500,
+    k: Annotated[int, typer.Option("--k", help="List length asked for.", min=1)] = 10,
+    click_probability: Annotated[
+        float, typer.Option("--click-probability", help="Chance a user clicks a recommended item they like.")
+    ] = 0.8,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Directory for the analysis (default: <home>/runs/experiments/NAME).", show_default=False
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate a short experiment against a running server, then analyse it.
+
+    Each simulated user asks GET /recommend/USER (the server assigns the variant and logs the exposure) and clicks
+    each recommended item that is in their held-out likes (the test part of the split tastebud train makes, items
+    rated 4 or more: no model trained on them) with the given probability; the clicks go to POST /events. The
+    variant that recommends more held-out items earns more clicks, and the analysis should name it.
+
+    Example: tastebud experiment simulate ease-vs-als --url http://127.0.0.1:8000 --users 500
+    """
+    from pathlib import Path
+
+    from tastebud.experiments import get_experiment
+    from tastebud.experiments.report import analyze_experiment, write_analysis
+    from tastebud.experiments.simulate import held_out_truth, simulate
+
+    settings = settings_of(ctx)
+    with _store(ctx) as store:
+        get_experiment(store, name)  # an unknown experiment fails before any traffic
+    truth = held_out_truth(dataset, settings)
+    chosen = sorted(truth)[:users]
+    sim = simulate(url, name, chosen, truth, k=k, seed=settings.seed, click_probability=click_probability)
+    if not as_json:
+        per_variant = ", ".join(f"{v}: {n:,} lists, {sim.clicks.get(v, 0):,} clicks" for v, n in sim.requests.items())
+        console.print(f"simulated {len(chosen):,} users against {url}: {per_variant or 'no lists'}; "
+                      f"{sim.accepted:,} events stored, {sim.errors:,} errors", highlight=False)  # fmt: skip
+    with _store(ctx) as store:
+        experiment = get_experiment(store, name)
+        result = analyze_experiment(store, experiment, catalog_size=_catalog_size(settings, experiment))
+    directory = Path(out) if out else settings.runs_dir / "experiments" / name
+    _print_analysis(result, write_analysis(result, directory), as_json)
 
 
 def _catalog_size(settings: Any, experiment: Experiment) -> int | None:
@@ -413,3 +477,106 @@ def _details(details: dict[str, Any] | None) -> str:
 
 def _as_dict(experiment: Experiment) -> dict[str, Any]:
     return experiment.model_dump(mode="json")
+
+
+@experiment_app.command("canary")
+def canary_cmd(
+    ctx: typer.Context,
+    name: NameArgument,
+    treatment: Annotated[
+        str,
+        typer.Option("--treatment", "-t", help="The new model: a registry alias (challenger) or a version number."),
+    ],
+    start: Annotated[
+        float, typer.Option("--start", help="The treatment's first share of users, in percent (0 < START < 100).")
+    ] = 5.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model-name", "-n", help="Registered model (default: serving.model_name).", show_default=False),
+    ] = None,
+    actor: ActorOption = None,
+) -> None:
+    """Create and start a canary: control=champion at 100-START%, treatment=REF at START%; ramp it with `ramp`.
+
+    Example: tastebud experiment canary canary-v7 --treatment challenger --start 5
+    """
+    from tastebud.errors import ExperimentError
+    from tastebud.experiments import create_experiment, start_experiment
+    from tastebud.registry import ModelRegistry
+
+    if not 0.0 < start < 100.0:
+        raise ExperimentError(f"--start {start:g}: expected a percentage between 0 and 100, e.g. 5")
+    settings = settings_of(ctx)
+    registry = ModelRegistry(settings)
+    spec = {
+        "name": name,
+        "kind": "canary",
+        "model_name": model_name,
+        "variants": [{"name": "control", "ref": "champion"}, {"name": "treatment", "ref": treatment}],
+        "weights": (100.0 - start, start),
+        "guardrails": ["p95_latency", "error_ratio", "fallback_rate"],
+    }
+    with _store(ctx) as store:
+        create_experiment(store, registry, settings, spec, _actor(actor))
+        experiment = start_experiment(store, registry, settings, name, _actor(actor))
+    pinned = ", ".join(f"{variant} -> version {version}" for variant, version in experiment.versions.items())
+    console.print(
+        f"[green]started canary[/green] {experiment.name}: {_arms(experiment)} ({pinned}); "
+        f"ramp it with `tastebud experiment ramp {experiment.name}`",
+        highlight=False,
+    )
+
+
+@experiment_app.command("ramp")
+def ramp_cmd(
+    ctx: typer.Context,
+    name: NameArgument,
+    steps: Annotated[
+        str, typer.Option("--steps", help="The treatment's share after each step, percent, increasing, ending at 100.")
+    ] = "5,25,50,100",
+    every: Annotated[str, typer.Option("--every", help="Time between steps (s/m/h/d).")] = "10m",
+    once: Annotated[bool, typer.Option("--once", help="Take one step and exit (for cron or CI).")] = False,
+    min_requests: Annotated[
+        int, typer.Option("--min-requests", help="Logged requests each variant needs at a step before it is judged.")
+    ] = 200,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="At completion, promote the treatment's version (the gate still decides).")
+    ] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ramp a running canary: check its guardrails (error ratio, p95 latency, fallback rate) on the traffic since
+    the last step, then wait for traffic, move the treatment to the next step, complete it at 100%, or roll it
+    back to the control (stopped, and a `rolled_back` decision in the decision log) when a guardrail is breached.
+
+    Without --once it repeats every --every until the canary completes or rolls back.
+
+    Example: tastebud experiment ramp canary-v7 --steps 5,25,50,100 --every 10m
+    """
+    import time
+
+    from tastebud.experiments.canary import parse_steps, ramp_step
+    from tastebud.monitoring.report import parse_duration
+    from tastebud.registry import ModelRegistry
+
+    plan = parse_steps(steps)
+    interval = parse_duration(every).total_seconds()
+    settings = settings_of(ctx)
+    registry = ModelRegistry(settings)
+    style = {"ramped": "green", "completed": "green", "rolled_back": "red", "waiting": "yellow"}
+    while True:
+        with _store(ctx) as store:
+            step = ramp_step(
+                store, registry, settings, name, steps=plan, actor=_actor(actor),
+                catalog_size=None, min_requests=min_requests, promote=promote,
+            )  # fmt: skip
+        if as_json:
+            console.print_json(json.dumps(step.to_dict(), default=str))
+        else:
+            colour = style[step.outcome]
+            console.print(f"[{colour}]{step.outcome}[/{colour}] {name}: {step.reason}", highlight=False)
+        if once or step.done:
+            if step.outcome == "rolled_back":
+                raise typer.Exit(2)
+            return
+        time.sleep(interval)

@@ -15,6 +15,7 @@ different layers are independent (a user may then be in both).
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -135,8 +136,11 @@ class ExperimentSpec(BaseModel):
             raise ValueError(f"variant names must be unique; repeated: {', '.join(repeated)}")
         if len(self.weights) != len(names):
             raise ValueError(f"{len(self.weights)} weight(s) given for {len(names)} variants; give one per variant")
-        if any(not 0.0 < w <= 100.0 for w in self.weights):
-            raise ValueError(f"each weight must be a percentage above 0, got {_percents(self.weights)}")
+        # A canary ramped to 100% sends every user of its range to the treatment: its control may then weigh 0.
+        lowest = 0.0 if self.kind == "canary" else math.nextafter(0.0, 1.0)
+        if any(not lowest <= w <= 100.0 for w in self.weights):
+            above = "0 or above (a canary's)" if self.kind == "canary" else "above 0"
+            raise ValueError(f"each weight must be a percentage {above}, got {_percents(self.weights)}")
         if abs(sum(self.weights) - 100.0) > 1e-6:
             raise ValueError(f"weights must sum to 100, got {_percents(self.weights)} (sum {sum(self.weights):g})")
         start, end = self.traffic_range

@@ -218,7 +218,10 @@ def _ab(
         # a guardrail without a value on either side (coverage without a catalog size) cannot be judged
         pick = {k: v for k, v in out.guardrail_values[control].items() if k in wanted and v is not None}
         other = {k: v for k, v in out.guardrail_values[treatment].items() if k in wanted and v is not None}
-        guardrails = list(analysis.check_guardrails(pick, other))
+        guardrails = [
+            _significant(g, out.guardrail_values[control], out.guardrail_values[treatment], experiment.alpha)
+            for g in analysis.check_guardrails(pick, other)
+        ]
     out.report = analysis.build_report(
         experiment.name, primary, secondary=secondary, srm_result=srm, guardrails=guardrails,
         min_lift=experiment.min_lift, required_n=required,
@@ -267,6 +270,28 @@ def _ab(
         if math.isfinite(float(est)):
             out.over_time.append((users, float(est), float(lo), float(hi)))
     return out
+
+
+#: Guardrails that are shares of requests: a breach must also be significant (assignment alone moves them).
+RATE_GUARDRAILS = frozenset({"error_ratio", "fallback_rate"})
+
+
+def _significant(result: Any, control: dict[str, Any], treatment: dict[str, Any], alpha: float) -> Any:
+    """A breached rate guardrail stays breached only if a one-sided two-proportion z-test says the treatment's rate
+    is higher at level ``alpha``: with a few hundred users per variant, which of them an unknown user's hash sends
+    where moves a fallback rate by several points, which is chance, not the treatment's doing."""
+    if not result.breached or result.name not in RATE_GUARDRAILS:
+        return result
+    from dataclasses import replace
+
+    from statsmodels.stats.proportion import proportions_ztest
+
+    n = np.array([treatment.get("requests") or 0, control.get("requests") or 0], dtype=np.float64)
+    if n.min() <= 0:
+        return result
+    hits = np.round(np.array([result.treatment_value, result.control_value]) * n)
+    _, p = proportions_ztest(hits, n, alternative="larger")
+    return result if float(p) < alpha else replace(result, breached=False)
 
 
 def _required(analysis: Any, baseline: float, experiment: Any, kind: Kind, sd: float | None) -> int | None:

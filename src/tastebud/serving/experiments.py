@@ -142,6 +142,12 @@ class ExperimentRouter:
                 del self._models[version]  # stopped experiments release their models
             changed = [e.name for e in usable] != [e.name for e in self._assigner.experiments]
             changed = changed or any(self._plans.get(n, (None, None))[1] != plans[n][1] for n in plans)
+            # a canary's ramp changes only the weights: the rebuilt Assigner applies them, and that is a change too
+            changed = changed or any(
+                tuple(getattr(self._plans[n][0], "weights", ())) != tuple(getattr(plans[n][0], "weights", ()))
+                for n in plans
+                if n in self._plans
+            )
             self._plans = {e.name: plans[e.name] for e in usable}
             self._assigner = Assigner(usable)
             return changed

@@ -573,6 +573,36 @@ class Store:
             _add_experiment_change(conn, name, actor, "stopped", details, now)
         return True
 
+    def update_experiment_definition(
+        self,
+        name: str,
+        definition: Mapping[str, Any],
+        *,
+        actor: str,
+        action: str,
+        details: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """Replace a *running* experiment's definition (e.g. a canary's weights) and record the change, atomically.
+
+        One conditional ``UPDATE`` (only while the experiment is ``running``) and its change, in one transaction.
+
+        Returns:
+            False when the experiment does not exist or is not running (nothing is recorded then).
+
+        Raises:
+            DataValidationError: a definition that is not a JSON object.
+        """
+        now = to_utc(at or datetime.now(UTC), where="at")
+        values = {"definition": _json_object(definition, "experiment definition"), "updated_at": now}
+        running = sa.and_(experiments.c.name == name, experiments.c.status == "running")
+        stmt = sa.update(experiments).where(running).values(**values)
+        with self._begin("experiment update") as conn:
+            if conn.execute(stmt).rowcount != 1:
+                return False
+            _add_experiment_change(conn, name, actor, action, details, now)
+        return True
+
     def record_experiment_change(
         self,
         name: str,
