@@ -206,3 +206,34 @@ def test_serving_router_notices_a_ramp_that_changes_only_the_weights(
     assert _step(store, registry, settings, t + timedelta(hours=1)).outcome == "ramped"
     assert router.refresh() is True  # same experiment, same versions, new weights
     assert router.experiments()[0].weights == (75.0, 25.0) and router.refresh() is False
+
+
+def test_a_completed_canary_hands_the_treatment_to_the_gate_when_asked(
+    store: Store, registry: FakeRegistry, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    from types import SimpleNamespace
+
+    promote_module = importlib.import_module("tastebud.pipeline.promote")
+
+    asked: list[tuple[str, int]] = []
+
+    def gate(registry: Any, name: str, version: int, **kwargs: Any) -> Any:
+        asked.append((name, version))
+        decision = SimpleNamespace(action="refused", reason="NDCG@10 did not improve by 1%")
+        return SimpleNamespace(decision=decision)
+
+    monkeypatch.setattr(promote_module, "promote", gate)
+    t = _start_canary(store, registry, settings) + timedelta(seconds=1)
+    steps = (5, 100)
+    _healthy(store, t)
+    t += timedelta(hours=1)
+    assert _step(store, registry, settings, t, steps=steps).outcome == "ramped"
+    _healthy(store, t + timedelta(seconds=1))
+    t += timedelta(hours=1)
+    done = _step(store, registry, settings, t, steps=steps, promote=True)
+    treatment_version = get_experiment(store, "can").versions["treatment"]
+    assert done.outcome == "completed" and asked == [(MODEL, treatment_version)]
+    assert done.promotion == {"action": "refused", "version": treatment_version,
+                              "reason": "NDCG@10 did not improve by 1%"}  # fmt: skip
+    assert "refused" in done.reason  # the gate decides; the canary reports what it said

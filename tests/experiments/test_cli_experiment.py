@@ -134,3 +134,36 @@ def test_canary_and_a_ramp_step_through_the_cli(cli: Run) -> None:
     code, out = cli("ramp", "cli-canary", "--once", "--steps", "50,5")
     line = _one_error_line(out)
     assert code == 1 and "step" in line
+
+
+def test_ramp_without_once_repeats_until_the_canary_completes(
+    cli: Run, real_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between steps (the sleep), both variants get healthy traffic; the loop ends when the canary completes."""
+    from datetime import UTC, datetime, timedelta
+
+    from tastebud.config import build_settings
+    from tastebud.store import create_store
+    from tastebud.store.schema import RequestLogRecord
+
+    code, out = cli("canary", "cli-loop", "--treatment", "challenger", "--start", "5")
+    assert code == 0, out
+    sleeps: list[float] = []
+
+    def traffic(seconds: float) -> None:
+        sleeps.append(seconds)
+        now = datetime.now(UTC)
+        with create_store(build_settings(home=real_home)) as store:
+            store.write_request_logs([
+                RequestLogRecord(
+                    f"loop-{len(sleeps)}-{variant}-{i}", now + timedelta(milliseconds=i), "recommend", f"u{i}", None,
+                    MODEL, 1, None, ["a"], [1.0], 10.0, 200, False, None, variant, {}, "cli-loop", None,
+                )
+                for variant in ("control", "treatment") for i in range(20)
+            ])  # fmt: skip
+
+    monkeypatch.setattr("time.sleep", traffic)
+    code, out = cli("ramp", "cli-loop", "--steps", "5,100", "--every", "30s", "--min-requests", "10")
+    assert code == 0, out
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["waiting", "ramped", "completed"], out
+    assert sleeps == [30.0, 30.0]

@@ -52,7 +52,9 @@ def start(store: Store, registry: FakeRegistry, settings: Settings, client: Test
     experiment = create_experiment(store, registry, settings, {**base, **spec}, actor="test")
     started = start_experiment(store, registry, settings, experiment.name, actor="test")
     router = client.app.state.holder.router  # type: ignore[attr-defined]
-    assert router is not None and router.refresh() is True
+    assert router is not None
+    router.refresh()  # (its own thread may have picked the experiment up already)
+    assert started.name in [e.name for e in router.experiments()]
     return started
 
 
@@ -81,7 +83,8 @@ def test_users_are_answered_by_their_variants_model_and_every_exposure_is_logged
     assert 'tastebud_serving_experiment_exposures_total{experiment="knn-vs-als",variant="control"}' in metrics
     # stopped: everyone is back on the default model, without a variant
     stop_experiment(store, "knn-vs-als", actor="test")
-    assert client.app.state.holder.router.refresh() is True  # type: ignore[attr-defined]
+    client.app.state.holder.router.refresh()  # type: ignore[attr-defined]
+    assert client.app.state.holder.router.experiments() == []  # type: ignore[attr-defined]
     body = client.get("/recommend/user-1?k=5").json()
     assert body["variant"] is None and body.get("experiment") is None and body["model"]["version"] == 1
 
