@@ -134,13 +134,15 @@ def test_canary_and_a_ramp_step_through_the_cli(cli: Run) -> None:
     code, out = cli("ramp", "cli-canary", "--once", "--steps", "50,5")
     line = _one_error_line(out)
     assert code == 1 and "step" in line
+    code, out = cli("stop", "cli-canary")  # the home is shared: leave its traffic to the next test
+    assert code == 0, out
 
 
 def test_ramp_without_once_repeats_until_the_canary_completes(
     cli: Run, real_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between steps (the sleep), both variants get healthy traffic; the loop ends when the canary completes."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from tastebud.config import build_settings
     from tastebud.store import create_store
@@ -156,7 +158,7 @@ def test_ramp_without_once_repeats_until_the_canary_completes(
         with create_store(build_settings(home=real_home)) as store:
             store.write_request_logs([
                 RequestLogRecord(
-                    f"loop-{len(sleeps)}-{variant}-{i}", now + timedelta(milliseconds=i), "recommend", f"u{i}", None,
+                    f"loop-{len(sleeps)}-{variant}-{i}", now, "recommend", f"u{i}", None,
                     MODEL, 1, None, ["a"], [1.0], 10.0, 200, False, None, variant, {}, "cli-loop", None,
                 )
                 for variant in ("control", "treatment") for i in range(20)
