@@ -52,12 +52,12 @@ DEFAULT_GUARDRAIL_FLOORS: dict[str, float] = {
 }
 
 
-def _clean(value: Any) -> Any:
-    """JSON-able copy: numpy scalars to Python, tuples to lists, NaN and infinities to None."""
+def json_ready(value: Any) -> Any:
+    """JSON-able copy: numpy scalars to Python, tuples to lists, NaN and infinities to None, keys to strings."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -118,7 +118,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary (NaN and infinities become None)."""
-        return dict(_clean(asdict(self)))
+        return dict(json_ready(asdict(self)))
 
     def to_markdown(self) -> str:
         """A small Markdown table of this comparison."""
@@ -333,7 +333,7 @@ class SRMResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary."""
-        return dict(_clean(asdict(self)))
+        return dict(json_ready(asdict(self)))
 
     def to_markdown(self) -> str:
         """One line of Markdown."""
@@ -462,7 +462,7 @@ class GuardrailResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary."""
-        return dict(_clean(asdict(self)))
+        return dict(json_ready(asdict(self)))
 
 
 def guardrail_check(
@@ -526,7 +526,7 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary."""
-        return dict(_clean(asdict(self)))
+        return dict(json_ready(asdict(self)))
 
 
 def verdict(

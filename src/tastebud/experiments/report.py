@@ -23,7 +23,9 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from tastebud.data.io import atomic_write_text
 from tastebud.errors import ExperimentError
+from tastebud.experiments.analysis import json_ready
 
 Kind = Literal["proportion", "mean"]
 
@@ -83,7 +85,7 @@ class ExperimentAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary."""
-        return _clean({
+        return json_ready({
             "experiment": self.experiment,
             "kind": self.kind,
             "window": [t.isoformat() for t in self.window],
@@ -309,8 +311,8 @@ def write_analysis(result: ExperimentAnalysis, directory: Path) -> dict[str, Pat
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": directory / "analysis.md", "json": directory / "analysis.json"}
-    _atomic_write(paths["markdown"], result.to_markdown())
-    _atomic_write(paths["json"], json.dumps(result.to_dict(), indent=2, default=str))
+    atomic_write_text(paths["markdown"], result.to_markdown())
+    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2, default=str))
     if result.over_time:
         min_lift = float(getattr(getattr(result.report, "verdict", None), "min_lift", 0.0) or 0.0)
         paths["plot"] = plot_lift_over_time(
@@ -318,21 +320,3 @@ def write_analysis(result: ExperimentAnalysis, directory: Path) -> dict[str, Pat
             title=f"{result.experiment}: relative lift with its always-valid 95% band", x_label="users exposed",
         )  # fmt: skip
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -67,7 +67,9 @@ class ExperimentRouter:
         self.holder = holder
         self._list_running = list_running
         self._assigner = Assigner(())
-        self._plans: dict[str, tuple[Any, dict[str, int | None]]] = {}  # name -> (experiment, variant -> version)
+        # name -> (experiment, variant -> version, variant names in order)
+        self._plans: dict[str, tuple[Any, dict[str, int | None], tuple[str, ...]]] = {}
+        self._signature: list[tuple[Any, ...]] = []  # what the routing depends on, to tell a change
         self._models: dict[int, Served] = {}  # version -> prepared model (versions other than the holder's)
         self._failed: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -122,14 +124,14 @@ class ExperimentRouter:
                 self.last_error = f"cannot read running experiments: {err}"
                 logger.warning(self.last_error)
                 return False
-            plans: dict[str, tuple[Any, dict[str, int | None]]] = {}
+            plans: dict[str, tuple[Any, dict[str, int | None], tuple[str, ...]]] = {}
             wanted: set[int] = set()
             usable = []
             for experiment in running:
                 versions = self._versions(experiment)
                 if versions is None:
                     continue
-                plans[experiment.name] = (experiment, versions)
+                plans[experiment.name] = (experiment, versions, tuple(v.name for v in experiment.variants))
                 wanted |= {v for v in versions.values() if v is not None}
                 usable.append(experiment)
             current = self.holder.current
@@ -140,14 +142,9 @@ class ExperimentRouter:
                     usable = [e for e in usable if version not in plans[e.name][1].values()]
             for version in set(self._models) - wanted:
                 del self._models[version]  # stopped experiments release their models
-            changed = [e.name for e in usable] != [e.name for e in self._assigner.experiments]
-            changed = changed or any(self._plans.get(n, (None, None))[1] != plans[n][1] for n in plans)
-            # a canary's ramp changes only the weights: the rebuilt Assigner applies them, and that is a change too
-            changed = changed or any(
-                tuple(getattr(self._plans[n][0], "weights", ())) != tuple(getattr(plans[n][0], "weights", ()))
-                for n in plans
-                if n in self._plans
-            )
+            # routing changes with the experiments, their pinned versions and their weights (a canary's ramp)
+            signature = [(e.name, tuple(e.weights), tuple(sorted(plans[e.name][1].items()))) for e in usable]
+            changed, self._signature = signature != self._signature, signature
             self._plans = {e.name: plans[e.name] for e in usable}
             self._assigner = Assigner(usable)
             return changed
@@ -203,8 +200,7 @@ class ExperimentRouter:
         plan = self._plans.get(assignment.experiment)
         if plan is None:
             return None
-        experiment, versions = plan
-        names = tuple(v.name for v in experiment.variants)
+        experiment, versions, names = plan
         if assignment.kind == "interleaving":
             first, second = (self.served_for(versions[n]) for n in names[:2])
             if first is None or second is None:

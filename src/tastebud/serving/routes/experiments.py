@@ -26,8 +26,9 @@ router = APIRouter(tags=["experiments"])
 ANALYSIS_TTL_S = 30.0
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _cache: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
-_locks: dict[str, threading.Lock] = {}
-_guard = threading.Lock()
+#: One computation per experiment at a time: names hash onto a fixed set of locks, so asking for any number of
+#: names (existing or not) allocates nothing.
+_locks = tuple(threading.Lock() for _ in range(16))
 
 
 def _store(request: Request) -> Any:
@@ -83,9 +84,7 @@ def _analyze(store: Any, name: str, key: tuple[int, str]) -> dict[str, Any]:
     from tastebud.experiments import get_experiment
     from tastebud.experiments.report import analyze_experiment
 
-    with _guard:
-        lock = _locks.setdefault(name, threading.Lock())
-    with lock:  # one computation per experiment; the others wait for it and take its result
+    with _locks[hash(name) % len(_locks)]:  # one computation per experiment; the others wait for it and take its result
         hit = _cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < ANALYSIS_TTL_S:
             return hit[1]
