@@ -165,7 +165,7 @@ class ModelHolder:
             served = self._current
             if served is not None:
                 overlays = self._build_overlays(served)
-                follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
+                self._install(overlays, lambda: setattr(served.engine, "overlays", overlays))
 
     def followed_overlays(self) -> list[UserOverlays]:
         """The overlays of every model this process serves: the current one and any experiment variant's."""
@@ -193,13 +193,17 @@ class ModelHolder:
         path = self.registry.bundle_path(mv)
         served = self._prepare(Path(path), version=int(mv.version), alias=alias)
         overlays = self._build_overlays(served)
-        if self.follower is not None:
-            self.follower.swap(lambda: setattr(served.engine, "overlays", overlays), overlays)
-        else:
-            served.engine.overlays = overlays
+        self._install(overlays, lambda: setattr(served.engine, "overlays", overlays))
         if self.freeze_gc:  # a variant's model lives as long as the experiment: out of full GC passes too
             gc.freeze()
         return served
+
+    def _install(self, overlays: UserOverlays, install: Callable[[], None]) -> None:
+        """Run ``install`` (the swap); with a follower, after catching ``overlays`` up with events stored meanwhile."""
+        if self.follower is not None:
+            self.follower.swap(install, overlays)
+        else:
+            install()
 
     def _build_overlays(self, served: Served) -> UserOverlays:
         cutoff = events_cutoff(served.bundle.manifest)
@@ -271,10 +275,7 @@ class ModelHolder:
                 served.engine.overlays = overlays
                 self._current = served  # the atomic swap: requests already running keep the old object
 
-            if self.follower is not None:
-                self.follower.swap(install, overlays)  # events stored meanwhile are applied first
-            else:
-                install()
+            self._install(overlays, install)
             if self.freeze_gc:
                 # The model's objects (catalog records, id maps, caches of the libraries) live as long as it is
                 # served: out of the cyclic collector's full passes, which otherwise walked them all and paused
