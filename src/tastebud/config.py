@@ -94,7 +94,7 @@ class ServingSettings(BaseModel):
         128 * 1024 * 1024,
         ge=0,
         description="Bytes the real-time overlays (events newer than the served model) may take per process; the "
-        "least recently active users go first. About 2 KB for a user with 10 new items, 12 KB with 200.",
+        "least recently active users go first. About 0.8 KB for a user with 10 new items, 12 KB with 200.",
     )
     overlay_max_users: int = Field(100_000, ge=0, description="Users with real-time overlays per process.")
     overlay_max_items: int = Field(200, ge=1, description="Newest items kept in one user's real-time overlay.")
