@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format typecheck bench clean
+.PHONY: setup demo test test-fast lint format typecheck audit bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,17 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/tastebud demo
 
-## test: lint and the full test suite (slow and integration tests included; installs PostgreSQL and promtool when missing)
+## test: lint, format check, type check, dependency audit, and the full test suite with its coverage floor
+## (slow and integration tests included; installs PostgreSQL, promtool and Chromium when missing)
 test: setup
 	bash scripts/ensure-postgres.sh
 	bash scripts/ensure-promtool.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	bash scripts/audit.sh
+	$(BIN)/python -m pytest --cov
 
 ## test-fast: the test suite without slow and integration tests
 test-fast: setup
@@ -41,9 +46,19 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy
 
+## audit: known vulnerabilities in the installed dependencies (pip-audit; skipped with a notice when offline)
+audit: setup
+	bash scripts/audit.sh
+
 ## bench: the benchmarks (figures go to bench/RESULTS.md by hand)
 bench: setup
 	$(BIN)/python bench/bench_data.py
+
+## screenshots: the studio's pages as docs/studio/<page>.png (the README's pictures): `tastebud demo` once into
+## .tastebud-screenshots/, then the API and the studio over it, every page in headless Chromium
+screenshots: setup
+	bash scripts/ensure-chromium.sh
+	$(BIN)/python scripts/screenshots.py --serve .tastebud-screenshots --out docs/studio
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info

@@ -131,12 +131,8 @@ def measure(source: Path) -> dict[str, float | int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rows", type=float, default=1.0, help="fraction of full size (1.0 = 25M / 17.5M rows)"
-    )
-    parser.add_argument(
-        "--tmp", type=Path, default=None, help="where to write the files (default: system temp)"
-    )
+    parser.add_argument("--rows", type=float, default=1.0, help="fraction of full size (1.0 = 25M / 17.5M rows)")
+    parser.add_argument("--tmp", type=Path, default=None, help="where to write the files (default: system temp)")
     parser.add_argument("--only", choices=("movielens", "lastfm"), default=None)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tastebud-bench-", dir=args.tmp))
@@ -148,9 +144,7 @@ def main() -> None:
             ml.mkdir()
             t = time.perf_counter()
             write_ratings_csv(ml / "ratings.csv", rows)
-            cases.append(
-                ("movielens-csv (ratings.csv + movies.csv)", ml, ml / "ratings.csv", time.perf_counter() - t)
-            )
+            cases.append(("movielens-csv (ratings.csv + movies.csv)", ml, ml / "ratings.csv", time.perf_counter() - t))
         if args.only in (None, "lastfm"):
             rows = int(LASTFM_ROWS * args.rows)
             lf = workdir / "lastfm" / "usersha1-artmbid-artname-plays.tsv"

@@ -247,9 +247,7 @@ def bench_http(args: argparse.Namespace) -> str:
     return _http_section(args, mv.version, bundle.model.name, len(users), results)
 
 
-def _http_section(
-    args: argparse.Namespace, version: int, kind: str, n_users: int, results: dict[int, Any]
-) -> str:
+def _http_section(args: argparse.Namespace, version: int, kind: str, n_users: int, results: dict[int, Any]) -> str:
     labels = {"floor": "`GET /_floor`", "recommend": "`GET /recommend/{user_id}`",
               "recommend_noexplain": "`GET /recommend/{user_id}?explain=false`"}  # fmt: skip
     rows = []

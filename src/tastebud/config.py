@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tastebud.errors import ConfigError
@@ -44,6 +44,17 @@ class RegistrySettings(BaseModel):
         0.10, ge=0.0, description="Largest relative drop in catalog coverage a promotion may cause."
     )
     rmse_tolerance: float = Field(0.02, ge=0.0, description="Largest relative RMSE increase a promotion may cause.")
+    min_primary_metric: float = Field(
+        0.0,
+        ge=0.0,
+        description="Absolute floor of every candidate, first version or not: its primary metric (NDCG@k) must be "
+        "finite and above this (0: any model that ranks at all).",
+    )
+    beat_baseline: bool = Field(
+        True,
+        description="A candidate must rank better (primary metric) than the popularity baseline measured on the "
+        "same validation data, where its manifest records that baseline (popularity models themselves are exempt).",
+    )
 
 
 class StoreSettings(BaseModel):
@@ -104,6 +115,49 @@ class ServingSettings(BaseModel):
         description="BLAS threads per server process (0 leaves the library default); one request's scoring is "
         "too small to gain from more, and extra threads contend across workers.",
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body, bytes (default 1 MiB), checked before the body is read (Content-Length) "
+        "and while it streams in (chunked): a larger one is a 413. Also the largest Kafka event message handled; a "
+        "larger one is dead-lettered unread.",
+    )
+    max_events_per_request: int = Field(
+        1000, ge=1, description="Most events one POST /events may carry; more is a 422 before any event is read."
+    )
+    max_id_chars: int = Field(
+        128,
+        ge=1,
+        le=128,
+        description="Longest id (user, item, event, request), characters, at every entry point (HTTP and Kafka); "
+        "longer is a 422 or a rejected event. At most 128, the width of the store's event_id column.",
+    )
+    max_event_field_chars: int = Field(
+        64,
+        ge=16,
+        description="Longest string in an event's other fields (kind, timestamp, a rating sent as text); longer is "
+        "rejected before it is parsed.",
+    )
+    max_reported_rejections: int = Field(
+        20,
+        ge=0,
+        description="Rejected events listed with their reasons in a POST /events response; rejected_total counts "
+        "them all.",
+    )
+    dead_letter_max_bytes: int = Field(
+        4096,
+        ge=0,
+        description="Bytes of a rejected event or message kept in the dead-letter table; the original's size and "
+        "sha256 are kept with it (one dead letter per source and payload hash, so a resend adds none).",
+    )
+    offload_ms: float = Field(
+        1.0,
+        ge=0.0,
+        description="Requests of a kind (recommend, similar, popular) whose scoring measured this many milliseconds "
+        "or more when the model loaded run in a worker thread, so that a large catalog never stalls the event loop "
+        "(health checks, cheap requests) of the process; cheaper ones run inline, sparing the thread hand-off "
+        "(about 0.05-0.1 ms). 0 sends every request to a thread; a huge value keeps every request inline.",
+    )
 
 
 class StreamSettings(BaseModel):
@@ -161,6 +215,92 @@ class RetrainSettings(BaseModel):
     )
 
 
+class SigningSettings(BaseModel):
+    """Signed bundle manifests (``tastebud models keygen``).
+
+    Ed25519: training and registration sign with the private key; serving verifies with the public key and never
+    holds a secret. HMAC-SHA256 (one shared secret) is the alternative for a single trusted host. With any
+    verification key set (a public key, a private key -- its public half is derived --, or an HMAC key) unsigned
+    or mis-signed bundles are refused; with none, bundles load as before and provenance says ``signed: false``.
+    """
+
+    private_key_path: Path | None = Field(
+        None, description="Ed25519 private key (PEM, PKCS8) that signs manifests at training and registration."
+    )
+    public_key_path: Path | None = Field(
+        None, description="Ed25519 public key (PEM) that verifies manifests; what serving should hold."
+    )
+    hmac_key: SecretStr | None = Field(
+        None, description="Shared HMAC-SHA256 secret (TASTEBUD_SIGNING__HMAC_KEY) used instead of Ed25519 keys."
+    )
+
+
+class AuthSettings(BaseModel):
+    """API keys with scopes and rate limits of the HTTP API (``tastebud keys new``; README "Security").
+
+    Keys are stored as the sha256 hex digests of the keys (never the keys themselves), each with its scopes:
+    ``read`` (recommendations, items, models, experiments), ``read-private`` (a user's history, a request's trace;
+    implies ``read``), ``write-events`` (``POST /events``) and ``admin`` (``/admin/...``; implies every scope).
+    With no key configured (and ``required`` off) the API is open as before, except ``/admin`` routes, which
+    ``serving.admin_token`` (an admin key in clear, kept for compatibility) guards.
+    """
+
+    keys: dict[str, list[Literal["read", "read-private", "write-events", "admin"]]] = Field(
+        default_factory=dict,
+        description="sha256 hex of each API key -> its scopes (TASTEBUD_AUTH__KEYS as JSON; tastebud keys new "
+        "prints it); any key configured makes every non-public route need a key.",
+    )
+    required: bool = Field(
+        False,
+        description="Refuse to start without a key (auth.keys or serving.admin_token) and require keys on every "
+        "non-public route (production).",
+    )
+    rate_limit_per_key: str | None = Field(
+        None,
+        description="Rate limit of each API key in the `limits` notation (1000/second, or several: "
+        "50/second;2000/minute); None: none.",
+    )
+    rate_limit_per_client: str | None = Field(
+        None,
+        description="Rate limit of each client address (before authentication, so failed attempts count too); "
+        "None: none.",
+    )
+    rate_limit_strategy: Literal["fixed-window", "sliding-window-counter", "moving-window"] = Field(
+        "fixed-window",
+        description="`limits` strategy: fixed-window (cheapest; up to twice the limit across a window's edge), "
+        "sliding-window-counter (smoother) or moving-window (exact, keeps every hit).",
+    )
+    rate_limit_storage_uri: str = Field(
+        "memory://",
+        description="`limits` storage of the counters: memory:// (per process: with N workers the effective limit "
+        "is N times the setting) or a shared one such as redis://host:6379.",
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _hashed_keys(cls, keys: dict[str, list[str]]) -> dict[str, list[str]]:
+        out = {}
+        for digest, scopes in keys.items():
+            norm = digest.strip().lower()
+            if len(norm) != 64 or any(c not in "0123456789abcdef" for c in norm):
+                raise ValueError("keys are sha256 hex digests of API keys (64 hex characters): see `tastebud keys new`")
+            out[norm] = scopes
+        return out
+
+    @field_validator("rate_limit_per_key", "rate_limit_per_client")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as err:
+            raise ValueError(f"not a rate limit such as '100/second' ({err})") from err
+        return value
+
+
 class Settings(BaseSettings):
     """Effective settings of a Tastebud installation."""
 
@@ -177,6 +317,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings, description="The HTTP API.")
     stream: StreamSettings = Field(default_factory=StreamSettings, description="Event streaming.")
     retrain: RetrainSettings = Field(default_factory=RetrainSettings, description="Retraining.")
+    signing: SigningSettings = Field(default_factory=SigningSettings, description="Signed bundle manifests.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys and rate limits.")
 
     @classmethod
     def settings_customise_sources(

@@ -135,9 +135,7 @@ class RecommenderContract:
             np.testing.assert_allclose(x, y, rtol=1e-6)
 
     # ------------------------------------------------------------------ recommend
-    def test_batch_shapes_and_sorted_scores(
-        self, fitted: Recommender, dataset: Dataset, some_users: list[str]
-    ) -> None:
+    def test_batch_shapes_and_sorted_scores(self, fitted: Recommender, dataset: Dataset, some_users: list[str]) -> None:
         recs = fitted.recommend(some_users, k=5)
         assert recs.query_ids == some_users
         assert len(recs.item_ids) == len(recs.scores) == len(some_users)
@@ -169,13 +167,9 @@ class RecommenderContract:
             assert not seen & set(items), f"{user} was recommended items they saw"
             assert len(items) <= dataset.n_items - len(seen)
 
-    def test_include_seen_when_asked(
-        self, fitted: Recommender, dataset: Dataset, some_users: list[str]
-    ) -> None:
+    def test_include_seen_when_asked(self, fitted: Recommender, dataset: Dataset, some_users: list[str]) -> None:
         recs = fitted.recommend(some_users, k=dataset.n_items, exclude_seen=False)
-        assert any(
-            seen_items(dataset, u) & set(items) for u, items in zip(some_users, recs.item_ids, strict=True)
-        )
+        assert any(seen_items(dataset, u) & set(items) for u, items in zip(some_users, recs.item_ids, strict=True))
 
     def test_candidates_restrict(self, fitted: Recommender, dataset: Dataset, some_users: list[str]) -> None:
         candidates = [str(i) for i in dataset.items.ids[::3].tolist()]
@@ -183,9 +177,7 @@ class RecommenderContract:
         for user, items in zip(some_users, recs.item_ids, strict=True):
             allowed = set(candidates) - seen_items(dataset, user)
             assert set(items) <= allowed
-        unrestricted = fitted.recommend(
-            some_users, k=dataset.n_items, exclude_seen=False, candidates=candidates
-        )
+        unrestricted = fitted.recommend(some_users, k=dataset.n_items, exclude_seen=False, candidates=candidates)
         assert all(set(items) <= set(candidates) for items in unrestricted.item_ids)
 
     def test_candidate_scores_match_unrestricted(self, fitted: Recommender, dataset: Dataset) -> None:
@@ -201,9 +193,7 @@ class RecommenderContract:
         with pytest.raises(UnknownItemError, match="no-such-item"):
             fitted.recommend([str(dataset.users.ids[0])], candidates=["no-such-item"])
 
-    def test_k_larger_than_catalog(
-        self, fitted: Recommender, dataset: Dataset, some_users: list[str]
-    ) -> None:
+    def test_k_larger_than_catalog(self, fitted: Recommender, dataset: Dataset, some_users: list[str]) -> None:
         recs = fitted.recommend(some_users, k=dataset.n_items + 50)
         for items in recs.item_ids:
             assert len(items) <= dataset.n_items and len(set(items)) == len(items)
@@ -219,9 +209,7 @@ class RecommenderContract:
         with pytest.raises(UnknownUserError, match="ghost-user"):
             fitted.recommend([str(dataset.users.ids[0]), "ghost-user"])
 
-    def test_explanations_only_when_asked(
-        self, fitted: Recommender, dataset: Dataset, some_users: list[str]
-    ) -> None:
+    def test_explanations_only_when_asked(self, fitted: Recommender, dataset: Dataset, some_users: list[str]) -> None:
         assert fitted.recommend(some_users, k=4).explanations is None
         recs = fitted.recommend(some_users, k=4, explain=True)
         if not self.explains:
@@ -284,9 +272,7 @@ class RecommenderContract:
         users = [str(u) for u in dataset.users.ids.tolist()]
         items = [str(i) for i in dataset.items.ids[:8].tolist()]
         assert_same(fitted.recommend(users, k=7), loaded.recommend(users, k=7))
-        assert_same(
-            fitted.recommend(users, k=7, exclude_seen=False), loaded.recommend(users, k=7, exclude_seen=False)
-        )
+        assert_same(fitted.recommend(users, k=7, exclude_seen=False), loaded.recommend(users, k=7, exclude_seen=False))
         assert_same(fitted.similar_items(items, k=4), loaded.similar_items(items, k=4))
 
     def test_no_pickle_written(self, fitted: Recommender, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ fresh, empty database for each test::
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -96,8 +97,8 @@ def experiment_row(name: str, **fields: Any) -> dict[str, Any]:
     return row
 
 
-def _index_names(store: Store) -> set[str]:
-    return {ix["name"] for ix in sa.inspect(store.engine).get_indexes("request_logs")}
+def _index_names(store: Store, table: str = "request_logs") -> set[str]:
+    return {ix["name"] for ix in sa.inspect(store.engine).get_indexes(table)}
 
 
 class StoreContract:
@@ -421,6 +422,64 @@ class StoreContract:
         assert [d["payload"] for d in letters] == [payload, b"{oops"]
         assert [d["reason"] for d in store.query_dead_letters(source="http")] == ["not JSON"]
         assert all(d["received_at"].utcoffset() == timedelta(0) for d in letters)
+
+    def test_dead_letters_are_idempotent_per_source_and_payload_hash(self, store: Store) -> None:
+        """A resent message or batch adds no second dead letter; another source or payload does."""
+        batch = [
+            {"source": "http", "reason": "out_of_range: rating 11", "payload": b'{"rating": 11}'},
+            {"source": "http", "reason": "out_of_range: rating 11 (again)", "payload": b'{"rating": 11}'},
+            {"source": "kafka", "reason": "decode_error", "payload": b'{"rating": 11}'},
+        ]
+        assert store.write_dead_letters(batch) == 2
+        assert store.write_dead_letters(batch) == 0
+        assert store.write_dead_letters([{"source": "http", "reason": "x", "payload": b"other"}]) == 1
+        letters = store.query_dead_letters()
+        assert len(letters) == 3
+        first = letters[0]
+        assert first["payload_size"] == 14
+        assert first["payload_sha256"] == hashlib.sha256(b'{"rating": 11}').hexdigest()
+
+    def test_dead_letters_keep_a_prefix_with_the_originals_size_and_hash(self, store: Store) -> None:
+        original = b"x" * 100_000
+        digest = hashlib.sha256(original).hexdigest()
+        record = {"source": "http", "reason": "too_long", "payload": original[:64], "payload_size": len(original),
+                  "payload_sha256": digest}  # fmt: skip
+        assert store.write_dead_letters([record]) == 1
+        assert store.write_dead_letters([{**record, "payload": original[:32]}]) == 0  # same original: same letter
+        (letter,) = store.query_dead_letters()
+        assert (letter["payload"], letter["payload_size"], letter["payload_sha256"]) == (original[:64], 100_000, digest)
+        with pytest.raises(DataValidationError, match="payload_size"):
+            store.write_dead_letters([{**record, "payload_size": 10}])
+        with pytest.raises(DataValidationError, match="payload_sha256"):
+            store.write_dead_letters([{**record, "payload_sha256": "not-a-hash"}])
+
+    def test_an_older_dead_letter_table_gets_the_new_columns_and_key(self, store: Store) -> None:
+        sqlite = store.backend == "sqlite"
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE dead_letters"))
+            conn.execute(sa.text(
+                f"CREATE TABLE dead_letters (id {'INTEGER' if sqlite else 'BIGSERIAL'} PRIMARY KEY, "
+                f"source VARCHAR(64) NOT NULL, reason TEXT NOT NULL, payload {'BLOB' if sqlite else 'BYTEA'} NOT NULL, "
+                "received_at TIMESTAMP NOT NULL)"
+            ))  # fmt: skip
+            conn.execute(sa.text(
+                "INSERT INTO dead_letters (source, reason, payload, received_at) VALUES "
+                "('http', 'old', :p, '2020-01-01 00:00:00'), ('http', 'old', :p, '2020-01-01 00:00:00')"
+            ), {"p": b"old"})  # fmt: skip
+        store.init_schema()
+        store.init_schema()
+        assert "uq_dead_letters_source_payload" in _index_names(store, "dead_letters")
+        record = {"source": "http", "reason": "new", "payload": b"old"}
+        assert store.write_dead_letters([record]) == 1  # old rows carry no hash: they never collide
+        assert store.write_dead_letters([record]) == 0
+        assert [d["payload_sha256"] is None for d in store.query_dead_letters()] == [True, True, False]
+
+    def test_events_by_id_reads_stored_events(self, store: Store) -> None:
+        store.write_events([event(i) for i in range(3)])
+        found = store.events_by_id([event(1)["event_id"], "absent", event(2)["event_id"]])
+        assert sorted(found) == sorted([event(1)["event_id"], event(2)["event_id"]])
+        assert found[event(1)["event_id"]]["user_id"] == event(1)["user_id"]
+        assert store.events_by_id([]) == {}
 
     # --- locks ---------------------------------------------------------------------------------------------------
 

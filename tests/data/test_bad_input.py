@@ -44,9 +44,7 @@ def test_non_numeric_rating_names_file_line_column_and_value(tmp_path: Path) -> 
 def test_non_integer_id(tmp_path: Path) -> None:
     lines = _ratings_lines(50)
     lines[4] = "7,abc,3.0,964983513\n"
-    assert "ratings.csv line 6: movieId 'abc' is not an integer" in _error(
-        _ml_dir(tmp_path, HEADER + "".join(lines))
-    )
+    assert "ratings.csv line 6: movieId 'abc' is not an integer" in _error(_ml_dir(tmp_path, HEADER + "".join(lines)))
 
 
 def test_missing_column_lists_expected_and_found(tmp_path: Path) -> None:
@@ -159,3 +157,10 @@ def test_errors_are_found_past_the_first_parse_chunk(tmp_path: Path) -> None:
     assert "ratings.csv line 199999: timestamp 'yesterday' is not an integer" in _error(
         _ml_dir(tmp_path, HEADER + "".join(lines))
     )
+
+
+def test_timestamp_beyond_64_bits_is_a_clear_error(tmp_path: Path) -> None:
+    """Found by the readers' fuzz test: a float timestamp too large for epoch seconds raised polars' own error."""
+    path = tmp_path / "data.inter"
+    path.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t3\t1e30\n")
+    assert "timestamp 1e+30 is not epoch seconds" in _error(path, format="recbole")

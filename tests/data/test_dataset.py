@@ -99,9 +99,7 @@ def test_datetime_timestamps_become_epoch_seconds() -> None:
     )
     ds = Dataset.from_frame(pdf)
     assert sorted(ds.interactions["timestamp"].to_list()) == [1577836800, 1577923200]
-    iso = Dataset.from_frame(
-        pl.DataFrame({"user_id": [1], "item_id": [1], "timestamp": ["2020-01-01T00:00:00Z"]})
-    )
+    iso = Dataset.from_frame(pl.DataFrame({"user_id": [1], "item_id": [1], "timestamp": ["2020-01-01T00:00:00Z"]}))
     assert iso.interactions["timestamp"].to_list() == [1577836800]
 
 
@@ -168,21 +166,13 @@ def test_snapshot_changes_with_metadata(frame: pl.DataFrame, column: str, value:
     changed = items.with_columns(
         pl.when(pl.col("item_id") == 2).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
     )
-    assert (
-        Dataset.from_frame(frame, items=items).snapshot_id
-        != Dataset.from_frame(frame, items=changed).snapshot_id
-    )
+    assert Dataset.from_frame(frame, items=items).snapshot_id != Dataset.from_frame(frame, items=changed).snapshot_id
 
 
 def test_snapshot_changes_with_an_unused_catalog_item(frame: pl.DataFrame) -> None:
     items = _items()
-    more = pl.concat(
-        [items, pl.DataFrame({"item_id": [12345], "title": ["New"], "year": [2020], "genres": [""]})]
-    )
-    assert (
-        Dataset.from_frame(frame, items=items).snapshot_id
-        != Dataset.from_frame(frame, items=more).snapshot_id
-    )
+    more = pl.concat([items, pl.DataFrame({"item_id": [12345], "title": ["New"], "year": [2020], "genres": [""]})])
+    assert Dataset.from_frame(frame, items=items).snapshot_id != Dataset.from_frame(frame, items=more).snapshot_id
 
 
 def test_matrix_shapes_and_values(frame: pl.DataFrame) -> None:

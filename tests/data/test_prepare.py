@@ -59,9 +59,7 @@ def test_dedupe_modes(dup: Dataset, keep: str, value: float, rating: float, time
 
 
 def test_dedupe_without_timestamps_keeps_last_row() -> None:
-    ds = Dataset.from_frame(
-        pl.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 1, 2], "value": [1.0, 7.0, 2.0]})
-    )
+    ds = Dataset.from_frame(pl.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 1, 2], "value": [1.0, 7.0, 2.0]}))
     assert _row(dedupe(ds), "1", "1")["value"] == 7.0
     assert _row(dedupe(ds, keep="first"), "1", "1")["value"] == 1.0
 
@@ -94,9 +92,7 @@ def _random_dataset(seed: int, n: int = 3000, n_users: int = 200, n_items: int =
 
 
 def _naive_kcore(ds: Dataset, ku: int, ki: int) -> set[tuple[int, int]]:
-    rows = list(
-        zip(ds.interactions["user_idx"].to_list(), ds.interactions["item_idx"].to_list(), strict=True)
-    )
+    rows = list(zip(ds.interactions["user_idx"].to_list(), ds.interactions["item_idx"].to_list(), strict=True))
     while True:
         users: dict[int, int] = {}
         items: dict[int, int] = {}
@@ -113,9 +109,7 @@ def _naive_kcore(ds: Dataset, ku: int, ki: int) -> set[tuple[int, int]]:
 def test_kcore_matches_naive_fixpoint(seed: int, ku: int, ki: int) -> None:
     ds = dedupe(_random_dataset(seed))
     out = kcore(ds, ku, ki)
-    got = set(
-        zip(out.interactions["user_idx"].to_list(), out.interactions["item_idx"].to_list(), strict=True)
-    )
+    got = set(zip(out.interactions["user_idx"].to_list(), out.interactions["item_idx"].to_list(), strict=True))
     assert got == _naive_kcore(ds, ku, ki)
     assert out.shape == ds.shape
     user_counts = np.bincount(out.interactions["user_idx"].to_numpy())
@@ -181,9 +175,7 @@ def test_to_implicit_threshold_above_all_ratings() -> None:
     ],
 )
 def test_apply_confidence(method: str, alpha: float, eps: float, expected) -> None:
-    ds = Dataset.from_frame(
-        pl.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 2, 1], "value": [0.0, 1.0, 50.0]})
-    )
+    ds = Dataset.from_frame(pl.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 2, 1], "value": [0.0, 1.0, 50.0]}))
     out = apply_confidence(ds, method, alpha=alpha, eps=eps)  # type: ignore[arg-type]
     x = ds.interactions["value"].to_numpy().astype(np.float64)
     np.testing.assert_allclose(out.interactions["value"].to_numpy(), expected(x), rtol=1e-6)

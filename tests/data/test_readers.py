@@ -25,8 +25,7 @@ def _flags(*names: str) -> str:
 def _pairs(ds: Dataset) -> dict[tuple[str, str], tuple[float, float | None, int | None]]:
     frame = ds.to_frame()
     return {
-        (r["user_id"], r["item_id"]): (r["value"], r["rating"], r["timestamp"])
-        for r in frame.iter_rows(named=True)
+        (r["user_id"], r["item_id"]): (r["value"], r["rating"], r["timestamp"]) for r in frame.iter_rows(named=True)
     }
 
 
@@ -43,8 +42,7 @@ def ml100k_dir(tmp_path: Path) -> Path:
     (d / "u.genre").write_text(genre_lines, encoding="latin-1")
     items = [
         f"242|Kolya (1996)|24-Jan-1997||http://x|{_flags('Comedy')}",
-        "302|L.A. Confidential (1997)|01-Jan-1997||http://y|"
-        + _flags("Crime", "Film-Noir", "Mystery", "Thriller"),
+        "302|L.A. Confidential (1997)|01-Jan-1997||http://y|" + _flags("Crime", "Film-Noir", "Mystery", "Thriller"),
         f"303|Misérables, Les|01-Jan-1995||http://z|{_flags('Drama', 'Musical')}",
         f"267|unknown|||http://w|{_flags('unknown')}",
     ]
@@ -156,11 +154,12 @@ def test_recbole_atomic_files(tmp_path: Path) -> None:
     assert ds.name == "ml-100k"
 
 
-def test_recbole_reader_on_the_real_ml100k_copy_when_present() -> None:
-    source = Path("/tmp/ml-100k")
-    if not (source / "ml-100k.inter").is_file():
-        pytest.skip("no local RecBole copy of ML-100K")
+@pytest.mark.integration
+def test_recbole_reader_on_the_real_ml100k_copy(ml100k_recbole_dir: Path) -> None:
+    source = ml100k_recbole_dir
+    assert (source / "ml-100k.inter").is_file() and detect_format(source) == "recbole"
     ds = read_dataset(source)
+    assert ds.meta["format"] == "recbole"
     assert (ds.n_interactions, ds.n_users, ds.n_items) == (100_000, 943, 1_682)
     assert ds.item_meta["title"].null_count() == 0
     assert (ds.item_meta["genres"].list.len() > 0).all()
@@ -278,9 +277,7 @@ def test_every_format_has_a_reader() -> None:
 def test_crlf_line_ends_and_utf8_bom(tmp_path: Path) -> None:
     d = tmp_path / "win"
     d.mkdir()
-    (d / "ratings.csv").write_bytes(
-        b"\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n1,2,3.5,100\r\n1,3,4,101\r\n"
-    )
+    (d / "ratings.csv").write_bytes(b"\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n1,2,3.5,100\r\n1,3,4,101\r\n")
     assert _pairs(read_dataset(d)) == {("1", "2"): (1.0, 3.5, 100), ("1", "3"): (1.0, 4.0, 101)}
 
 

@@ -109,9 +109,7 @@ def test_users_with_too_few_interactions_stay_in_train(ds: Dataset) -> None:
 
 def test_temporal_user_test_is_after_train(ds: Dataset) -> None:
     split = make_split(ds, "temporal-user", validation_fraction=0.1)
-    latest_train = split.train.interactions.group_by("user_idx").agg(
-        pl.col("timestamp").max().alias("t_train")
-    )
+    latest_train = split.train.interactions.group_by("user_idx").agg(pl.col("timestamp").max().alias("t_train"))
     for later in (split.validation, split.test):
         first = later.interactions.group_by("user_idx").agg(pl.col("timestamp").min().alias("t_later"))
         joined = first.join(latest_train, on="user_idx")

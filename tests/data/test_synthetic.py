@@ -63,8 +63,7 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
     assert a[0].equals(b[0]) and a[1].equals(b[1])
     assert not a[0].equals(c[0])
     assert (
-        generate_synthetic(300, 200, 4000, seed=1).snapshot_id
-        == generate_synthetic(300, 200, 4000, seed=1).snapshot_id
+        generate_synthetic(300, 200, 4000, seed=1).snapshot_id == generate_synthetic(300, 200, 4000, seed=1).snapshot_id
     )
 
 
@@ -120,9 +119,7 @@ def test_genres_and_titles_follow_clusters(explicit: tuple[pl.DataFrame, pl.Data
     assert all(g == GENRE_NAMES[c % 12] for g, c in zip(first, clusters, strict=True))
     adjectives = items["title"].str.split(" ").list.first()
     per_adjective = (
-        pl.DataFrame({"adj": adjectives, "cluster": clusters})
-        .group_by("adj")
-        .agg(pl.col("cluster").n_unique())
+        pl.DataFrame({"adj": adjectives, "cluster": clusters}).group_by("adj").agg(pl.col("cluster").n_unique())
     )
     assert (per_adjective["cluster"] == 1).all()  # each title word belongs to one cluster
 

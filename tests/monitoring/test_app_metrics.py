@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,7 +58,9 @@ def drive(client: TestClient, train: Dataset) -> dict[str, int]:
 def test_traffic_moves_counters_and_histograms(client: TestClient, train: Dataset) -> None:
     before = scrape(client)
     assert value(before, "tastebud_serving_model_loaded_bool") == 1
+    started = time.perf_counter()
     status = drive(client, train)
+    elapsed = time.perf_counter() - started  # the client's wall time around all six requests
     assert status["recommend"] == status["similar"] == status["popular"] == 200
     assert status["bad_k"] == 422 and status["unknown_item"] >= 400
     after = scrape(client)
@@ -69,11 +72,15 @@ def test_traffic_moves_counters_and_histograms(client: TestClient, train: Datase
     )
     bad = {**ok, "status": "422"}
     assert value(after, "tastebud_serving_requests_total", **bad) == 1
-    # The histogram saw the same two requests, in the sub-10 ms buckets' range or above, and its sum moved.
+    # The histogram saw the same two requests, in seconds: each took part of the client's wall time around them,
+    # so the sum lies in (0, elapsed] and every bucket at or above `elapsed` holds both (a histogram fed
+    # milliseconds, or one that dropped or double-counted an observation, fails here).
     assert value(after, "tastebud_serving_request_seconds_count", **ok) == 2
-    assert value(after, "tastebud_serving_request_seconds_sum", **ok) > 0
-    assert value(after, "tastebud_serving_request_seconds_bucket", **ok, le="+Inf") == 2
-    assert value(after, "tastebud_serving_request_seconds_bucket", **ok, le=str(LATENCY_BUCKETS[0])) <= 2
+    assert 0 < value(after, "tastebud_serving_request_seconds_sum", **ok) <= elapsed
+    buckets = [value(after, "tastebud_serving_request_seconds_bucket", **ok, le=str(b)) for b in LATENCY_BUCKETS]
+    buckets.append(value(after, "tastebud_serving_request_seconds_bucket", **ok, le="+Inf"))
+    assert buckets == sorted(buckets) and buckets[-1] == 2  # cumulative, ending at the count
+    assert all(n == 2 for b, n in zip(LATENCY_BUCKETS, buckets, strict=False) if b >= elapsed), (elapsed, buckets)
     fallback = {"endpoint": "recommend", "model_version": "1", "fallback_reason": "unknown_user"}
     assert value(after, "tastebud_serving_recommendations_total", **fallback) == 1
     personal = {**fallback, "fallback_reason": "none"}

@@ -10,6 +10,7 @@ from tastebud.config import Settings
 from tastebud.data.dataset import Dataset
 from tastebud.data.synthetic import generate_synthetic
 from tastebud.errors import DataValidationError, RegistryError
+from tastebud.evaluation.protocol import evaluate
 from tastebud.pipeline.promote import promote, rollback
 from tastebud.pipeline.train import default_model_name, reproduce, reproduce_manifest, train
 from tastebud.registry import ModelRegistry, load_bundle, read_decisions
@@ -139,7 +140,12 @@ def test_register_without_tracking_is_refused(registry_settings: Settings, small
 @pytest.mark.integration
 def test_ml100k_champion_round_trip(ml100k: Dataset, registry_settings: Settings) -> None:
     result = train(ml100k, "ease", settings=registry_settings, name="movielens-100k-test")
-    assert result.metrics["ndcg_at_10"] > 0.2
+    # The floor is the popular model's figure on the same validation part (the bundle's own popular fallback,
+    # fitted on the same training part), with a margin: measured 0.210 against 0.105 (bench/RESULTS.md, on the
+    # larger test part: 0.454 against 0.221). A main model no better than popularity fails here.
+    popular = evaluate(result.fallback["popular"], result.split, part="validation", k=10)
+    assert popular.model == "popular" and popular.eval_snapshot_id == result.report.eval_snapshot_id
+    assert result.metrics["ndcg_at_10"] > 1.5 * popular.metric("ndcg"), (result.metrics, popular.metric("ndcg"))
     bundle = load_bundle(ModelRegistry(registry_settings).bundle_path(result.version))
     users = ml100k.users.ids[:50].tolist()
     assert bundle.model.recommend(users, k=10).item_ids == result.model.recommend(users, k=10).item_ids

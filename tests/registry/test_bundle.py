@@ -17,6 +17,7 @@ from tastebud.registry.bundle import (
     git_sha,
     load_bundle,
     read_manifest,
+    sha256_file,
     verify_bundle,
     write_bundle,
 )
@@ -119,6 +120,30 @@ def test_corrupt_bundles_are_refused_naming_the_file(bundle_dir: Path, corrupt, 
     with pytest.raises(BundleError, match=words) as info:
         load_bundle(bundle_dir)
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rel", "value"),
+    [
+        ("model/item_factors.npy", np.nan),
+        ("model/user_factors.npy", np.inf),
+        ("fallback/popular/popularity.npy", np.nan),
+    ],
+)
+def test_non_finite_arrays_are_refused_on_load_even_with_recomputed_checksums(
+    bundle_dir: Path, rel: str, value: float
+) -> None:
+    target = bundle_dir / rel
+    arr = np.load(target).copy()
+    arr.flat[3] = value
+    np.save(target, arr)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"][rel] = sha256_file(target)
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    verify_bundle(bundle_dir)  # the checksums agree: only the values are broken
+    with pytest.raises(BundleError, match=r"refusing to load .* holds 1 NaN/inf values") as info:
+        load_bundle(bundle_dir)
+    assert rel in str(info.value)
 
 
 def test_schema_version_and_manifest_problems(bundle_dir: Path) -> None:

@@ -19,6 +19,46 @@ def test_first_promotion_passes() -> None:
     assert result.passed and "no champion" in result.summary
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None, "high"])
+def test_candidate_without_a_finite_primary_is_refused_even_as_first_version(bad: object) -> None:
+    # A NaN NDCG used to become "none" and pass as a first promotion.
+    first = check_gate({"ndcg_at_10": bad, "coverage": 0.5}, None, CFG)
+    assert not first.passed and "candidate's ndcg_at_10 is" in first.summary
+    against = check_gate({"ndcg_at_10": bad}, {"ndcg_at_10": 0.3}, CFG)
+    assert not against.passed and "never promoted" in against.summary
+    assert not check_gate({"coverage": 0.5}, None, CFG).passed  # missing altogether
+
+
+def test_first_version_must_pass_the_absolute_floors() -> None:
+    assert not check_gate({"ndcg_at_10": 0.0}, None, CFG).passed  # ranks nothing relevant
+    floor = RegistrySettings(min_primary_metric=0.05)
+    low = check_gate({"ndcg_at_10": 0.04}, None, floor)
+    assert not low.passed and "absolute floor 0.0500" in low.summary and "not above it" in low.summary
+    assert check_gate({"ndcg_at_10": 0.06}, None, floor).passed
+
+
+def test_popularity_baseline_is_a_floor_when_known() -> None:
+    baseline = {"ndcg_at_10": 0.12, "coverage": 0.1}
+    weak = check_gate({"ndcg_at_10": 0.10}, None, CFG, baseline=baseline)
+    assert not weak.passed and "popularity baseline 0.1200: does not beat it" in weak.summary
+    assert weak.numbers()["baseline"] == {"ndcg_at_10": 0.12, "coverage": 0.1, "rmse": None}
+    strong = check_gate({"ndcg_at_10": 0.15}, None, CFG, baseline=baseline)
+    assert strong.passed and "no champion yet" in strong.summary
+    # it applies with a champion too, and can be switched off
+    assert not check_gate({"ndcg_at_10": 0.10}, {"ndcg_at_10": 0.05}, CFG, baseline=baseline).passed
+    off = RegistrySettings(beat_baseline=False)
+    assert check_gate({"ndcg_at_10": 0.10}, None, off, baseline=baseline).passed
+    # an unknown (NaN / missing) baseline is no floor
+    assert check_gate({"ndcg_at_10": 0.10}, None, CFG, baseline={"ndcg_at_10": float("nan")}).passed
+
+
+@pytest.mark.parametrize("champion", [{"ndcg_at_10": float("nan")}, {"coverage": 0.5}, {}])
+def test_champion_without_the_primary_is_not_silently_passed(champion: dict) -> None:
+    result = check_gate({"ndcg_at_10": 0.4, "coverage": 0.5}, champion, CFG)
+    assert not result.passed
+    assert "the champion's ndcg_at_10 is" in result.summary and "cannot compare" in result.summary
+
+
 def test_passes_with_enough_gain() -> None:
     result = check_gate({"ndcg_at_10": 0.303, "coverage": 0.5}, {"ndcg_at_10": 0.30, "coverage": 0.5}, CFG)
     assert result.passed, result.reasons

@@ -56,6 +56,8 @@ def _exercise(registry: ModelRegistry, name: str, bundle: Path, split: Split) ->
     assert registry.resolve(name, "1").version == 1
     listed = registry.list_versions(name)
     assert [(v.version, v.aliases) for v in listed] == [(1, ["challenger"]), (2, ["champion"])]
+    # family and snapshot come from the manifest, not from the (editable) tags
+    assert [(v.family, v.snapshot_id) for v in listed] == [("ease", split.train.snapshot_id)] * 2
     with pytest.raises(RegistryError, match="no version 7"):
         registry.get(name, 7)
     with pytest.raises(RegistryError, match="no alias 'gold'"):
@@ -83,6 +85,60 @@ def test_register_refuses_corrupt_bundle(registry_settings: Settings, small_spli
     with pytest.raises(BundleError, match=r"weights\.npy: sha256 mismatch"):
         registry.register(bundle, "corrupt-model")
     assert registry.list_versions("corrupt-model") == []
+
+
+def test_register_refuses_non_finite_arrays(registry_settings: Settings, small_split: Split, tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from tastebud.registry.bundle import sha256_file
+
+    registry = ModelRegistry(registry_settings)
+    bundle = _bundle(tmp_path, small_split)
+    target = bundle / "model" / "weights.npy"
+    arr = np.load(target).copy()
+    arr[0, 1] = np.nan
+    np.save(target, arr)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model/weights.npy"] = sha256_file(target)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"refusing to register .*model/weights\.npy holds 1 NaN/inf"):
+        registry.register(bundle, "nan-model")
+    assert registry.list_versions("nan-model") == []
+
+
+def test_provenance_tags_are_reserved(registry_settings: Settings, small_split: Split, tmp_path: Path) -> None:
+    registry = ModelRegistry(registry_settings)
+    bundle = _bundle(tmp_path, small_split)
+    for key in ("tastebud.model_family", "tastebud.snapshot_id", "tastebud.git_sha"):
+        with pytest.raises(RegistryError, match=f"tags {key} are reserved"):
+            registry.register(bundle, "reserved-tags", tags={key: "forged", "purpose": "x"})
+    assert registry.list_versions("reserved-tags") == []
+    mv = registry.register(bundle, "reserved-tags", tags={"purpose": "x", "family": "mine"})
+    assert mv.tags["tastebud.model_family"] == "ease" and mv.tags["family"] == "mine"
+    assert mv.tags["tastebud.snapshot_id"] == small_split.train.snapshot_id
+    # a tag edited afterwards in MLflow changes nothing that is read back: the manifest is the source
+    registry.client.set_model_version_tag("reserved-tags", str(mv.version), "tastebud.model_family", "forged")
+    again = ModelRegistry(registry_settings).get("reserved-tags", mv.version)
+    assert again.tags["tastebud.model_family"] == "forged" and again.family == "ease"
+
+
+def test_manifest_of_a_remote_bundle_fetches_only_the_manifest(
+    registry_settings: Settings, small_split: Split, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    mv = ModelRegistry(registry_settings).register(_bundle(tmp_path, small_split), "remote-manifest")
+    assert mv.run_id is not None
+    remote = replace(mv, source=f"runs:/{mv.run_id}/bundle")  # not a local path: fetched through MLflow
+    fresh = ModelRegistry(registry_settings)
+    manifest = fresh.manifest(remote)
+    assert manifest["model"]["name"] == "ease" and manifest["data"]["snapshot_id"] == small_split.train.snapshot_id
+    cached = fresh.cache_dir / "remote-manifest"
+    assert sorted(p.relative_to(cached).as_posix() for p in cached.rglob("*") if p.is_file()) == [
+        f"{mv.version}.manifest/manifest.json"
+    ]
 
 
 def test_bundle_path_detects_corruption_in_store(

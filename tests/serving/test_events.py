@@ -61,7 +61,9 @@ def test_counts_accepted_duplicates_and_stores_events(client: TestClient, store:
     batch = [rating(f"c{n}", "u-counts", item) for n, item in enumerate(items)]
     r = client.post("/events", json=batch)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 3, "duplicates": 0, "rejected": [], "users_updated": 1}
+    assert r.json() == {
+        "accepted": 3, "duplicates": 0, "conflicts": 0, "rejected": [], "rejected_total": 0, "users_updated": 1
+    }  # fmt: skip
     again = client.post("/events", json={"events": batch})  # the form replay's HttpSink posts
     assert again.status_code == 200
     assert again.json()["accepted"] == 0 and again.json()["duplicates"] == 3

@@ -157,3 +157,31 @@ def test_freeze_gc_moves_the_loaded_model_out_of_full_collections(bundles: dict[
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_previous_model_is_collected_after_a_switch_with_freeze_gc(bundles: dict[str, Path]) -> None:
+    """gc.freeze after a switch must not pin the model it replaced, even one that cyclic garbage still references.
+
+    Cyclic garbage (a request's frames and traceback, say) that references the served model is alive until the
+    collector's next pass; a freeze at that instant moved it to the permanent generation, which is never
+    collected, so the old model stayed in memory for the life of the process.
+    """
+    import gc
+    import weakref
+
+    holder = ModelHolder(None, name="ml", freeze_gc=True)
+    gc.disable()  # no automatic pass between the garbage and the switch (under load it waits for a full pass)
+    try:
+        first = holder.load_path(bundles["als"], version=1)
+        refs = [weakref.ref(first), weakref.ref(first.engine), weakref.ref(first.engine.model)]
+        garbage: list[object] = [first]
+        garbage.append(garbage)  # a reference cycle, unreachable once dropped: collectable garbage
+        del first, garbage
+        holder.load_path(bundles["itemknn"], version=2)
+        gc.collect()  # frozen objects are never examined: without the fix the cycle and the model survive this
+        assert [r() is None for r in refs] == [True, True, True]
+        assert holder.current is not None and holder.current.version == 2
+        assert gc.get_freeze_count() > 0  # the new model is frozen
+    finally:
+        gc.enable()
+        gc.unfreeze()

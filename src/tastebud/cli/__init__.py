@@ -8,11 +8,13 @@ from tastebud.cli import (  # noqa: F401  (registers the commands)
     demo,
     evaluate,
     experiment,
+    keys,
     models,
     monitor,
     retrain,
     serve,
     stream,
+    studio,
 )
 from tastebud.cli._app import app, main
 

@@ -102,7 +102,15 @@ def print_summary(summary: dict[str, Any], title: str | None = None) -> None:
         items += f" ({summary['items_with_interactions']:,} with interactions)"
     table.add_row("items", items)
     table.add_row("interactions", f"{summary['interactions']:,}")
-    table.add_row("density", f"{summary['density']:.4%}")
+    if summary.get("duplicate_rows"):
+        table.add_row(
+            "duplicates",
+            f"[yellow]{summary['duplicate_rows']:,} rows ({summary['duplicate_share']:.2%}) repeat "
+            f"{summary['duplicated_pairs']:,} (user, item) pairs[/yellow]; "
+            f"{summary['distinct_pairs']:,} distinct pairs "
+            "(tastebud data prepare --dedupe merges them)",
+        )
+    table.add_row("density", f"{summary['density']:.4%} (distinct pairs)")
     ipu = summary["interactions_per_user"]
     table.add_row("per user", f"min {ipu['min']}, median {ipu['median']:g}, max {ipu['max']}")
     if summary["ratings"]:

@@ -55,6 +55,10 @@ def run_server(settings: Settings, **overrides: Any) -> None:
         f"serving [bold]{cfg.model_name}@{cfg.alias}[/bold] on http://{cfg.host}:{cfg.port} "
         f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}; docs at /docs)"
     )
+    from tastebud.serving.auth import AuthPolicy
+
+    # Checked here too so that a server that must not start (auth.required, no key) says why in one line.
+    console.print(AuthPolicy.from_settings(settings).describe(), highlight=False, markup=False)
     log_level = settings.log_level.lower()
     if cfg.workers == 1:
         from tastebud.serving.app import create_app, limit_blas_threads

@@ -341,14 +341,10 @@ def _normalise_interactions(frame: pl.DataFrame, source: str) -> pl.DataFrame:
         nulls = frame[src].null_count()
         if nulls:
             row = int(frame[src].is_null().arg_true()[0])
-            raise DataValidationError(
-                f"{source}: column {src!r} has {nulls} missing ids (first at row {row + 1})"
-            )
+            raise DataValidationError(f"{source}: column {src!r} has {nulls} missing ids (first at row {row + 1})")
     rating = _numeric(frame, "rating", source) if "rating" in frame.columns else None
     value = _numeric(frame, "value", source) if "value" in frame.columns else None
-    cols.append(
-        rating.alias("rating") if rating is not None else pl.lit(None, dtype=pl.Float32).alias("rating")
-    )
+    cols.append(rating.alias("rating") if rating is not None else pl.lit(None, dtype=pl.Float32).alias("rating"))
     cols.append(value.alias("value") if value is not None else pl.lit(1.0, dtype=pl.Float32).alias("value"))
     if "timestamp" in frame.columns:
         cols.append(_timestamp_expr(frame, source).alias("timestamp"))
@@ -408,9 +404,7 @@ def _numeric(frame: pl.DataFrame, col: str, source: str) -> pl.Expr:
     negative = values < 0
     if negative.any():
         row = int(negative.arg_true()[0])
-        raise DataValidationError(
-            f"{source}: row {row + 1}: {col} {values[row]} is negative (expected a value >= 0)"
-        )
+        raise DataValidationError(f"{source}: row {row + 1}: {col} {values[row]} is negative (expected a value >= 0)")
     return pl.lit(values.cast(pl.Float32))
 
 
@@ -419,16 +413,18 @@ def _timestamp_expr(frame: pl.DataFrame, source: str) -> pl.Expr:
     dtype = series.dtype
     if isinstance(dtype, pl.Datetime):
         unit_div = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000}[dtype.time_unit or "us"]
-        return pl.lit(
-            (series.dt.replace_time_zone(None) if dtype.time_zone else series).cast(pl.Int64) // unit_div
-        )
+        return pl.lit((series.dt.replace_time_zone(None) if dtype.time_zone else series).cast(pl.Int64) // unit_div)
     if isinstance(dtype, pl.Date):
         return pl.lit(series.cast(pl.Datetime("us")).cast(pl.Int64) // 1_000_000)
     if dtype.is_numeric():
         if series.null_count():
             row = int(series.is_null().arg_true()[0])
             raise DataValidationError(f"{source}: row {row + 1}: timestamp is missing")
-        return pl.lit(series.cast(pl.Int64))
+        cast = series.cast(pl.Int64, strict=False)
+        if cast.null_count():  # NaN, infinite or beyond 64-bit seconds
+            row = int(cast.is_null().arg_true()[0])
+            raise DataValidationError(f"{source}: row {row + 1}: timestamp {series[row]!r} is not epoch seconds")
+        return pl.lit(cast)
     cast = series.cast(pl.Int64, strict=False)
     bad = cast.is_null()
     if bad.any():
@@ -448,15 +444,9 @@ def _normalise_items(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     if item_col is None:
         raise DataValidationError(f"{source}: item metadata lacks an item_id column; found {frame.columns}")
     cols: list[pl.Expr] = [_id_expr(frame, item_col).alias("item_id")]
+    cols.append(pl.col("title").cast(pl.String) if "title" in frame.columns else pl.lit(None, pl.String).alias("title"))
     cols.append(
-        pl.col("title").cast(pl.String)
-        if "title" in frame.columns
-        else pl.lit(None, pl.String).alias("title")
-    )
-    cols.append(
-        pl.col("year").cast(pl.Int32, strict=False)
-        if "year" in frame.columns
-        else pl.lit(None, pl.Int32).alias("year")
+        pl.col("year").cast(pl.Int32, strict=False) if "year" in frame.columns else pl.lit(None, pl.Int32).alias("year")
     )
     for name in ("genres", "tags"):
         if name in frame.columns:

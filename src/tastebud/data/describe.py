@@ -1,4 +1,4 @@
-"""Summaries of a dataset: counts, density, rating distribution, time range, snapshot id."""
+"""Summaries of a dataset: counts, duplicates, density, rating distribution, time range, snapshot id."""
 
 from __future__ import annotations
 
@@ -15,25 +15,39 @@ def describe_dataset(ds: Dataset) -> dict[str, Any]:
 
     Returns:
         users, items (vocabulary, including catalog items without interactions), items_with_interactions,
-        interactions, density, ratings (distribution of explicit ratings or ``None``), value statistics,
-        time range in UTC ISO format (or ``None``), items with title/year/genres, snapshot id and provenance.
+        interactions (rows), distinct_pairs (distinct (user, item) pairs), duplicate_rows (rows repeating a pair
+        seen before: ``interactions - distinct_pairs``), duplicate_share (their share of the rows),
+        duplicated_pairs (pairs that occur more than once), density (distinct pairs over users x items, so at
+        most 1 however often rows repeat), ratings (distribution of explicit ratings or ``None``), value
+        statistics, time range in UTC ISO format (or ``None``), items with title/year/genres, snapshot id and
+        provenance.
     """
     inter = ds.interactions
     n = ds.n_interactions
+    if n:
+        per_pair = inter.group_by("user_idx", "item_idx").len()
+        distinct = per_pair.height
+        duplicated = int((per_pair["len"] > 1).sum())
+    else:
+        distinct = duplicated = 0
+    cells = ds.n_users * ds.n_items
     summary: dict[str, Any] = {
         "name": ds.name,
         "users": ds.n_users,
         "items": ds.n_items,
         "items_with_interactions": int(inter["item_idx"].n_unique()) if n else 0,
         "interactions": n,
-        "density": ds.density,
+        "distinct_pairs": distinct,
+        "duplicate_rows": n - distinct,
+        "duplicate_share": (n - distinct) / n if n else 0.0,
+        "duplicated_pairs": duplicated,
+        "density": distinct / cells if cells else 0.0,
         "snapshot_id": ds.snapshot_id,
     }
     if ds.has_ratings:
         counts = inter.filter(pl.col("rating").is_not_null()).group_by("rating").len().sort("rating")
         summary["ratings"] = {
-            _fmt_rating(r): int(c)
-            for r, c in zip(counts["rating"].to_list(), counts["len"].to_list(), strict=True)
+            _fmt_rating(r): int(c) for r, c in zip(counts["rating"].to_list(), counts["len"].to_list(), strict=True)
         }
         summary["rating_mean"] = float(inter["rating"].mean())  # type: ignore[arg-type]
     else:

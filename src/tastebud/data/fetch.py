@@ -170,8 +170,11 @@ def fetch_dataset(
             archive, md5 = _download_verified(url, settings, info, force=force, progress=progress)
         except _Unreachable as err:
             reason = str(err)
-            logger.warning("GroupLens unreachable (%s); trying the offline route", reason.split(": ")[-1],
-                           extra={"dataset": name, "url": url})
+            logger.warning(
+                "GroupLens unreachable (%s); trying the offline route",
+                reason.split(": ")[-1],
+                extra={"dataset": name, "url": url},
+            )
         else:
             _extract_archive(archive, target, url=url, md5=md5)
             return target

@@ -47,8 +47,7 @@ def check_file(path: Path, *, expected: str, encoding: str = "UTF-8", head: byte
         raise DataValidationError(f"{path}: the file is empty (expected {expected})")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
         raise DataValidationError(
-            f"{path}: not {encoding} text (it looks like UTF-16 or binary data); expected {encoding}-encoded "
-            f"{expected}"
+            f"{path}: not {encoding} text (it looks like UTF-16 or binary data); expected {encoding}-encoded {expected}"
         )
     return head
 
@@ -97,9 +96,7 @@ def read_table(
         DataValidationError: empty file, UTF-16 or invalid UTF-8 text, missing column, a line with the wrong
             number of fields, a value of the wrong type, or an empty required field.
     """
-    head = check_file(
-        path, expected=expected, encoding=encoding, head=None if data is None else data[:_HEAD_BYTES]
-    )
+    head = check_file(path, expected=expected, encoding=encoding, head=None if data is None else data[:_HEAD_BYTES])
     source: Any = path if data is None else io.BytesIO(data)
     kwargs: dict[str, Any]
     if has_header:
@@ -168,15 +165,18 @@ def _diagnose(
     def source() -> Any:
         return path if data is None else io.BytesIO(data)
 
-    lines = pl.read_csv(
-        source(),
-        has_header=False,
-        separator=_LINE_SEPARATOR,
-        quote_char=None,
-        schema={"line": pl.String},
-        encoding="utf8-lossy",
-        truncate_ragged_lines=True,
-    )["line"]
+    try:
+        lines = pl.read_csv(
+            source(),
+            has_header=False,
+            separator=_LINE_SEPARATOR,
+            quote_char=None,
+            schema={"line": pl.String},
+            encoding="utf8-lossy",
+            truncate_ragged_lines=True,
+        )["line"]
+    except pl.exceptions.PolarsError:
+        return
     first_line = 1 + has_header
     invalid = lines.str.contains("\ufffd", literal=True).fill_null(False)
     if invalid.any():
@@ -194,23 +194,23 @@ def _diagnose(
         found = int(counts[row])
         what = "is empty" if found == 0 else f"has {found} field{'s' if found != 1 else ''}"
         raise DataValidationError(
-            f"{path} line {row + first_line}: {what}; expected {n_fields} fields separated by "
-            f"{display_separator!r}"
+            f"{path} line {row + first_line}: {what}; expected {n_fields} fields separated by {display_separator!r}"
         )
     del lines, body, stripped, counts
     text_kwargs: dict[str, Any] = (
-        {"columns": list(schema), "infer_schema": False}
-        if has_header
-        else {"schema": {c: pl.String for c in schema}}
+        {"columns": list(schema), "infer_schema": False} if has_header else {"schema": {c: pl.String for c in schema}}
     )
-    text = pl.read_csv(
-        source(),
-        has_header=has_header,
-        separator=separator,
-        quote_char=quote_char,
-        encoding="utf8-lossy",
-        **text_kwargs,
-    )
+    try:
+        text = pl.read_csv(
+            source(),
+            has_header=has_header,
+            separator=separator,
+            quote_char=quote_char,
+            encoding="utf8-lossy",
+            **text_kwargs,
+        )
+    except pl.exceptions.PolarsError:
+        return  # not even readable as text columns (e.g. quotes that merge fields): the parser's message stands
     problems: list[tuple[int, str]] = []
     for col, dtype in schema.items():
         values = text[col]
@@ -260,9 +260,7 @@ def read_generic(
             f"expected some of {list(INTERACTION_COLUMNS + ITEM_META_COLUMNS)}"
         )
     frame = _read_parquet(path, mapping) if fmt == "parquet" else _read_generic_csv(path, mapping)
-    frame = frame.rename(
-        {src: canon for canon, src in mapping.items() if src in frame.columns and src != canon}
-    )
+    frame = frame.rename({src: canon for canon, src in mapping.items() if src in frame.columns and src != canon})
     items = None
     meta_cols = [c for c in ITEM_META_COLUMNS if c in frame.columns]
     if meta_cols:
@@ -302,13 +300,9 @@ def _read_generic_csv(path: Path, mapping: Mapping[str, str]) -> pl.DataFrame:
     for canon, names in aliases.items():
         if canon not in mapping and wanted[canon] not in header:
             wanted[canon] = next((n for n in names if n in header), wanted[canon])
-    missing = [
-        f"{src!r}" for canon, src in wanted.items() if canon in ("user_id", "item_id") and src not in header
-    ]
+    missing = [f"{src!r}" for canon, src in wanted.items() if canon in ("user_id", "item_id") and src not in header]
     missing += [
-        f"{src!r}"
-        for canon, src in mapping.items()
-        if src not in header and canon not in ("user_id", "item_id")
+        f"{src!r}" for canon, src in mapping.items() if src not in header and canon not in ("user_id", "item_id")
     ]
     if missing:
         raise DataValidationError(

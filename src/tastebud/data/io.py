@@ -109,12 +109,8 @@ def save_dataset(dataset: Dataset, directory: Path) -> Path:
     with atomic_dir(directory) as tmp:
         dataset.interactions.write_parquet(tmp / "interactions.parquet", statistics=False)
         dataset.item_meta.write_parquet(tmp / "item_meta.parquet", statistics=False)
-        (tmp / "users.json").write_text(
-            json.dumps(dataset.users.to_list(), ensure_ascii=False), encoding="utf-8"
-        )
-        (tmp / "items.json").write_text(
-            json.dumps(dataset.items.to_list(), ensure_ascii=False), encoding="utf-8"
-        )
+        (tmp / "users.json").write_text(json.dumps(dataset.users.to_list(), ensure_ascii=False), encoding="utf-8")
+        (tmp / "items.json").write_text(json.dumps(dataset.items.to_list(), ensure_ascii=False), encoding="utf-8")
         (tmp / DATASET_FILE).write_text(info_text, encoding="utf-8")
     return directory
 
@@ -182,13 +178,9 @@ def _check_shape(
     }
     for key, found in expected.items():
         if info.get(key) != found:
-            raise DataValidationError(
-                f"{directory}: {key} is {found}, but {DATASET_FILE} says {info.get(key)}"
-            )
+            raise DataValidationError(f"{directory}: {key} is {found}, but {DATASET_FILE} says {info.get(key)}")
     if item_meta.height != len(items):
-        raise DataValidationError(
-            f"{directory}: item_meta.parquet has {item_meta.height} rows for {len(items)} items"
-        )
+        raise DataValidationError(f"{directory}: item_meta.parquet has {item_meta.height} rows for {len(items)} items")
     if inter.height:
         for col, size in (("user_idx", len(users)), ("item_idx", len(items))):
             low, high = inter[col].min(), inter[col].max()

@@ -38,9 +38,7 @@ def _latin1(path: Path) -> bytes:
 
 
 # ---------------------------------------------------------------------- ML-100K
-def read_ml100k(
-    directory: Path, *, name: str | None = None, meta: Mapping[str, Any] | None = None
-) -> Dataset:
+def read_ml100k(directory: Path, *, name: str | None = None, meta: Mapping[str, Any] | None = None) -> Dataset:
     """Read an ML-100K directory: ``u.data`` ratings, ``u.item`` titles/dates/genre flags, ``u.genre``.
 
     ``u.user`` (demographics) is not read: a :class:`Dataset` carries no user attributes.
@@ -148,9 +146,7 @@ def read_ml1m(directory: Path, *, name: str | None = None, meta: Mapping[str, An
 
 
 # ---------------------------------------------------------------------- CSV family
-def read_movielens_csv(
-    directory: Path, *, name: str | None = None, meta: Mapping[str, Any] | None = None
-) -> Dataset:
+def read_movielens_csv(directory: Path, *, name: str | None = None, meta: Mapping[str, Any] | None = None) -> Dataset:
     """Read a MovieLens CSV release (ml-latest, ml-latest-small, ml-25m, ml-32m ...).
 
     ``ratings.csv`` (userId, movieId, rating, timestamp) is required; ``movies.csv`` (movieId, title, genres)

@@ -59,9 +59,7 @@ def dedupe(ds: Dataset, keep: DedupeMode = "latest") -> Dataset:
         ParameterError: ``keep`` is not one of the modes above.
     """
     if keep not in get_args(DedupeMode):
-        raise ParameterError(
-            f"dedupe: unknown keep mode {keep!r}; expected one of {list(get_args(DedupeMode))}"
-        )
+        raise ParameterError(f"dedupe: unknown keep mode {keep!r}; expected one of {list(get_args(DedupeMode))}")
     inter = ds.interactions
     ordered = _sorted_by_time(inter)
     # Rows are sorted by pair, so groups are runs: their bounds come from where the pair changes, and
@@ -83,9 +81,7 @@ def dedupe(ds: Dataset, keep: DedupeMode = "latest") -> Dataset:
             rated = ~np.isnan(rating)
             with np.errstate(invalid="ignore", divide="ignore"):
                 new_value = np.add.reduceat(value, starts) / np.diff(np.r_[starts, len(users)])
-                new_rating = np.add.reduceat(np.where(rated, rating, 0.0), starts) / np.add.reduceat(
-                    rated, starts
-                )
+                new_rating = np.add.reduceat(np.where(rated, rating, 0.0), starts) / np.add.reduceat(rated, starts)
         # The last row of a group holds its latest timestamp (missing ones sort first).
         out = ordered[ends].with_columns(
             pl.Series("value", new_value, dtype=pl.Float32),
@@ -185,9 +181,7 @@ def to_implicit(ds: Dataset, threshold: float = 4.0) -> Dataset:
             f"to_implicit: dataset {ds.name!r} has no ratings; it is already implicit (values only)"
         )
     inter = ds.interactions
-    out = inter.filter(pl.col("rating") >= threshold).with_columns(
-        pl.lit(1.0, dtype=pl.Float32).alias("value")
-    )
+    out = inter.filter(pl.col("rating") >= threshold).with_columns(pl.lit(1.0, dtype=pl.Float32).alias("value"))
     if out.height == 0:
         raise ParameterError(f"to_implicit: no rating of dataset {ds.name!r} is >= {threshold}")
     step = {
@@ -261,9 +255,7 @@ class PrepareConfig(BaseModel):
             for e in err.errors():
                 loc = ".".join(str(p) for p in e["loc"]) or "(params)"
                 if e["type"] == "extra_forbidden":
-                    problems.append(
-                        f"unknown parameter {loc!r} (allowed: {', '.join(sorted(cls.model_fields))})"
-                    )
+                    problems.append(f"unknown parameter {loc!r} (allowed: {', '.join(sorted(cls.model_fields))})")
                 else:
                     problems.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
             raise ParameterError("prepare: " + "; ".join(problems)) from err

@@ -39,9 +39,7 @@ def find_inter_file(directory: Path) -> Path:
         return preferred
     if len(candidates) > 1:
         names = ", ".join(c.name for c in candidates)
-        raise DataValidationError(
-            f"{directory}: several .inter files ({names}); pass one of them as the source"
-        )
+        raise DataValidationError(f"{directory}: several .inter files ({names}); pass one of them as the source")
     return candidates[0]
 
 
@@ -53,8 +51,7 @@ def _typed_header(path: Path) -> dict[str, tuple[str, str]]:
         bare, sep, kind = column.partition(":")
         if not sep or kind not in _TYPES:
             raise DataValidationError(
-                f"{path} line 1: header field {column!r} is not 'name:type' "
-                f"with a type among {sorted(_TYPES)}"
+                f"{path} line 1: header field {column!r} is not 'name:type' with a type among {sorted(_TYPES)}"
             )
         fields[bare] = (column, kind)
     return fields
@@ -72,8 +69,7 @@ def read_recbole(path: Path, *, name: str | None = None, meta: Mapping[str, Any]
         )
     wanted = {f: fields[f] for f in ("user_id", "item_id", "rating", "timestamp") if f in fields}
     schema = {
-        header: (pl.String if f in ("user_id", "item_id") else _TYPES[kind])
-        for f, (header, kind) in wanted.items()
+        header: (pl.String if f in ("user_id", "item_id") else _TYPES[kind]) for f, (header, kind) in wanted.items()
     }
     frame = read_table(
         inter,

@@ -43,9 +43,7 @@ def _row_hashes(interactions: pl.DataFrame) -> np.ndarray:
     users = interactions["user_idx"].to_numpy().astype(np.uint64)
     items = interactions["item_idx"].to_numpy().astype(np.uint64)
     value = interactions["value"].to_numpy().astype("<f4").view("<u4").astype(np.uint64)
-    rating = (
-        interactions["rating"].fill_null(float("nan")).to_numpy().astype("<f4").view("<u4").astype(np.uint64)
-    )
+    rating = interactions["rating"].fill_null(float("nan")).to_numpy().astype("<f4").view("<u4").astype(np.uint64)
     stamp = interactions["timestamp"].fill_null(_NULL_TS).to_numpy().astype("<i8").view("<u8")
     shift = np.uint64(32)
     with np.errstate(over="ignore"):
@@ -63,9 +61,7 @@ def interactions_digest(interactions: pl.DataFrame) -> tuple[int, int, int]:
     return interactions.height, lane1, lane2
 
 
-def compute_snapshot_id(
-    interactions: pl.DataFrame, users: IdMap, items: IdMap, item_meta: pl.DataFrame
-) -> str:
+def compute_snapshot_id(interactions: pl.DataFrame, users: IdMap, items: IdMap, item_meta: pl.DataFrame) -> str:
     """Return the snapshot id (16 hex digits of a sha256) of normalized dataset content."""
     digest = hashlib.sha256()
     digest.update(f"tastebud-snapshot-v{SNAPSHOT_SCHEME}".encode())

@@ -91,11 +91,7 @@ class Split:
             "parent_snapshot_id": self.meta.get("parent_snapshot_id"),
             "shape": list(self.train.shape),
             "parts": parts,
-            **{
-                k: v
-                for k, v in self.meta.items()
-                if k not in {"method", "params", "seed", "parent_snapshot_id"}
-            },
+            **{k: v for k, v in self.meta.items() if k not in {"method", "params", "seed", "parent_snapshot_id"}},
         }
 
 
@@ -123,9 +119,7 @@ def split_random(
     users = ds.interactions["user_idx"].to_numpy()
     key = _pair_hash(users, ds.interactions["item_idx"].to_numpy(), seed)
     order = _order(ds, [pl.Series(key)])
-    part, too_few = _per_user_parts(
-        users, order, ds.n_users, test_fraction, validation_fraction, min_user_interactions
-    )
+    part, too_few = _per_user_parts(users, order, ds.n_users, test_fraction, validation_fraction, min_user_interactions)
     part, moved = _resolve_pairs(ds, part, drop=False)
     params.update(min_user_interactions=min_user_interactions)
     extra = {"duplicate_rows_moved": moved} if moved else {}
@@ -151,9 +145,7 @@ def split_temporal_user(
     _need_timestamps(ds, "temporal-user")
     users = ds.interactions["user_idx"].to_numpy()
     order = _order(ds, _time_keys(ds))
-    part, too_few = _per_user_parts(
-        users, order, ds.n_users, test_fraction, validation_fraction, min_user_interactions
-    )
+    part, too_few = _per_user_parts(users, order, ds.n_users, test_fraction, validation_fraction, min_user_interactions)
     part, dropped = _resolve_pairs(ds, part, drop=True)
     params.update(min_user_interactions=min_user_interactions)
     extra = {"duplicate_rows_dropped": dropped} if dropped else {}
@@ -464,18 +456,14 @@ def _to_epoch(cut: Any) -> int:
         try:
             cut = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError as err:
-            raise ParameterError(
-                f"cut {text!r} is neither epoch seconds nor an ISO-8601 date or time"
-            ) from err
+            raise ParameterError(f"cut {text!r} is neither epoch seconds nor an ISO-8601 date or time") from err
     if isinstance(cut, dt.datetime):
         if cut.tzinfo is None:
             cut = cut.replace(tzinfo=dt.UTC)
         return math.floor(cut.timestamp())
     if isinstance(cut, dt.date):
         return int(dt.datetime(cut.year, cut.month, cut.day, tzinfo=dt.UTC).timestamp())
-    raise ParameterError(
-        f"cut must be a datetime, date, ISO-8601 string or epoch seconds, got {type(cut).__name__}"
-    )
+    raise ParameterError(f"cut must be a datetime, date, ISO-8601 string or epoch seconds, got {type(cut).__name__}")
 
 
 def _iso(epoch: int) -> str | None:

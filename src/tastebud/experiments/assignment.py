@@ -4,7 +4,8 @@
 as a big-endian unsigned integer, modulo 10,000. It depends on its two strings only, never on Python's ``hash``
 (randomised per process), a model's id maps or the time, so every serving process, a restart, another machine and
 an offline analysis (any language with sha256) agree, for users no model has seen too. The bias of the modulo is
-below 1e-15.
+below 1e-15. The user id is hashed in the normal form of the one id rule (:mod:`tastebud.ids`: surrounding
+whitespace stripped), the form the events and the request log store, so ``" 196 "`` is assigned as ``"196"``.
 
 **Who gets what.** For an experiment on model ``m`` in layer ``L`` with traffic range ``[start, end)`` percent:
 
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tastebud.experiments.definitions import ExperimentSpec
+from tastebud.ids import canonical_id
 
 #: Buckets of the hash space: weights, holdout and traffic ranges resolve to 0.01 percent.
 BUCKETS = 10_000
@@ -35,7 +37,7 @@ _SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a salt, and keeps "
 def bucket(salt: str, user_id: str, buckets: int = BUCKETS) -> int:
     """The user's bucket in ``[0, buckets)`` under ``salt``: sha256 of ``salt + "\\x1f" + user_id`` (UTF-8), the
     first 8 bytes as a big-endian unsigned integer, modulo ``buckets``."""
-    digest = hashlib.sha256(f"{salt}{_SEPARATOR}{user_id}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}{_SEPARATOR}{canonical_id(user_id)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % buckets
 
 
@@ -103,7 +105,7 @@ class _Plan:
 
     def index(self, user_id: str) -> int | None:
         """The variant's position, or None (outside the traffic range, or in the holdout)."""
-        data = user_id.encode()
+        data = canonical_id(user_id).encode()
         if self.layer_hash is not None:
             h = self.layer_hash.copy()
             h.update(data)

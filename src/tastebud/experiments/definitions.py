@@ -261,15 +261,17 @@ BundleLoader = Callable[[RegistryLike, Any], object]
 
 
 def verify_variant_bundle(registry: RegistryLike, mv: Any) -> None:
-    """The default start check: fetch the version's bundle and verify every file's checksum.
+    """The default start check: fetch the version's bundle and verify every file's checksum (and the manifest's
+    signature, when the registry has a verification key configured).
 
     Raises:
-        BundleError: the bundle is missing, cannot be downloaded, or a file is corrupt.
+        BundleError: the bundle is missing, cannot be downloaded, a file is corrupt, or it is unsigned or
+            mis-signed while a key is configured.
     """
     # Imported here: the bundle format belongs to the registry, and only starting an experiment needs it.
     from tastebud.registry.bundle import verify_bundle
 
-    verify_bundle(registry.bundle_path(mv))
+    verify_bundle(registry.bundle_path(mv), verifier=getattr(registry, "verifier", None))
 
 
 def resolve_variant(registry: RegistryLike, model_name: str, variant: Variant) -> Any:

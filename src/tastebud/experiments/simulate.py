@@ -117,7 +117,10 @@ def simulate(
     if own:
         import httpx
 
-        client = httpx.Client(timeout=30)
+        from tastebud.serving.auth import client_headers
+
+        # with API keys on, the server needs a key with read and write-events scopes: TASTEBUD_API_KEY
+        client = httpx.Client(timeout=30, headers=client_headers())
     try:
         events: list[dict[str, Any]] = []
         for user in users:

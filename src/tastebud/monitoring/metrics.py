@@ -267,7 +267,8 @@ class ServingMetrics:
         )
         self.request_log_dropped = Counter(
             "tastebud_serving_request_log_dropped_total",
-            "Request-log records dropped because the background writer's queue was full.",
+            "Request-log records dropped: the background writer's queue was full, or their write failed after "
+            "retries (database locked or full; see tastebud_serving_request_log_errors_total).",
             registry=r,
         )
         self.request_log_errors = Counter(
@@ -277,8 +278,16 @@ class ServingMetrics:
         )
         self.events_received = Counter(
             "tastebud_serving_events_received_total",
-            "Events received by POST /events, by outcome (accepted, duplicate, rejected).",
+            "Events received by POST /events, by outcome (accepted, duplicate, conflict, rejected).",
             ["outcome"],
+            registry=r,
+        )
+        self.rejected_requests = Counter(
+            "tastebud_serving_rejected_requests_total",
+            "Requests refused whole before their content was handled, by reason (body_too_large: over "
+            "serving.max_body_bytes; too_many_events: over serving.max_events_per_request; an authentication or "
+            "rate-limit refusal: its error code).",
+            ["reason"],
             registry=r,
         )
         self.realtime_seconds = Histogram(

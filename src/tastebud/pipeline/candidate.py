@@ -24,6 +24,7 @@ from tastebud.pipeline.recovery import BUNDLE_PREFIX, TRIGGER_TAG
 from tastebud.pipeline.train import RETRAIN_SPLIT, _has_item_metadata
 from tastebud.registry.aliases import provenance_tags
 from tastebud.registry.bundle import write_bundle
+from tastebud.registry.signing import Signer
 
 
 def candidate_params(family: str, champion: Mapping[str, Any], overrides: Mapping[str, Any] | None, seed: int) -> dict:
@@ -121,14 +122,18 @@ def write_candidate(
     retrain_id: int,
     metrics: Mapping[str, float | None],
     extra: dict[str, Any],
+    signer: Signer | None = None,
 ) -> Path:
-    """Write the bundle with its fallbacks (built in a temporary sibling, renamed when complete); its directory."""
+    """Write the bundle with its fallbacks (built in a temporary sibling, renamed when complete); its directory.
+
+    ``signer`` signs its manifest (when signing is configured).
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     directory = bundles_dir / f"{BUNDLE_PREFIX}{retrain_id:06d}-{stamp}"
     fallback = {"popular": create("popular").fit(data)}
     if _has_item_metadata(data):
         fallback["content"] = create("content").fit(data)
-    return write_bundle(model, directory, train=data, metrics=metrics, fallback=fallback, extra=extra)
+    return write_bundle(model, directory, train=data, metrics=metrics, fallback=fallback, extra=extra, signer=signer)
 
 
 def track_candidate(

@@ -6,11 +6,12 @@ Serving learns about a new champion through the registry alias (it watches it), 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from tastebud.config import Settings
-from tastebud.errors import RegistryError
+from tastebud.errors import RegistryError, TastebudError
 from tastebud.registry.aliases import CHAMPION, ModelRegistry, ModelVersion
 from tastebud.registry.bundle import load_bundle, utc_now
 from tastebud.registry.decisions import Decision, append_decision, champion_history, default_actor, read_decisions
@@ -44,6 +45,23 @@ def _primary(manifest: dict[str, Any]) -> str:
     return f"ndcg_at_{manifest.get('extra', {}).get('evaluation', {}).get('k', 10)}"
 
 
+def _baseline(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The popularity baseline measured with the candidate on its validation split (``None``: unknown, or the
+    candidate is a popularity model itself, which cannot beat itself)."""
+    if manifest.get("model", {}).get("name") == "popular":
+        return None
+    baseline = manifest.get("extra", {}).get("evaluation", {}).get("baseline")
+    return baseline if isinstance(baseline, dict) else None
+
+
+def _has_finite(metrics: dict[str, Any] | None, key: str) -> bool:
+    value = (metrics or {}).get(key)
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def compare_versions(
     registry: ModelRegistry, candidate: ModelVersion, champion: ModelVersion | None, settings: Settings
 ) -> GateResult:
@@ -51,18 +69,52 @@ def compare_versions(
 
     A version made by ``tastebud retrain`` brings the numbers of its comparison with the champion it was retrained
     against; against any other champion it cannot be re-evaluated (it learned its holdout) and the rebuild refuses.
+
+    A first version (no champion) must still pass the gate's absolute floors, the popularity baseline recorded in
+    its manifest included. A champion whose manifest has no finite primary metric is not compared blindly: both
+    are re-evaluated on the candidate's validation split; when that is impossible the gate refuses (``--force``
+    overrides), and the reason names the missing metric in the decision log.
     """
     cand_manifest = registry.manifest(candidate)
     primary = _primary(cand_manifest)
+    baseline = _baseline(cand_manifest)
+    cfg = settings.registry
     if champion is None:
-        return check_gate(cand_manifest["metrics"], None, settings.registry, primary=primary)
+        return check_gate(cand_manifest["metrics"], None, cfg, primary=primary, baseline=baseline)
     recorded = cand_manifest.get("extra", {}).get("retrain", {}).get("gate")
     if recorded and recorded.get("champion_version") == champion.version:
         # a retrained version was compared with this very champion on its fresh holdout (tastebud retrain)
-        return check_gate(recorded["candidate"], recorded["champion"], settings.registry, primary=primary)
+        return check_gate(recorded["candidate"], recorded["champion"], cfg, primary=primary)
     champ_manifest = registry.manifest(champion)
-    if _eval_key(cand_manifest) == _eval_key(champ_manifest) and _eval_key(cand_manifest)[0] is not None:
-        return check_gate(cand_manifest["metrics"], champ_manifest["metrics"], settings.registry, primary=primary)
+    same_split = _eval_key(cand_manifest) == _eval_key(champ_manifest) and _eval_key(cand_manifest)[0] is not None
+    champion_lacks = not _has_finite(champ_manifest.get("metrics"), primary)
+    if same_split and not champion_lacks:
+        return check_gate(cand_manifest["metrics"], champ_manifest["metrics"], cfg, primary=primary, baseline=baseline)
+    if champion_lacks:
+        note = (
+            f"champion version {champion.version} records no finite {primary}: both re-evaluated on the "
+            "candidate's validation split"
+        )
+        try:
+            result = _reevaluate(registry, candidate, champion, cand_manifest, settings, primary, baseline)
+        except TastebudError as err:
+            result = check_gate(cand_manifest["metrics"], champ_manifest["metrics"], cfg, primary=primary)
+            note = f"champion version {champion.version} records no finite {primary} and re-evaluation failed ({err})"
+        result.reasons.insert(0, note)
+        return result
+    return _reevaluate(registry, candidate, champion, cand_manifest, settings, primary, baseline)
+
+
+def _reevaluate(
+    registry: ModelRegistry,
+    candidate: ModelVersion,
+    champion: ModelVersion,
+    cand_manifest: dict[str, Any],
+    settings: Settings,
+    primary: str,
+    baseline: dict[str, Any] | None,
+) -> GateResult:
+    """Evaluate both bundles on the candidate's validation split and run the gate on those numbers."""
     from tastebud.evaluation.protocol import evaluate
     from tastebud.pipeline.train import rebuild_split, report_metrics
 
@@ -72,9 +124,9 @@ def compare_versions(
     seed = int(cand_manifest["data"]["split"].get("seed", 0))
     metrics = []
     for mv in (candidate, champion):
-        bundle = load_bundle(registry.bundle_path(mv))
+        bundle = load_bundle(registry.bundle_path(mv), verifier=registry.verifier)
         metrics.append(report_metrics(evaluate(bundle.model, split, part="validation", k=k, seed=seed)))
-    result = check_gate(metrics[0], metrics[1], settings.registry, primary=primary)
+    result = check_gate(metrics[0], metrics[1], settings.registry, primary=primary, baseline=baseline)
     result.reevaluated = True
     return result
 

@@ -58,6 +58,7 @@ from tastebud.registry.aliases import CHAMPION, ModelRegistry, ModelVersion
 from tastebud.registry.bundle import Bundle, load_bundle, read_manifest, utc_now
 from tastebud.registry.decisions import Decision, append_decision, default_actor
 from tastebud.registry.gates import GateResult, check_gate
+from tastebud.registry.signing import signer_from_settings
 
 if TYPE_CHECKING:
     from tastebud.store import Store
@@ -315,7 +316,7 @@ class _Run:
         stage("data")
         t = time.perf_counter()
         holdout = select_holdout(merged, fraction)
-        champion = load_bundle(self.registry.bundle_path(champion_mv))
+        champion = load_bundle(self.registry.bundle_path(champion_mv), verifier=self.registry.verifier)
         family = manifest["model"]["name"]
         chosen = candidate_params(family, manifest["model"]["params"], params, seed)
         timings["prepare_s"] = time.perf_counter() - t
@@ -357,6 +358,7 @@ class _Run:
             retrain_id=self.retrain_id,
             metrics=out.gate["candidate"],
             extra=extra,
+            signer=signer_from_settings(self.settings),
         )
         out.bundle_dir = str(bundle_dir)
         timings["bundle_s"] = time.perf_counter() - t

@@ -2,12 +2,18 @@
 
 Each version points at a bundle stored as its run's ``bundle`` artifact. Metrics and provenance shown for a
 version come from the bundle's manifest (the one source of truth); the MLflow tags on a version are copies
-written from it for people browsing the MLflow UI, never read back.
+written from it for people browsing the MLflow UI, never read back. Their names (:data:`PROVENANCE_TAGS`) are
+reserved: a caller's tags cannot overwrite them.
+
+Reading a version's manifest fetches only ``bundle/manifest.json`` (and ``bundle/signature.json``) from a remote
+artifact store, not the whole bundle; with a verification key configured (:mod:`tastebud.registry.signing`) the
+manifest's signature is checked before its numbers are believed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -19,7 +25,8 @@ from urllib.parse import unquote, urlparse
 
 from tastebud.config import Settings
 from tastebud.errors import BundleError, RegistryError
-from tastebud.registry.bundle import MANIFEST, _check_arrays, read_manifest, verify_bundle
+from tastebud.registry.bundle import MANIFEST, check_model_arrays, parse_manifest, verify_bundle
+from tastebud.registry.signing import SIGNATURE, Verifier, verifier_from_settings
 from tastebud.registry.tracking import log_run, make_client, tracking_uri, with_retries
 
 if TYPE_CHECKING:
@@ -31,6 +38,15 @@ logger = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: Metrics shown by ``list`` and compared by the promotion gate.
 KEY_METRICS = ("ndcg_at_10", "recall_at_10", "coverage", "rmse")
+#: Version and run tags copied from the manifest (:func:`provenance_tags`); a caller may not set them.
+PROVENANCE_TAGS = (
+    "tastebud.model_family",
+    "tastebud.snapshot_id",
+    "tastebud.dataset",
+    "tastebud.git_sha",
+    "tastebud.package_version",
+    "tastebud.params",
+)
 
 
 @dataclass
@@ -46,6 +62,8 @@ class ModelVersion:
         tags: version tags (copies of manifest fields, decisions).
         created_at: UTC ISO time of registration.
         metrics: validation metrics from the bundle's manifest.
+        family: model family from the bundle's manifest (``""`` when the manifest is unreadable).
+        snapshot_id: training data snapshot id from the bundle's manifest (``""`` when unreadable).
     """
 
     name: str
@@ -56,6 +74,8 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    family: str = ""
+    snapshot_id: str = ""
 
 
 def _is_missing(err: Exception) -> bool:
@@ -82,6 +102,14 @@ class ModelRegistry:
         self.settings = settings
         self._client: MlflowClient | None = None
         self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
+        self._verifier: Verifier | None = None
+
+    @property
+    def verifier(self) -> Verifier:
+        """Checks manifest signatures with the keys of ``settings.signing`` (built on first use)."""
+        if self._verifier is None:
+            self._verifier = verifier_from_settings(self.settings)
+        return self._verifier
 
     @property
     def client(self) -> MlflowClient:
@@ -104,16 +132,24 @@ class ModelRegistry:
         The bundle becomes the ``bundle`` artifact of ``run_id`` (logged there if the run lacks it; a run is
         created when ``run_id`` is ``None``), and the version's source points at it.
 
+        ``tags`` may not use the provenance tag names (:data:`PROVENANCE_TAGS`): those are copies of the manifest.
+
         Raises:
-            BundleError: the bundle is corrupt, or its model (or a fallback) is empty or holds NaN values.
+            BundleError: the bundle is corrupt, unsigned or mis-signed while a verification key is configured, or
+                its model (or a fallback) is empty or holds NaN/inf values.
+            RegistryError: ``tags`` name a reserved provenance tag.
         """
         from mlflow.exceptions import MlflowException
 
+        reserved = sorted(set(tags or {}) & set(PROVENANCE_TAGS))
+        if reserved:
+            raise RegistryError(
+                f"tags {', '.join(reserved)} are reserved: they are copied from the bundle's manifest "
+                "(the one source of provenance); use another tag name"
+            )
         bundle_dir = Path(bundle_dir)
-        manifest = verify_bundle(bundle_dir)
-        _check_arrays(bundle_dir / "model", f"model {manifest['model']['name']!r}")
-        for fb in manifest.get("fallback", []):
-            _check_arrays(bundle_dir / "fallback" / fb, f"fallback {fb!r}")
+        manifest = verify_bundle(bundle_dir, verifier=self.verifier)
+        check_model_arrays(bundle_dir, manifest, action="register")
         copies = provenance_tags(manifest)
         client = self.client
         if run_id is None:
@@ -133,7 +169,7 @@ class ModelRegistry:
         with contextlib.suppress(MlflowException):  # it exists already
             client.create_registered_model(name)
         mv = with_retries(
-            lambda: client.create_model_version(name, source, run_id=run_id, tags={**copies, **(tags or {})}),
+            lambda: client.create_model_version(name, source, run_id=run_id, tags={**(tags or {}), **copies}),
             "create model version",
         )
         self._manifests[(name, int(mv.version))] = manifest
@@ -231,18 +267,61 @@ class ModelRegistry:
         return target
 
     def manifest(self, mv: ModelVersion) -> dict[str, Any]:
-        """The manifest of a version's bundle (only ``manifest.json`` is fetched from a remote store)."""
+        """The manifest of a version's bundle.
+
+        From a remote store only ``manifest.json`` and ``signature.json`` are fetched (into
+        ``<cache>/<name>/<version>.manifest/``), not the bundle's arrays. With a verification key configured the
+        signature is checked (checksums are checked when the bundle itself is loaded).
+
+        Raises:
+            BundleError: the manifest cannot be read, or its signature is missing or wrong while a key is set.
+        """
         key = (mv.name, mv.version)
         if key not in self._manifests:
             local = local_path(mv.source)
             if local is not None:
-                self._manifests[key] = read_manifest(local)
+                directory = local
+                if not directory.is_dir():
+                    raise BundleError(f"{directory}: bundle directory not found")
             else:
-                target = self.cache_dir / mv.name / str(mv.version)
-                if not (target / MANIFEST).is_file():
-                    self._download(mv.source, target)
-                self._manifests[key] = read_manifest(target)
+                full = self.cache_dir / mv.name / str(mv.version)
+                directory = full if (full / MANIFEST).is_file() else self._download_manifest(mv)
+            raw = (directory / MANIFEST).read_bytes() if (directory / MANIFEST).is_file() else None
+            if raw is None:
+                raise BundleError(f"{directory / MANIFEST}: missing file")
+            if self.verifier.configured:
+                self.verifier.check(directory, raw)
+            self._manifests[key] = parse_manifest(directory, raw)
         return self._manifests[key]
+
+    def _download_manifest(self, mv: ModelVersion) -> Path:
+        """Fetch only the manifest (and signature, if any) of a remote bundle; the directory holding them."""
+        import mlflow.artifacts
+
+        target = self.cache_dir / mv.name / f"{mv.version}.manifest"
+        if (target / MANIFEST).is_file():
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        source = mv.source.rstrip("/")
+        for name, required in ((MANIFEST, True), (SIGNATURE, False)):
+            tmp = target / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with_retries(
+                    functools.partial(
+                        mlflow.artifacts.download_artifacts,
+                        artifact_uri=f"{source}/{name}",
+                        dst_path=str(tmp),
+                        tracking_uri=tracking_uri(self.settings),
+                    ),
+                    f"download {name}",
+                )
+                (tmp / name).replace(target / name)
+            except Exception as err:
+                if required:
+                    raise BundleError(f"{source}/{name}: cannot download the manifest ({err})") from err
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
 
     def _download(self, source: str, target: Path) -> None:
         import mlflow.artifacts
@@ -280,11 +359,14 @@ class ModelRegistry:
             created_at=_iso_ms(mv.creation_timestamp),
         )
         try:
-            metrics = self.manifest(out).get("metrics", {})
+            manifest = self.manifest(out)
         except BundleError as err:
             logger.warning("bundle manifest unreadable", extra={"version": version, "error": str(err)})
-            metrics = {}
+            manifest = {}
+        metrics = manifest.get("metrics") or {}
         out.metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+        out.family = str((manifest.get("model") or {}).get("name") or "")
+        out.snapshot_id = str((manifest.get("data") or {}).get("snapshot_id") or "")
         return out
 
 
@@ -313,4 +395,12 @@ def _iso_ms(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["CHALLENGER", "CHAMPION", "KEY_METRICS", "ModelRegistry", "ModelVersion", "provenance_tags"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "KEY_METRICS",
+    "PROVENANCE_TAGS",
+    "ModelRegistry",
+    "ModelVersion",
+    "provenance_tags",
+]

@@ -3,7 +3,9 @@
 A bundle is everything serving needs to answer requests, written as plain ``.npy`` arrays and JSON (never
 pickle). ``manifest.json`` is the one source of truth for provenance (model parameters, data snapshot, git SHA,
 metrics) and lists the sha256 of every other file, so a truncated, altered, missing or unexpected file is
-refused on load with an error naming it.
+refused on load with an error naming it. A loaded array holding NaN or inf is refused too (a registry must never
+publish a broken model, even one whose checksums were recomputed). When signing is configured the manifest is
+signed (``signature.json``, :mod:`tastebud.registry.signing`), and a bundle altered after signing is refused.
 
 Layout::
 
@@ -12,6 +14,7 @@ Layout::
     fallback/popular/      always
     fallback/content/      when the training data has item metadata
     items.json             item metadata aligned with the model's item ids
+    signature.json         signature of manifest.json (only when signing is configured; not in the manifest)
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import json
 import os
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -33,13 +36,19 @@ from tastebud.data.dataset import Dataset
 from tastebud.data.io import atomic_dir
 from tastebud.errors import BundleError
 from tastebud.models import MODELS, model_class
-from tastebud.models.base import Recommender, load_array, read_json
+from tastebud.models.base import Recommender, read_json
+from tastebud.registry.signing import SIGNATURE
+
+if TYPE_CHECKING:
+    from tastebud.registry.signing import Signer, Verifier
 
 #: Version of the bundle layout and manifest; a loader refuses any other.
 BUNDLE_SCHEMA_VERSION: int = 1
 MANIFEST = "manifest.json"
 ITEMS_FILE = "items.json"
 _CHUNK = 1 << 20
+#: Elements checked for NaN/inf at a time (bounds the temporary mask of a large memory-mapped array).
+_BLOCK = 1 << 22
 
 
 @dataclass
@@ -52,6 +61,8 @@ class Bundle:
         model: the main model, loaded.
         fallback: fallback models by name (``popular`` always; ``content`` when the data has item metadata).
         item_meta: item metadata aligned with ``model.items_`` (``item_id, title, year, genres, tags``).
+        signature: ``{"signed", "scheme", "key_id"}``; ``signed`` is true only when the manifest's signature was
+            verified against a configured key on load.
     """
 
     path: Path
@@ -59,6 +70,12 @@ class Bundle:
     model: Recommender
     fallback: dict[str, Recommender]
     item_meta: pl.DataFrame
+    signature: dict[str, Any] = field(default_factory=lambda: {"signed": False, "scheme": None, "key_id": None})
+
+    @property
+    def signed(self) -> bool:
+        """Whether the manifest's signature was verified against a configured key."""
+        return bool(self.signature.get("signed"))
 
     @property
     def name(self) -> str:
@@ -125,6 +142,7 @@ def write_bundle(
     metrics: Mapping[str, float | None],
     fallback: dict[str, Recommender] | None = None,
     extra: dict[str, Any] | None = None,
+    signer: Signer | None = None,
 ) -> Path:
     """Write a fitted model, its fallbacks and item metadata as a bundle directory, atomically.
 
@@ -136,6 +154,8 @@ def write_bundle(
             manifest.
         fallback: fitted fallback models by name; ``popular`` is required by serving.
         extra: more JSON-able provenance (how to rebuild the data, split parameters, timings).
+        signer: signs the manifest (``signature.json``) when given
+            (:func:`~tastebud.registry.signing.signer_from_settings`).
 
     Returns:
         The bundle directory.
@@ -178,6 +198,8 @@ def write_bundle(
             "extra": _json_safe({k: v for k, v in (extra or {}).items() if k != "split"}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        if signer is not None:
+            signer.sign_bundle(tmp)
     return directory
 
 
@@ -196,28 +218,68 @@ def _check_fitted(model: Recommender, what: str) -> None:
         )
 
 
-def _check_arrays(directory: Path, what: str) -> None:
+def _map_array(path: Path) -> np.ndarray:
+    """A ``.npy`` array memory-mapped read-only (no pickle), with a clear error naming the file."""
+    try:
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError:  # some arrays cannot be mapped (an empty one on some platforms): read it whole
+            return np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise BundleError(f"{path}: missing file") from err
+    except (ValueError, OSError, EOFError) as err:
+        raise BundleError(f"{path}: unreadable array ({err})") from err
+
+
+def _count_nonfinite(arr: np.ndarray) -> int:
+    flat = arr.reshape(-1, order="A")  # a view for C- or Fortran-ordered arrays
+    return sum(int((~np.isfinite(flat[i : i + _BLOCK])).sum()) for i in range(0, flat.size, _BLOCK))
+
+
+def _check_arrays(directory: Path, what: str, *, action: str = "bundle", root: Path | None = None) -> None:
     """Refuse empty models: no arrays, an empty or all-zero parameter matrix, or any NaN/inf value.
 
     Parameter matrices (float arrays of two or more dimensions: factors, weights) can never legitimately be
-    empty or all zero after ``fit``; 1-D arrays (biases, the seen matrix's data) may be.
+    empty or all zero after ``fit``; 1-D arrays (biases, the seen matrix's data) may be. Arrays are memory-mapped
+    and scanned in blocks, so a large model is not held twice.
+
+    Args:
+        directory: a model's directory.
+        what: the model named in the error.
+        action: the verb of the error (``bundle``, ``load``, ``register``).
+        root: files are named relative to it (default: by their name alone).
     """
     arrays = sorted(directory.rglob("*.npy"))
     total = 0
     for path in arrays:
-        arr = load_array(path)
+        arr = _map_array(path)
+        label = _rel(path, root) if root is not None else path.name
         total += arr.size
         if not np.issubdtype(arr.dtype, np.floating):
             continue
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise BundleError(f"refusing to bundle {what}: {path.name} holds {bad} NaN/inf values")
+        bad = _count_nonfinite(arr)
+        if bad:
+            raise BundleError(f"refusing to {action} {what}: {label} holds {bad} NaN/inf values")
         if arr.ndim >= 2 and arr.size == 0:
-            raise BundleError(f"refusing to bundle {what}: {path.name} is empty (shape {arr.shape})")
+            raise BundleError(f"refusing to {action} {what}: {label} is empty (shape {arr.shape})")
         if arr.ndim >= 2 and not np.any(arr):
-            raise BundleError(f"refusing to bundle {what}: {path.name} is all zeros (an empty model)")
+            raise BundleError(f"refusing to {action} {what}: {label} is all zeros (an empty model)")
     if not arrays or total == 0:
-        raise BundleError(f"refusing to bundle {what}: it saved no non-empty arrays")
+        raise BundleError(f"refusing to {action} {what}: it saved no non-empty arrays")
+
+
+def check_model_arrays(directory: Path, manifest: dict[str, Any], *, action: str = "load") -> None:
+    """Refuse a bundle whose model or fallbacks hold NaN/inf, or empty or all-zero parameter matrices.
+
+    Raises:
+        BundleError: naming the file (relative to the bundle) and the model.
+    """
+    directory = Path(directory)
+    _check_arrays(
+        directory / "model", f"model {manifest['model'].get('name')!r} of {directory}", action=action, root=directory
+    )
+    for fb in manifest.get("fallback", []):
+        _check_arrays(directory / "fallback" / fb, f"fallback {fb!r} of {directory}", action=action, root=directory)
 
 
 def _check_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -252,7 +314,7 @@ def _json_safe(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- reading
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """Parse ``manifest.json`` and check its schema version (no checksums).
+    """Parse ``manifest.json`` and check its schema version (no checksums, no signature).
 
     Raises:
         BundleError: the directory or manifest is missing, not JSON, or of another schema version.
@@ -260,7 +322,30 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: bundle directory not found")
-    manifest = read_json(directory / MANIFEST)
+    return parse_manifest(directory, read_json(directory / MANIFEST))
+
+
+def _manifest_bytes(directory: Path) -> bytes:
+    path = directory / MANIFEST
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise BundleError(f"{path}: missing file") from err
+    except OSError as err:
+        raise BundleError(f"{path}: unreadable ({err})") from err
+
+
+def parse_manifest(directory: Path, manifest: Any) -> dict[str, Any]:
+    """Check a parsed manifest of ``directory``: a JSON object of this schema version with the required fields.
+
+    Raises:
+        BundleError: naming ``directory/manifest.json``.
+    """
+    if isinstance(manifest, bytes):
+        try:
+            manifest = json.loads(manifest.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleError(f"{directory / MANIFEST}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict):
         raise BundleError(f"{directory / MANIFEST}: expected a JSON object")
     version = manifest.get("schema_version")
@@ -274,16 +359,37 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_bundle(directory: Path) -> dict[str, Any]:
-    """Check the manifest and the sha256 of every file; returns the manifest.
+def verify_bundle(directory: Path, *, verifier: Verifier | None = None) -> dict[str, Any]:
+    """Check the manifest, its signature (when ``verifier`` has a key) and the sha256 of every file.
+
+    Returns:
+        The manifest.
 
     Raises:
-        BundleError: naming the first file that is missing, unexpected, truncated or altered.
+        BundleError: naming the first file that is missing, unexpected, truncated or altered, or the signature
+            problem (unsigned, wrong key, manifest changed after signing).
+    """
+    return check_bundle(directory, verifier=verifier)[0]
+
+
+def check_bundle(directory: Path, *, verifier: Verifier | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`verify_bundle` that also returns the signature status (``{"signed", "scheme", "key_id"}``).
+
+    The signature is checked over the very bytes that are parsed, before any checksum: a file altered and its
+    checksum recomputed in the manifest fails here.
     """
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: bundle directory not found")
+    raw = _manifest_bytes(directory)
+    status: dict[str, Any] = {"signed": False, "scheme": None, "key_id": None}
+    if verifier is not None and verifier.configured:
+        status = verifier.check(directory, raw)
+    manifest = parse_manifest(directory, raw)
     listed: dict[str, str] = manifest["files"]
-    present = {_rel(p, directory) for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    if not isinstance(listed, dict):
+        raise BundleError(f"{directory / MANIFEST}: field 'files' is not a mapping of file to sha256")
+    present = {_rel(p, directory) for p in directory.rglob("*") if p.is_file()} - {MANIFEST, SIGNATURE}
     missing = sorted(set(listed) - present)
     if missing:
         raise BundleError(f"{directory / missing[0]}: file listed in the manifest is missing")
@@ -297,7 +403,7 @@ def verify_bundle(directory: Path) -> dict[str, Any]:
                 f"{directory / rel}: sha256 mismatch (file truncated or altered; "
                 f"expected {expected[:12]}..., got {actual[:12]}...)"
             )
-    return manifest
+    return manifest, status
 
 
 def _load_model(name: str, directory: Path, where: Path) -> Recommender:
@@ -312,27 +418,35 @@ def _load_model(name: str, directory: Path, where: Path) -> Recommender:
         raise BundleError(f"{directory}: cannot load {name} model ({err})") from err
 
 
-def load_bundle(directory: Path, *, verify: bool = True) -> Bundle:
-    """Load a bundle (after verifying every checksum unless ``verify`` is false).
+def load_bundle(directory: Path, *, verify: bool = True, verifier: Verifier | None = None) -> Bundle:
+    """Load a bundle: verify its signature (when ``verifier`` has a key) and every checksum unless ``verify`` is
+    false, and refuse arrays holding NaN/inf (always).
 
     Raises:
-        BundleError: the bundle is missing, corrupt or of another schema version; the message names the file.
+        BundleError: the bundle is missing, corrupt, unsigned or mis-signed while a key is configured, holds
+            non-finite values, or is of another schema version; the message names the file.
     """
     directory = Path(directory)
-    manifest = verify_bundle(directory) if verify else read_manifest(directory)
+    if verify:
+        manifest, signature = check_bundle(directory, verifier=verifier)
+    else:
+        manifest, signature = read_manifest(directory), {"signed": False, "scheme": None, "key_id": None}
     model_info = manifest["model"]
     if model_info.get("class") != MODELS.get(model_info.get("name")):
         raise BundleError(
             f"{directory / MANIFEST}: model class {model_info.get('class')!r} does not match "
             f"model {model_info.get('name')!r}"
         )
+    check_model_arrays(directory, manifest, action="load")
     model = _load_model(model_info["name"], directory / "model", directory / MANIFEST)
     fallback = {
         name: _load_model(name, directory / "fallback" / name, directory / MANIFEST)
         for name in manifest.get("fallback", [])
     }
     item_meta = _read_items(directory / ITEMS_FILE)
-    return Bundle(path=directory, manifest=manifest, model=model, fallback=fallback, item_meta=item_meta)
+    return Bundle(
+        path=directory, manifest=manifest, model=model, fallback=fallback, item_meta=item_meta, signature=signature
+    )
 
 
 def _read_items(path: Path) -> pl.DataFrame:
@@ -363,9 +477,12 @@ def bundle_size(directory: Path) -> int:
 __all__ = [
     "BUNDLE_SCHEMA_VERSION",
     "Bundle",
+    "check_bundle",
+    "check_model_arrays",
     "git_sha",
     "load_bundle",
     "package_version",
+    "parse_manifest",
     "read_manifest",
     "verify_bundle",
     "write_bundle",

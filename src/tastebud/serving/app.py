@@ -19,9 +19,10 @@ from fastapi.responses import ORJSONResponse
 
 from tastebud.config import Settings, build_settings
 from tastebud.monitoring.metrics import DRIFT_TEXTFILE, RETRAIN_TEXTFILE, ServingMetrics, mark_process_dead
+from tastebud.serving.auth import AuthMiddleware, AuthPolicy, RateLimits, install_openapi_security
 from tastebud.serving.errors import install_error_handlers
-from tastebud.serving.holder import BundleLoader, ModelHolder
-from tastebud.serving.middleware import MetricsMiddleware
+from tastebud.serving.holder import BundleLoader, ModelHolder, settings_loader
+from tastebud.serving.middleware import BodyLimitMiddleware, MetricsMiddleware
 from tastebud.serving.provenance import image_digest
 from tastebud.serving.routes import (
     events,
@@ -63,13 +64,17 @@ def create_app(
             store of ``settings`` and starts a :class:`tastebud.store.RequestLogWriter` at startup.
         holder: a ready model holder (tests); built from ``registry`` when ``None``.
         store: the request store for ``/trace`` (defaults to the writer's store).
-        loader: how bundles are loaded (default: verified ``load_bundle``).
+        loader: how bundles are loaded (default: verified ``load_bundle``, with the manifest signature checked
+            when ``settings.signing`` configures a key).
         watch: load the alias at startup and watch it; False leaves loading to the caller.
         freeze_gc: freeze the objects alive after each model load out of the garbage collector's full passes
             (server processes: :func:`create_app_from_env`).
     """
     settings = settings or build_settings()
     cfg = settings.serving
+    policy = AuthPolicy.from_settings(settings)  # a ConfigError before anything starts (auth.required, no key)
+    rate_limits = RateLimits.from_settings(settings)
+    logger.log(logging.INFO if policy.enforced else logging.WARNING, policy.describe())
     metrics_ = holder.metrics if holder is not None else ServingMetrics()
     for textfile in (DRIFT_TEXTFILE, RETRAIN_TEXTFILE):  # the latest drift check's and retrain's gauges
         if settings.home / textfile not in metrics_.textfiles:
@@ -86,7 +91,8 @@ def create_app(
             state.holder = ModelHolder(
                 reg, name=cfg.model_name, alias=cfg.alias, metrics=metrics_,
                 sparse_history_threshold=cfg.sparse_history_threshold, result_cache_size=cfg.result_cache_size,
-                ann_ef_search=cfg.ann_ef_search, freeze_gc=freeze_gc, image_digest=image_digest(), loader=loader,
+                ann_ef_search=cfg.ann_ef_search, freeze_gc=freeze_gc, image_digest=image_digest(),
+                loader=loader or settings_loader(settings),
                 overlay_args=overlay_bounds(settings),
             )  # fmt: skip
         if state.request_log is None:
@@ -137,6 +143,11 @@ def create_app(
     install_error_handlers(app)
     for module in (recommend, similar, popular, items, health, metrics, trace, models, events, experiments):
         app.include_router(module.router)
+    install_openapi_security(app)
+    # Starlette runs the middleware added last first: metrics see every request, refused ones included.
+    app.add_middleware(AuthMiddleware, policy=policy, limits=rate_limits, metrics=metrics_)
+    # inside the metrics (a 413 is counted), outside everything that could read a body
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, metrics=metrics_)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
     return app
 
@@ -252,6 +263,8 @@ def _default_request_log(settings: Settings, metrics_: ServingMetrics) -> tuple[
         store,
         maxsize=settings.serving.request_log_queue,
         on_error=lambda _err: metrics_.request_log_errors.inc(),
+        # records given up after failed writes (database locked, disk full); queue-full drops the routes count
+        on_failed=metrics_.request_log_dropped.inc,
     )
     writer.start()
     return store, writer

@@ -229,8 +229,53 @@ class Engine:
         self._results: dict[tuple[Any, ...], Result] = {}
         self.cache_hits = self.cache_misses = 0
         self._on_cache = on_cache
+        #: measured milliseconds of one request of each kind (``recommend``, ``similar``, ``popular``), set by
+        #: :meth:`calibrate`; the routes run a kind whose cost reaches ``serving.offload_ms`` in a worker thread
+        self.cost_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ preparation
+    def calibrate(self, repeats: int = 2) -> dict[str, float]:
+        """Time one request of each kind (the best of ``repeats``) and keep the figures in :attr:`cost_ms`.
+
+        A known user of median history length with explanations stands for ``recommend`` (its popular fallback
+        for an unknown user too: the slower of the two counts), the most popular item for ``similar``. The result
+        cache is bypassed. A kind that fails here keeps no figure (it is served inline, and fails there as before).
+        """
+        import time
+
+        def best(fn: Callable[[], object]) -> float:
+            out = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                out = min(out, (time.perf_counter() - t0) * 1000.0)
+                if out > 50.0:  # slow enough: one measurement says it
+                    break
+            return out
+
+        cost: dict[str, float] = {}
+        no_filters = Filters()
+        try:
+            cost["popular"] = best(lambda: self._popular(10, no_filters))
+        except Exception as err:
+            logger.debug("calibration of popular failed: %s", err)
+        if len(self.history_len):
+            u = int(np.argsort(self.history_len, kind="stable")[len(self.history_len) // 2])
+            user_id = str(self.model.users_.ids[u]) if self.model.users_ is not None else ""
+            try:
+                personal = best(lambda: self._personal(u, user_id, 10, True, no_filters, True, None))
+                cost["recommend"] = max(personal, cost.get("popular", 0.0))
+            except Exception as err:
+                logger.debug("calibration of recommend failed: %s", err)
+        if len(self.item_counts):
+            item_id = self.catalog.str_ids[int(np.argmax(self.item_counts))]
+            try:
+                cost["similar"] = best(lambda: self.similar(item_id, 10))
+            except Exception as err:
+                logger.debug("calibration of similar failed: %s", err)
+        self.cost_ms = cost
+        return cost
+
     def _catalog_of(self, model: Recommender | None, item_meta: pl.DataFrame) -> Catalog | None:
         if model is None or model.items_ is None:
             return None

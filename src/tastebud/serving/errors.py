@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from tastebud.errors import TastebudError
+from tastebud.serving.redact import redact_paths
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class NoModelError(TastebudError):
 
 
 class UnauthorizedError(TastebudError):
-    """The admin endpoint was called without a valid bearer token."""
+    """The request needs an API key and has none, or an unknown one (see :mod:`tastebud.serving.auth`)."""
 
     status_code = 401
     code = "unauthorized"
@@ -89,24 +90,36 @@ async def _tastebud_error(request: Request, exc: Exception) -> Response:
         extra["details"] = [{"field": exc.field, "rule": exc.rule}]
     if exc.status_code >= 500:
         logger.warning("request failed: %s", exc, extra={"path": request.url.path, "code": exc.code})
-    return error_response(exc.status_code, exc.code, str(exc), **extra)
+    # Deeper errors name files (bundles, stores): the answer keeps their names, not the server's paths. A 422
+    # echoes the request's own values, kept as they are.
+    message = str(exc) if isinstance(exc, InvalidRequestError) else redact_paths(str(exc)) or ""
+    return error_response(exc.status_code, exc.code, message, **extra)
+
+
+#: Validation errors listed in a 422 body (a body with many bad fields must not get a larger answer than itself).
+MAX_DETAILS = 20
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     details = []
-    for e in exc.errors():
-        field = _field_of(e.get("loc", ()))
+    errors = exc.errors()
+    for e in errors[:MAX_DETAILS]:
+        field = _field_of(e.get("loc", ()))[:200]
         if e.get("type") == "json_invalid":
             field = "body"
-        details.append({"field": field, "rule": e.get("msg", "invalid"), "type": e.get("type")})
+        details.append({"field": field, "rule": str(e.get("msg", "invalid"))[:500], "type": e.get("type")})
     message = "; ".join(f"{d['field']}: {d['rule']}" for d in details) or "invalid request"
-    return error_response(422, "invalid_request", message, details=details)
+    extra: dict[str, Any] = {"details": details}
+    if len(errors) > MAX_DETAILS:
+        message += f" (and {len(errors) - MAX_DETAILS} more)"
+        extra["details_total"] = len(errors)
+    return error_response(422, "invalid_request", message, **extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail))
 
 

@@ -21,7 +21,9 @@ def image_digest() -> str | None:
     return os.environ.get(IMAGE_DIGEST_ENV) or None
 
 
-def static_provenance(manifest: dict[str, Any], *, name: str, version: int | None, image: str | None) -> dict[str, Any]:
+def static_provenance(
+    manifest: dict[str, Any], *, name: str, version: int | None, image: str | None, signed: bool = False
+) -> dict[str, Any]:
     """The request-independent part of the provenance block, from a bundle manifest.
 
     Args:
@@ -29,6 +31,7 @@ def static_provenance(manifest: dict[str, Any], *, name: str, version: int | Non
         name: the registered model name.
         version: the registered version (``None`` for a bundle loaded outside the registry).
         image: the container image digest, if any.
+        signed: whether the manifest's signature was verified against a configured key when it was loaded.
     """
     data = manifest.get("data") or {}
     model = manifest.get("model") or {}
@@ -40,6 +43,7 @@ def static_provenance(manifest: dict[str, Any], *, name: str, version: int | Non
         "data_snapshot_id": data.get("snapshot_id"),
         "bundle_created_at": manifest.get("created_at"),
         "container_image_digest": image,
+        "signed": signed,
     }
 
 

@@ -114,8 +114,20 @@ class RejectedEvent(BaseModel):
 
 class EventsResponse(BaseModel):
     accepted: int = Field(..., description="Events newly stored.")
-    duplicates: int = Field(..., description="Events already stored (same event_id): a retry is harmless.")
-    rejected: list[RejectedEvent] = Field(..., description="Invalid events, each with its reason; not stored.")
+    duplicates: int = Field(
+        ..., description="Events already stored with the same event_id and content: a retry is harmless."
+    )
+    conflicts: int = Field(
+        0,
+        description="Events whose event_id an earlier event of the request, or a stored event, has with other "
+        "content: not stored (the first stays); listed in rejected with code 'conflict'.",
+    )
+    rejected: list[RejectedEvent] = Field(
+        ...,
+        description="Rejected events (invalid or conflicting), each with its reason; not stored. At most "
+        "serving.max_reported_rejections (20) are listed.",
+    )
+    rejected_total: int = Field(0, description="How many events were rejected, listed or not.")
     users_updated: int = Field(..., description="Users whose next recommendations reflect these events.")
 
 
@@ -145,6 +157,9 @@ class Provenance(BaseModel):
     data_snapshot_id: str | None
     bundle_created_at: str | None
     container_image_digest: str | None
+    signed: bool = Field(
+        False, description="The bundle's manifest signature was verified against a configured key when it was loaded."
+    )
     timestamp: str
     latency_ms: float
 

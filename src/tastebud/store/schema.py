@@ -8,6 +8,7 @@ out on both backends.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -112,7 +113,10 @@ events = sa.Table(
     sa.Index("ix_events_timestamp", "timestamp"),
 )
 
-#: Messages that could not be decoded or validated, kept with the reason for inspection and replay.
+#: Messages that could not be decoded or validated, kept with the reason for inspection and replay. ``payload`` may
+#: be a prefix of the original (the stream keeps a bounded one): ``payload_size`` and ``payload_sha256`` describe the
+#: original. One row per source and payload hash, so a resent message or batch adds no second dead letter (rows of
+#: stores older than these columns have NULL there and never collide).
 dead_letters = sa.Table(
     "dead_letters",
     metadata,
@@ -121,7 +125,10 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("payload", sa.LargeBinary(), nullable=False),
     sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("payload_size", sa.BigInteger(), nullable=True),
+    sa.Column("payload_sha256", sa.String(64), nullable=True),
     sa.Index("ix_dead_letters_received_at", "received_at"),
+    sa.Index("uq_dead_letters_source_payload", "source", "payload_sha256", unique=True),
 )
 
 #: Named leases for single-flight work (one retrain per model): one row per held lock. A lock is taken by an
@@ -353,19 +360,35 @@ def dead_letter_row(
 ) -> dict[str, Any]:
     """Validate one dead letter (``source``, ``reason``, ``payload`` bytes, optional ``received_at``).
 
+    ``payload_size`` and ``payload_sha256`` describe the original when ``payload`` is a prefix of it; they default
+    to the size and sha256 of ``payload`` itself.
+
     Raises:
         DataValidationError: naming the record's position and field.
     """
     where = f"dead letter {index}"
-    row = _fill(record, _DEAD_LETTER_REQUIRED, {"received_at": None}, where)
+    defaults = {"received_at": None, "payload_size": None, "payload_sha256": None}
+    row = _fill(record, _DEAD_LETTER_REQUIRED, defaults, where)
     row["source"] = _text(row["source"], where, "source")
     row["reason"] = _text(row["reason"], where, "reason")
     payload = row["payload"]
     if isinstance(payload, str):
-        payload = payload.encode("utf-8")
+        payload = payload.encode("utf-8", "backslashreplace")
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DataValidationError(f"{where}, field 'payload': expected bytes, got {type(payload).__name__}")
     row["payload"] = bytes(payload)
+    size = _integer(row["payload_size"], where, "payload_size", nullable=True)
+    if size is None:
+        size = len(row["payload"])
+    elif size < len(row["payload"]):
+        raise DataValidationError(f"{where}, field 'payload_size': {size} is less than the payload's {len(payload)}")
+    row["payload_size"] = size
+    digest = row["payload_sha256"]
+    if digest is None:
+        digest = hashlib.sha256(row["payload"]).hexdigest()
+    elif not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise DataValidationError(f"{where}, field 'payload_sha256': expected 64 lower-case hex digits")
+    row["payload_sha256"] = digest
     arrived = row["received_at"] if row["received_at"] is not None else received_at or datetime.now(UTC)
     row["received_at"] = to_utc(arrived, where=f"{where}, field 'received_at'")
     return row

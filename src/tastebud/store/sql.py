@@ -141,6 +141,7 @@ class Store:
                 with self._begin("schema creation") as conn:
                     metadata.create_all(conn)
                     _add_missing_columns(conn)
+                    _add_missing_indexes(conn)
                     for name in DROPPED_INDEXES:
                         conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
                 return
@@ -259,6 +260,15 @@ class Store:
         inserted = self._insert_new(events, "event_id", _first_per_key(rows, "event_id"), "event write")
         return inserted, len(rows) - inserted
 
+    def events_by_id(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored events with these ``event_id`` values, keyed by ``event_id`` (absent ids are left out)."""
+        found: dict[str, dict[str, Any]] = {}
+        ids = list(dict.fromkeys(str(i) for i in event_ids))
+        for start in range(0, len(ids), 500):  # a bounded number of bind parameters per statement
+            query = sa.select(events).where(events.c.event_id.in_(ids[start : start + 500]))
+            found.update((row["event_id"], row) for row in self._fetch(query, "event read"))
+        return found
+
     def query_events(
         self,
         *,
@@ -326,18 +336,32 @@ class Store:
     # --- dead letters --------------------------------------------------------------------------------------------
 
     def write_dead_letters(self, records: Sequence[Mapping[str, Any]]) -> int:
-        """Store undecodable or invalid messages (``source``, ``reason``, ``payload`` bytes) in one transaction.
+        """Store undecodable or invalid messages in one transaction, idempotently.
+
+        Args:
+            records: ``source``, ``reason``, ``payload`` bytes (possibly a prefix of the original), and optional
+                ``payload_size`` and ``payload_sha256`` of the original (default: those of ``payload``) and
+                ``received_at``.
 
         Returns:
-            How many were stored.
+            How many were stored: a record whose source and payload hash the table holds already (a resent
+            message or batch), or that repeats one of the same call, is skipped.
         """
         now = datetime.now(UTC)
         rows = [dead_letter_row(r, i, received_at=now) for i, r in enumerate(records)]
-        if not rows:
+        unique: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            unique.setdefault((row["source"], row["payload_sha256"]), row)
+        if not unique:
             return 0
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        stmt = (
+            dialect_insert(dead_letters)
+            .on_conflict_do_nothing(index_elements=["source", "payload_sha256"])
+            .returning(dead_letters.c.id)
+        )
         with self._begin("dead letter write") as conn:
-            conn.execute(sa.insert(dead_letters), rows)
-        return len(rows)
+            return len(conn.execute(stmt, list(unique.values())).all())
 
     def query_dead_letters(
         self, *, source: str | None = None, since: datetime | None = None, limit: int | None = None
@@ -1168,6 +1192,20 @@ def _add_missing_columns(conn: Connection) -> None:
                 raise StoreError(f"table {table.name} lacks the column {column.name}, which cannot be added")
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def _add_missing_indexes(conn: Connection) -> None:
+    """Create the indexes that later versions declared on tables created by earlier ones (``create_all`` creates
+    the indexes of the tables it creates only), such as the unique dead-letter key on the columns just added."""
+    inspector = sa.inspect(conn)
+    existing = set(inspector.get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        present = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(conn, checkfirst=True)
 
 
 def _postgres_engine(url: URL, connect_timeout_s: float) -> Engine:

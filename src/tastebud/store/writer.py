@@ -6,8 +6,9 @@ The thread is woken once per batch (first record, full batch, flush, close), nev
 request (what ``queue.Queue.put`` does to a waiting consumer) hands the GIL back and forth and cost serving more
 CPU than the database write itself.
 A failing or slow database therefore never slows or fails a request: a failed batch is retried a bounded number of
-times with backoff and then given up, and every record that is not written is reported through ``on_drop``,
-every error through ``on_error`` (or the log when no callback is set), never silently.
+times with backoff and then given up, and every record that is not written is reported through ``on_drop`` (those
+given up after failed writes also through ``on_failed``), every error through ``on_error``, and both in the log (at
+most a line per kind every 10 s: a locked or full database is visible without metrics), never silently.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class RequestLogWriter:
         on_drop: called with a count whenever records are dropped (queue full, writer closed, retries spent).
             It may run on the submitting thread, so it must be quick (a counter increment).
         on_error: called with each exception a write raised (before any retry).
+        on_failed: called with a count whenever records are given up because writes failed (retries spent, or
+            a record the store refuses): the subset of drops that a locked, full or unreachable database causes.
         max_retries: retries of a failed batch before its records are dropped.
         retry_backoff: wait before the first retry, seconds; doubled for each further one.
     """
@@ -64,6 +67,7 @@ class RequestLogWriter:
         flush_interval: float = 0.2,
         on_drop: Callable[[int], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
+        on_failed: Callable[[int], None] | None = None,
         max_retries: int = 3,
         retry_backoff: float = 0.1,
     ) -> None:
@@ -79,6 +83,7 @@ class RequestLogWriter:
         self.retry_backoff = retry_backoff
         self._on_drop = on_drop
         self._on_error = on_error
+        self._on_failed = on_failed
         self.maxsize = maxsize
         # Appends and pops of a deque are atomic; the lock guards the counters and the bound check with them.
         self._buffer: deque[Record] = deque()
@@ -95,6 +100,9 @@ class RequestLogWriter:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
+        self._last_error_line = -_WARN_INTERVAL_S
+        self._last_warning_error = -_WARN_INTERVAL_S
+        self._suppressed_errors = 0
 
     # --- public --------------------------------------------------------------------------------------------------
 
@@ -260,7 +268,7 @@ class RequestLogWriter:
                 # Retrying cannot fix a bad record: write the others one by one, drop the bad ones.
                 self._report_error(err)
                 if len(batch) == 1:
-                    self._settle(dropped=1)
+                    self._give_up(1, err, attempt + 1)
                 else:
                     for record in batch:
                         self._write([record])
@@ -269,11 +277,27 @@ class RequestLogWriter:
                 self._report_error(err)
                 attempt += 1
                 if attempt > self.max_retries or self._abandon.wait(self.retry_backoff * 2 ** (attempt - 1)):
-                    self._settle(dropped=len(batch))
+                    self._give_up(len(batch), err, attempt)
                     return
                 continue
             self._settle(written=len(batch))
             return
+
+    def _give_up(self, count: int, err: Exception, attempts: int) -> None:
+        """Drop ``count`` records whose write failed: one clear log line (rate-limited), ``on_failed``, ``on_drop``."""
+        now = time.monotonic()
+        if now - self._last_error_line >= _WARN_INTERVAL_S:
+            self._last_error_line = now
+            logger.error(
+                "request log: %d record(s) dropped after %d failed write attempt(s): %s; serving continues without "
+                "them (dropped so far: %d)", count, attempts, err, self.dropped + count,
+            )  # fmt: skip
+        if self._on_failed is not None:
+            try:
+                self._on_failed(count)
+            except Exception:
+                logger.exception("request-log writer: on_failed callback failed")
+        self._settle(dropped=count)
 
     def _drain(self) -> list[Record]:
         records = []
@@ -307,8 +331,19 @@ class RequestLogWriter:
     def _report_error(self, err: Exception) -> None:
         with self._lock:
             self._errors += 1
+        # Always a log line (a database that is locked or full must be visible without metrics), at most one per
+        # interval: a failing database would otherwise write one line per batch and retry.
+        now = time.monotonic()
+        if now - self._last_warning_error >= _WARN_INTERVAL_S:
+            suppressed, self._suppressed_errors = self._suppressed_errors, 0
+            self._last_warning_error = now
+            logger.warning(
+                "request-log write failed (%s): %s%s", type(err).__name__, err,
+                f" ({suppressed} more failures since the last report)" if suppressed else "",
+            )  # fmt: skip
+        else:
+            self._suppressed_errors += 1
         if self._on_error is None:
-            logger.warning("request-log write failed: %s", err)
             return
         try:
             self._on_error(err)

@@ -176,7 +176,7 @@ class EventConsumer:
         if not stream.bootstrap_servers:
             raise StreamError("no Kafka broker configured: set TASTEBUD_STREAM__BOOTSTRAP_SERVERS (host:port)")
         kwargs.setdefault("topics", [stream.ratings_topic, stream.interactions_topic])
-        kwargs.setdefault("rules", EventRules.from_settings(stream))
+        kwargs.setdefault("rules", EventRules.from_settings(settings))
         return cls(
             store,
             stream.bootstrap_servers,
@@ -329,8 +329,9 @@ class EventConsumer:
         if to_table:
             # The table is the fallback: a message is counted once above, or here when there is no topic.
             write_dead_letters(
-                self.store, to_table, source="kafka", metrics=None if self._dlq is not None else self.metrics
-            )
+                self.store, to_table, source="kafka", metrics=None if self._dlq is not None else self.metrics,
+                max_bytes=self.rules.dead_letter_max_bytes,
+            )  # fmt: skip
             if self._dlq is not None:
                 self.metrics.dead_letter_fallback.inc(len(to_table))
             self.stats.dead_letters_to_table += len(to_table)

@@ -5,14 +5,19 @@ bad event; a rejection carries a reason a person can act on and a low-cardinalit
 
 Normal form of an event:
 
-- ``event_id``, ``user_id``, ``item_id``: non-empty strings without surrounding whitespace (integers are turned
-  into strings); an HTTP event without ``event_id`` gets one derived from its content, so a client's retry of the
+- ``event_id``, ``user_id``, ``item_id``: ids under the one id rule of :mod:`tastebud.ids` (surrounding whitespace
+  stripped, integers turned into strings, not empty, no control characters, at most ``max_id_length``
+  characters); an HTTP event without ``event_id`` gets one derived from its content, so a client's retry of the
   same event stays idempotent;
 - ``kind``: ``rating`` or one of :data:`INTERACTION_KINDS` (lower-cased);
 - ``rating``: for ``rating`` events only, finite and within the configured range; ``value`` defaults to it;
 - ``value``: finite and >= 0 (default 1.0 for interactions);
 - ``timestamp``: whole seconds since the Unix epoch, UTC (epoch seconds, an ISO-8601 string with an offset, or an
   aware datetime; the arrival time when absent). Millisecond epochs and times too far in the future are rejected.
+
+Bounded cost: any other string field longer than ``max_field_chars`` and any message larger than
+``max_message_bytes`` is rejected before it is parsed further, and no reason quotes more of a raw value than a
+short :func:`tastebud.ids.preview` (64 characters and the value's length).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tastebud.ids import MAX_ID_LENGTH, InvalidIdError, normalise_id, preview
 from tastebud.stream.schemas import MessageError, SchemaSet, default_schemas
 
 #: Kinds of implicit interaction events.
@@ -45,20 +51,45 @@ class EventRules:
     Attributes:
         rating_min: smallest valid rating (default 0.5, MovieLens' half stars).
         rating_max: largest valid rating (default 5).
-        max_id_length: longest user, item or event id, characters (the store's columns hold 255; event ids 128).
+        max_id_length: longest user, item or event id, characters (at most :data:`tastebud.ids.MAX_ID_LENGTH`, the
+            width of the store's ``event_id`` column).
         max_future_s: how far in the future a timestamp may lie (clock skew), seconds.
+        max_field_chars: longest string in any other field (``kind``, ``timestamp``, a mistyped ``rating``).
+        max_message_bytes: largest Kafka message handled; a larger one is dead-lettered unread.
+        dead_letter_max_bytes: bytes of a rejected payload kept in the dead-letter table (with the original's size
+            and sha256).
     """
 
     rating_min: float = 0.5
     rating_max: float = 5.0
-    max_id_length: int = 128
+    max_id_length: int = MAX_ID_LENGTH
     max_future_s: float = 86_400.0
+    max_field_chars: int = 64
+    max_message_bytes: int = 1024 * 1024
+    dead_letter_max_bytes: int = 4096
 
     @classmethod
-    def from_settings(cls, stream: Any) -> EventRules:
-        """Rules from ``settings.stream`` (fields that are absent keep their defaults)."""
+    def from_settings(cls, settings: Any) -> EventRules:
+        """Rules from the settings, the same for the HTTP and the Kafka path.
+
+        ``settings`` is the whole :class:`tastebud.config.Settings` (the limits of ``settings.serving``:
+        ``max_id_chars``, ``max_event_field_chars``, ``max_body_bytes``, ``dead_letter_max_bytes``; and any of
+        ``rating_min``, ``rating_max``, ``max_id_length``, ``max_future_s`` of ``settings.stream``) or one section
+        (its fields of those names). Absent fields keep their defaults.
+        """
+        section = getattr(settings, "stream", settings)
         names = ("rating_min", "rating_max", "max_id_length", "max_future_s")
-        return cls(**{n: getattr(stream, n) for n in names if hasattr(stream, n)})
+        values = {n: getattr(section, n) for n in names if hasattr(section, n)}
+        serving = getattr(settings, "serving", None)
+        for name, setting in (
+            ("max_id_length", "max_id_chars"),
+            ("max_field_chars", "max_event_field_chars"),
+            ("max_message_bytes", "max_body_bytes"),
+            ("dead_letter_max_bytes", "dead_letter_max_bytes"),
+        ):
+            if serving is not None and hasattr(serving, setting):
+                values[name] = getattr(serving, setting)
+        return cls(**values)
 
 
 DEFAULT_RULES = EventRules()
@@ -140,17 +171,18 @@ def normalise_event(
     if not isinstance(raw, Mapping):
         return Rejected(f"event must be a JSON object, got {type(raw).__name__}", raw, "not_an_object")
     event_id = raw.get("event_id")
-    rid = event_id if isinstance(event_id, str) else None
-    unknown = set(raw) - EVENT_FIELDS
+    rid = _reported_id(event_id, rules)
+    unknown = [k for k in raw if k not in EVENT_FIELDS]
     if unknown:
+        names = ", ".join(preview(str(k)) for k in sorted(map(str, unknown[:5])))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         return Rejected(
-            f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(sorted(EVENT_FIELDS))}",
-            raw,
-            "unknown_field",
-            rid,
+            f"unknown field(s) {names}{more}; expected {', '.join(sorted(EVENT_FIELDS))}", raw, "unknown_field", rid
         )
     now = time.time() if now is None else now
     try:
+        for name in ("kind", "rating", "value", "timestamp"):
+            _short(raw.get(name), name, rules)
         user_id = _identifier(raw.get("user_id"), "user_id", rules)
         item_id = _identifier(raw.get("item_id"), "item_id", rules)
         kind = _kind(raw.get("kind"), raw.get("rating"))
@@ -194,14 +226,21 @@ def handle_message(
     A message of a newer schema version than this process knows is accepted: its known fields are read and the
     appended ones skipped. ``recommendation_served`` messages are not events and are rejected.
     """
+    size = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
+    if size > rules.max_message_bytes:
+        return Rejected(
+            f"message of {size} bytes is larger than the limit of {rules.max_message_bytes} bytes", data, "too_large"
+        )
     try:
         decoded = (schemas or default_schemas()).decode(data)
     except MessageError as err:
         return Rejected(str(err), data, err.code)
     record = decoded.record
-    rid = record.get("event_id") if isinstance(record.get("event_id"), str) else None
+    rid = _reported_id(record.get("event_id"), rules)
     now = time.time() if now is None else now
     try:
+        for name in ("kind", "rating", "value", "timestamp"):
+            _short(record.get(name), name, rules)
         if decoded.name == "rating":
             kind = RATING_KIND
         elif decoded.name == "interaction":
@@ -260,19 +299,26 @@ def derive_event_id(user_id: str, item_id: str, kind: str, timestamp: int, ratin
 
 # ---------------------------------------------------------------------------------------------------- field checks
 def _identifier(value: Any, name: str, rules: EventRules) -> str:
-    if isinstance(value, str):
-        text = value.strip()
-    elif isinstance(value, int) and not isinstance(value, bool):
-        text = str(value)
-    elif value is None:
-        raise _Invalid(f"{name} is required", "missing_field")
-    else:
-        raise _Invalid(f"{name} must be a string or an integer, got {type(value).__name__} {value!r}")
-    if not text:
-        raise _Invalid(f"{name} is empty", "missing_field")
-    if len(text) > rules.max_id_length:
-        raise _Invalid(f"{name} has {len(text)} characters, more than the limit of {rules.max_id_length}")
-    return text
+    try:
+        return normalise_id(value, name, max_length=rules.max_id_length)
+    except InvalidIdError as err:
+        raise _Invalid(str(err), err.reason_code) from None
+
+
+def _reported_id(value: Any, rules: EventRules) -> str | None:
+    """The event id to name in a rejection: the raw id when it is a string of a plausible length, else None."""
+    if isinstance(value, str) and len(value) <= rules.max_id_length + 16:
+        return value
+    return None
+
+
+def _short(value: Any, name: str, rules: EventRules) -> None:
+    """Refuse an over-long string in a non-id field before any parsing of it."""
+    if isinstance(value, str) and len(value) > rules.max_field_chars:
+        raise _Invalid(
+            f"{name} has {len(value)} characters, more than the limit of {rules.max_field_chars}: {preview(value)}",
+            "too_long",
+        )
 
 
 def _kind(value: Any, rating: Any) -> str:
@@ -284,16 +330,19 @@ def _kind(value: Any, rating: Any) -> str:
         raise _Invalid(f"kind must be a string, got {type(value).__name__}", "invalid_kind")
     kind = value.strip().lower()
     if kind not in EVENT_KINDS:
-        raise _Invalid(f"kind {value!r} is not one of {', '.join(sorted(EVENT_KINDS))}", "invalid_kind")
+        raise _Invalid(f"kind {preview(value)} is not one of {', '.join(sorted(EVENT_KINDS))}", "invalid_kind")
     return kind
 
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
+        raise _Invalid(f"{name} must be a number, got {type(value).__name__} {preview(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise _Invalid(f"{name} {preview(value)} is out of range", "out_of_range") from None
     if not math.isfinite(number):
-        raise _Invalid(f"{name} must be finite, got {value!r}", "out_of_range")
+        raise _Invalid(f"{name} must be finite, got {preview(value)}", "out_of_range")
     return number
 
 
@@ -307,7 +356,7 @@ def _rating_value(kind: str, rating: Any, value: Any, rules: EventRules) -> tupl
         v = r if value is None else _number(value, "value")
     else:
         if rating is not None:
-            raise _Invalid(f"a {kind} event carries no rating (got rating={rating!r}); send kind 'rating'")
+            raise _Invalid(f"a {kind} event carries no rating (got rating={preview(rating)}); send kind 'rating'")
         r = None
         v = 1.0 if value is None else _number(value, "value")
     if v < 0:
@@ -320,17 +369,17 @@ def _timestamp(value: Any, now: float, rules: EventRules) -> int:
         return int(now)
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").replace(".", "", 1).isdigit():
-            value = float(text)
-        else:
-            try:
-                value = datetime.fromisoformat(text)
-            except ValueError:
-                raise _Invalid(f"timestamp {value!r} is neither epoch seconds nor ISO-8601") from None
+        try:
+            value = float(text) if text.lstrip("-").replace(".", "", 1).isdigit() else datetime.fromisoformat(text)
+        except ValueError:  # also digits float() does not read, such as superscripts
+            raise _Invalid(f"timestamp {preview(value)} is neither epoch seconds nor ISO-8601") from None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise _Invalid(f"timestamp {value.isoformat()} has no timezone; add 'Z' or an offset such as +00:00")
-        seconds = value.astimezone(UTC).timestamp()
+        try:
+            seconds = value.astimezone(UTC).timestamp()
+        except (OverflowError, ValueError):  # the offset moves it outside the years 1..9999
+            raise _Invalid(f"timestamp {value.isoformat()} is out of range", "out_of_range") from None
     else:
         seconds = _number(value, "timestamp")
     if seconds < 0:

@@ -1,20 +1,33 @@
 """Write validated events to the store: the HTTP ingest path, and the batch write the Kafka consumer shares.
 
 ``POST /events`` calls :func:`ingest_events` with the request's list of event dicts; the response reports how many
-were stored, how many the store held already (a retry or a redelivery) and why each rejected one was rejected.
+were stored, how many the store held already (a retry or a redelivery), how many conflict with another event of
+the same ``event_id`` and why each rejected one was rejected.
+
+Dead letters are bounded and idempotent: a rejected payload is kept as its first ``dead_letter_max_bytes`` bytes
+with the original's size and sha256, and the store keeps one dead letter per source and payload hash, so a resent
+batch does not add its dead letters again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from tastebud.stream.handlers import DEFAULT_RULES, Event, EventRules, Rejected, normalise_events
+from tastebud.ids import preview
+from tastebud.stream.handlers import DEFAULT_RULES, Event, EventRules, Rejected, normalise_event
 from tastebud.stream.metrics import StreamMetrics
+
+#: Longest dead-letter reason stored, characters.
+MAX_REASON_CHARS = 1000
+#: The event fields compared to tell a conflict (same ``event_id``, other content) from a duplicate.
+_CONTENT = ("user_id", "item_id", "kind", "rating", "value", "timestamp")
 
 
 class EventStore(Protocol):
@@ -27,6 +40,9 @@ class EventStore(Protocol):
 
     def write_dead_letters(self, records: Sequence[dict[str, Any]]) -> int: ...  # pragma: no cover
 
+    # A store with ``events_by_id(event_ids) -> {event_id: row}`` lets :func:`ingest_events` tell an event stored
+    # already with other content (a conflict) from a plain duplicate.
+
 
 @dataclass
 class IngestResult:
@@ -34,19 +50,32 @@ class IngestResult:
 
     Attributes:
         accepted: events newly written to the store.
-        duplicates: valid events the store already held (same ``event_id``).
-        rejected: one ``{"index", "event_id", "reason", "code"}`` per invalid event (index into the input list).
-        events: the valid events (new and duplicate), for callers that fold users in.
+        duplicates: valid events the store already held with the same content (same ``event_id``), or repeated
+            identically within the call.
+        rejected: one ``{"index", "event_id", "reason", "code"}`` per rejected event (index into the input list),
+            in input order; conflicts are among them with code ``conflict``.
+        conflicts: events whose ``event_id`` an earlier event of the call, or an event stored already, has with
+            other content: not stored (the first one wins), listed in ``rejected``.
+        events: the valid events stored or stored already (new and duplicate), for callers that fold users in.
     """
 
     accepted: int
     duplicates: int
     rejected: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list, repr=False)
+    conflicts: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (the ``POST /events`` response body)."""
-        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+    def to_dict(self, max_reported: int | None = None) -> dict[str, Any]:
+        """JSON-able summary (the ``POST /events`` response body): ``rejected`` lists the first ``max_reported``
+        rejections (all when ``None``) and ``rejected_total`` counts them all."""
+        shown = self.rejected if max_reported is None else self.rejected[:max_reported]
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": shown,
+            "rejected_total": len(self.rejected),
+        }
 
 
 def ingest_events(
@@ -62,7 +91,13 @@ def ingest_events(
     """Validate event dicts and write the valid ones to the store in one transaction.
 
     Invalid events do not stop the valid ones: they are reported in ``rejected`` and, with ``dead_letter``, kept in
-    the store's dead-letter table with the reason (payload: the event as JSON).
+    the store's dead-letter table with the reason (payload: the event as JSON, bounded, see
+    :func:`dead_letter_records`).
+
+    An event whose ``event_id`` an earlier event of ``events`` carries with other content is a conflict: rejected
+    (code ``conflict``, the first one is kept). So is one the store holds already with other content, when the
+    store can read events back by id (``events_by_id``); the store's copy stays. An identical repeat is a
+    duplicate.
 
     Args:
         store: the event store.
@@ -76,14 +111,96 @@ def ingest_events(
     Raises:
         StoreError: the store could not be written (nothing was written; the caller may retry the same events).
     """
-    valid, rejected = normalise_events(events, source=source, rules=rules, now=now)
-    inserted, duplicates = write_events(store, valid, source=source, metrics=metrics)
+    now = time.time() if now is None else now
+    rejected: list[tuple[int, Rejected]] = []
+    first: dict[str, tuple[int, Event]] = {}
+    valid: list[tuple[int, Event]] = []
+    repeats: list[tuple[int, Event]] = []  # other content than an earlier event of the call with the same id
+    for i, raw in enumerate(events):
+        out = normalise_event(raw, source=source, rules=rules, now=now)
+        if not isinstance(out, Event):
+            rejected.append((i, out))
+        elif first.setdefault(out.event_id, (i, out))[1] != out:
+            repeats.append((i, out))
+        else:
+            valid.append((i, out))
+    inserted, duplicates = write_events(store, [e for _, e in valid], source=source, metrics=metrics)
+    stored: Mapping[str, Mapping[str, Any]] = {}
+    if duplicates and hasattr(store, "events_by_id"):
+        # Only when the store held some of the ids: then it reads back what it holds, and the stored copy is the
+        # one every other event of that id is compared with.
+        stored = store.events_by_id(list({e.event_id for _, e in valid}))
+        kept: list[tuple[int, Event]] = []
+        for i, e in valid:
+            row = stored.get(e.event_id)
+            if row is not None and not _matches(row, e):
+                rejected.append((i, _stored_conflict(events[i], row, e)))
+                duplicates -= 1
+            else:
+                kept.append((i, e))
+        valid = kept
+    for i, e in repeats:
+        row = stored.get(e.event_id)
+        j, earlier = first[e.event_id]
+        if row is not None and not _matches(row, earlier):  # the store's copy, not the call's first, is the one
+            if _matches(row, e):
+                duplicates += 1
+                valid.append((i, e))
+            else:
+                rejected.append((i, _stored_conflict(events[i], row, e)))
+        else:
+            reason = f"event_id {e.event_id!r} conflicts with event {j} of this request ({_diff(earlier, e)})"
+            rejected.append((i, Rejected(reason, events[i], "conflict", e.event_id)))
+    valid.sort(key=lambda x: x[0])
+    rejected.sort(key=lambda x: x[0])
     if rejected and dead_letter:
-        write_dead_letters(store, [r for _, r in rejected], source=source, metrics=metrics)
+        write_dead_letters(
+            store, [r for _, r in rejected], source=source, metrics=metrics, max_bytes=rules.dead_letter_max_bytes
+        )
     elif rejected and metrics is not None:
         count_rejected(metrics, [r for _, r in rejected], source)
     report = [{"index": i, "event_id": r.event_id, "reason": r.reason, "code": r.code} for i, r in rejected]
-    return IngestResult(inserted, duplicates, report, valid)
+    conflicts = sum(1 for _, r in rejected if r.code == "conflict")
+    return IngestResult(inserted, duplicates, report, [e for _, e in valid], conflicts)
+
+
+def _stored_conflict(raw: Any, row: Mapping[str, Any], event: Event) -> Rejected:
+    reason = f"event_id {event.event_id!r} is stored already with other content ({_diff_row(row, event)})"
+    return Rejected(reason, raw, "conflict", event.event_id)
+
+
+def _diff(a: Event, b: Event) -> str:
+    parts = [
+        f"{n} {preview(getattr(a, n))} vs {preview(getattr(b, n))}" for n in _CONTENT if getattr(a, n) != getattr(b, n)
+    ]
+    return ", ".join(parts) or "other content"
+
+
+def _stored_content(row: Mapping[str, Any]) -> dict[str, Any]:
+    ts = row.get("timestamp")
+    return {
+        "user_id": row.get("user_id"),
+        "item_id": row.get("item_id"),
+        "kind": row.get("kind"),
+        "rating": row.get("rating"),
+        "value": row.get("value"),
+        "timestamp": int(ts.timestamp()) if isinstance(ts, datetime) else ts,
+    }
+
+
+def _matches(row: Mapping[str, Any], event: Event) -> bool:
+    stored = _stored_content(row)
+    return all(stored[n] == getattr(event, n) for n in _CONTENT)
+
+
+def _diff_row(row: Mapping[str, Any], event: Event) -> str:
+    stored = _stored_content(row)
+    parts = [
+        f"{n} {preview(stored[n])} stored vs {preview(getattr(event, n))}"
+        for n in _CONTENT
+        if stored[n] != getattr(event, n)
+    ]
+    return ", ".join(parts)
 
 
 def write_events(
@@ -105,22 +222,45 @@ def write_events(
     return inserted, duplicates
 
 
-def dead_letter_records(rejected: Sequence[Rejected], *, source: str) -> list[dict[str, Any]]:
-    """Dead-letter rows for rejected events or messages: source, ``code: reason`` and the original bytes."""
+def dead_letter_records(
+    rejected: Sequence[Rejected], *, source: str, max_bytes: int = DEFAULT_RULES.dead_letter_max_bytes
+) -> list[dict[str, Any]]:
+    """Dead-letter rows for rejected events or messages: source, ``code: reason`` (at most
+    :data:`MAX_REASON_CHARS`), the first ``max_bytes`` bytes of the original (``payload``) and the original's size
+    (``payload_size``) and sha256 (``payload_sha256``, which also makes the row idempotent)."""
     now = datetime.now(UTC)
-    return [
-        {"source": source, "reason": f"{r.code}: {r.reason}", "payload": payload_bytes(r.payload), "received_at": now}
-        for r in rejected
-    ]
+    records = []
+    for r in rejected:
+        data = payload_bytes(r.payload)
+        reason = f"{r.code}: {r.reason}"
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        records.append(
+            {
+                "source": source,
+                "reason": reason,
+                "payload": data[:max_bytes],
+                "payload_size": len(data),
+                "payload_sha256": hashlib.sha256(data).hexdigest(),
+                "received_at": now,
+            }
+        )
+    return records
 
 
 def write_dead_letters(
-    store: EventStore, rejected: Sequence[Rejected], *, source: str, metrics: StreamMetrics | None = None
+    store: EventStore,
+    rejected: Sequence[Rejected],
+    *,
+    source: str,
+    metrics: StreamMetrics | None = None,
+    max_bytes: int = DEFAULT_RULES.dead_letter_max_bytes,
 ) -> int:
-    """Keep rejected events in the store's dead-letter table; returns how many were written."""
+    """Keep rejected events in the store's dead-letter table, bounded (see :func:`dead_letter_records`); returns
+    how many were written (a payload the table holds already for the source is not written again)."""
     if not rejected:
         return 0
-    written = store.write_dead_letters(dead_letter_records(rejected, source=source))
+    written = store.write_dead_letters(dead_letter_records(rejected, source=source, max_bytes=max_bytes))
     if metrics is not None:
         count_rejected(metrics, rejected, source)
     return written
@@ -137,6 +277,9 @@ def payload_bytes(payload: Any) -> bytes:
     if isinstance(payload, bytes | bytearray | memoryview):
         return bytes(payload)
     try:
-        return json.dumps(payload, default=str, sort_keys=True).encode("utf-8")
-    except (TypeError, ValueError):
-        return repr(payload).encode("utf-8")
+        return json.dumps(payload, default=str, sort_keys=True).encode("utf-8", "backslashreplace")
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return repr(payload).encode("utf-8", "backslashreplace")
+        except RecursionError:
+            return f"<{type(payload).__name__} nested too deeply to keep>".encode()

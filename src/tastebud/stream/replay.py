@@ -178,7 +178,10 @@ class HttpSink:
         import httpx
 
         self.url = url if url.rstrip("/").endswith("/events") else url.rstrip("/") + "/events"
-        self.client = client if client is not None else httpx.Client(timeout=timeout)
+        from tastebud.serving.auth import client_headers
+
+        # with API keys on, the server needs a write-events key: TASTEBUD_API_KEY
+        self.client = client if client is not None else httpx.Client(timeout=timeout, headers=client_headers())
         self.retries = retries
         self.accepted = self.duplicates = self.rejected = 0
 
@@ -202,7 +205,8 @@ class HttpSink:
                     result = response.json()
                     self.accepted += int(result.get("accepted", 0))
                     self.duplicates += int(result.get("duplicates", 0))
-                    self.rejected += len(result.get("rejected", []))
+                    # the answer lists the first few rejections; rejected_total counts them all
+                    self.rejected += int(result.get("rejected_total", len(result.get("rejected", []))))
                     return
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 if response.status_code < 500:

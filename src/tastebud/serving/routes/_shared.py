@@ -11,6 +11,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from tastebud.ids import MAX_ID_LENGTH, InvalidIdError, normalise_id
 from tastebud.serving.engine import Result
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.holder import Served
@@ -31,6 +32,21 @@ def check_k(k: int, max_k: int) -> int:
     if k < 1 or k > max_k:
         raise InvalidRequestError("k", f"must be between 1 and {max_k} (got {k})")
     return k
+
+
+def valid_id(request: Request, value: Any, field: str) -> str:
+    """An id taken from a request (path or body) in its normal form: the one id rule of :mod:`tastebud.ids`
+    (surrounding whitespace stripped, not empty, no control characters, at most ``serving.max_id_chars``).
+
+    Raises:
+        InvalidRequestError: naming the field and the rule (a 422).
+    """
+    settings = getattr(request.app.state, "settings", None)
+    limit = settings.serving.max_id_chars if settings is not None else MAX_ID_LENGTH
+    try:
+        return normalise_id(value, field, max_length=limit)
+    except InvalidIdError as err:
+        raise InvalidRequestError(field, err.rule) from None
 
 
 def split_genres(raw: str | None) -> list[str]:

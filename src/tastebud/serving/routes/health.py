@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from tastebud.serving.deps import HolderDep
 from tastebud.serving.holder import ModelHolder
+from tastebud.serving.redact import redact_paths
 from tastebud.serving.routes._shared import json_response
 from tastebud.serving.schemas import ErrorBody, HealthResponse
 
@@ -21,7 +22,7 @@ def _health(holder: ModelHolder) -> dict[str, object]:
         "model": served.model_block if served else None,
         "loaded_at": served.loaded_at if served else None,
         "uptime_s": round(holder.uptime_s(), 3),
-        "last_error": holder.last_error,
+        "last_error": redact_paths(holder.last_error),  # names, never paths on this server
     }
 
 

@@ -1,18 +1,21 @@
-"""``GET /models`` (registered versions and aliases) and ``POST /admin/models/switch`` (bearer token)."""
+"""``GET /models`` (registered versions and aliases) and ``POST /admin/models/switch`` (an ``admin`` key).
+
+Responses name bundles (``models:/<name>/<version>``), never their paths on the server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tastebud.errors import BundleError
-from tastebud.serving.deps import HolderDep, SettingsDep
-from tastebud.serving.errors import AdminDisabledError, NoStoreError, UnauthorizedError
+from tastebud.serving.deps import HolderDep
+from tastebud.serving.errors import NoStoreError, UnauthorizedError
+from tastebud.serving.redact import model_uri, redact_paths
 from tastebud.serving.routes._shared import json_response
 from tastebud.serving.schemas import ErrorBody, ModelsResponse, SwitchRequest
 
@@ -21,9 +24,12 @@ router = APIRouter(tags=["models"])
 
 def _version_dict(mv: Any) -> dict[str, Any]:
     # ``is_dataclass`` is also true of a dataclass type; versions are instances.
-    if dataclasses.is_dataclass(mv) and not isinstance(mv, type):
-        return dataclasses.asdict(mv)
-    return dict(vars(mv))
+    is_instance = dataclasses.is_dataclass(mv) and not isinstance(mv, type)
+    row = dataclasses.asdict(mv) if is_instance else dict(vars(mv))
+    # ``source`` is where the artifact store keeps the bundle (an absolute path or a URI): a name instead.
+    if "source" in row:
+        row["source"] = model_uri(row.get("name"), row.get("version"))
+    return row
 
 
 @router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorBody}})
@@ -41,21 +47,18 @@ async def models(holder: HolderDep) -> Response:
     )
 
 
-async def require_admin(request: Request, settings: SettingsDep) -> None:
-    """Admit only requests with the configured bearer token.
+async def require_admin(request: Request) -> None:
+    """A second lock on admin routes: the request must carry an admin key, as the auth middleware records it.
+
+    :class:`tastebud.serving.auth.AuthMiddleware` refuses requests without one before their body is read (401
+    or 403); this guards the route if it is ever mounted without that middleware.
 
     Raises:
-        AdminDisabledError: no token is configured (403).
-        UnauthorizedError: the token is missing or wrong (401).
+        UnauthorizedError: no admin key was checked for this request (401).
     """
-    expected = settings.serving.admin_token
-    if not expected:
-        raise AdminDisabledError(
-            "admin endpoints are disabled: set serving.admin_token (TASTEBUD_SERVING__ADMIN_TOKEN)"
-        )
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise UnauthorizedError("missing or invalid bearer token")
+    auth = request.scope.get("tastebud.auth")
+    if auth is None or "admin" not in auth[1]:
+        raise UnauthorizedError("missing or invalid API key")
 
 
 @router.post(
@@ -74,8 +77,9 @@ async def switch(body: SwitchRequest, holder: HolderDep) -> Response:
         served = await asyncio.to_thread(holder.load, version=body.version, alias=body.alias, trigger="admin")
     except BundleError as err:
         now = holder.current
+        message = redact_paths(str(err))
         return json_response(
-            {"error": "bundle_refused", "message": str(err), "serving": now.model_block if now else None}, status=409
+            {"error": "bundle_refused", "message": message, "serving": now.model_block if now else None}, status=409
         )
     return json_response(
         {

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
+from tastebud.serving.offload import is_slow, to_thread
 from tastebud.serving.routes._shared import check_k, list_response
 from tastebud.serving.schemas import ERRORS, PopularResponse
 
@@ -26,5 +27,8 @@ async def popular(
     check_k(k, max_k(request))
     engine = served.engine
     filters = engine.parse_filters([genre] if genre else None)
-    result = engine.popular(k, filters)
+    if is_slow(request, engine, "popular"):  # a large catalog: rank in a thread, the loop stays free
+        result = await to_thread(engine.popular, k, filters)
+    else:
+        result = engine.popular(k, filters)
     return list_response(request, served, result, endpoint="popular", started=started, query={"genre": genre})

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from tastebud.serving.deps import max_k, served_model
 from tastebud.serving.engine import Result
 from tastebud.serving.holder import Served
+from tastebud.serving.offload import is_slow, to_thread
 from tastebud.serving.provenance import new_request_id
 from tastebud.serving.routes._shared import (
     check_k,
@@ -19,6 +20,7 @@ from tastebud.serving.routes._shared import (
     query_int,
     query_parameter,
     split_genres,
+    valid_id,
 )
 from tastebud.serving.schemas import ERRORS, RecommendRequest, RecommendResponse
 
@@ -55,7 +57,7 @@ async def recommend_get(request: Request) -> Response:
     """
     started = time.perf_counter()
     served = served_model(request)
-    user_id: str = request.path_params["user_id"]
+    user_id = valid_id(request, request.path_params["user_id"], "user_id")
     q = request.query_params
     k = query_int(q, "k", 10)
     assert k is not None
@@ -66,7 +68,7 @@ async def recommend_get(request: Request) -> Response:
         query_int(q, "year_min", None),
         query_int(q, "year_max", None),
     )
-    return _answer(request, served, started, user_id, k, exclude_seen, explain, (genres, year_min, year_max))
+    return await _answer(request, served, started, user_id, k, exclude_seen, explain, (genres, year_min, year_max))
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
@@ -75,12 +77,13 @@ async def recommend_post(request: Request, body: RecommendRequest) -> Response:
     started = time.perf_counter()
     served = served_model(request)
     check_k(body.k, max_k(request))
+    user_id = valid_id(request, body.user_id, "user_id")
     f = body.filters
     raw = (f.genres if f else None, f.year_min if f else None, f.year_max if f else None)
-    return _answer(request, served, started, body.user_id, body.k, body.exclude_seen, body.explain, raw)
+    return await _answer(request, served, started, user_id, body.k, body.exclude_seen, body.explain, raw)
 
 
-def _answer(
+async def _answer(
     request: Request,
     served: Served,
     started: float,
@@ -95,7 +98,12 @@ def _answer(
     if route is None:
         engine = served.engine
         filters = engine.parse_filters(*raw_filters)
-        result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
+        if is_slow(request, engine, "recommend"):  # a large catalog: score in a thread, the loop stays free
+            result = await to_thread(
+                engine.recommend, user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain
+            )
+        else:
+            result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
         return list_response(
             request, served, result, endpoint="recommend", started=started, query={"user_id": user_id},
             user_id=user_id,
@@ -103,16 +111,25 @@ def _answer(
     served = route.served
     engine = served.engine
     filters = engine.parse_filters(*raw_filters)
-    result = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
+    other_engine = route.other.engine if route.other is not None else None
+    other_filters = other_engine.parse_filters(*raw_filters) if other_engine is not None else None
+
+    def score() -> tuple[Result, Result | None]:
+        mine = engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain)
+        if other_engine is None:
+            return mine, None
+        return mine, other_engine.recommend(user_id, k, exclude_seen=exclude_seen, filters=other_filters,
+                                            explain=explain)  # fmt: skip
+
+    slow = is_slow(request, engine, "recommend") or (
+        other_engine is not None and is_slow(request, other_engine, "recommend")
+    )
+    result, other = await to_thread(score) if slow else score()
     request_id = new_request_id()
     exposure = None
-    if route.other is not None:  # interleaving: both rankers' lists merged by team draft
+    if other is not None:  # interleaving: both rankers' lists merged by team draft
         from tastebud.experiments.interleaving import interleaving_rng
 
-        other = route.other.engine.recommend(
-            user_id, k, exclude_seen=exclude_seen, filters=route.other.engine.parse_filters(*raw_filters),
-            explain=explain,
-        )  # fmt: skip
         result, teams = interleave(result, other, k, interleaving_rng(route.salt, user_id, request_id))
         exposure = {"teams": [route.names[0] if t == "A" else route.names[1] for t in teams]}
     return list_response(

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
-from tastebud.serving.routes._shared import check_k, list_response
+from tastebud.serving.offload import is_slow, to_thread
+from tastebud.serving.routes._shared import check_k, list_response, valid_id
 from tastebud.serving.schemas import ERRORS, SimilarRequest, SimilarResponse
 
 router = APIRouter(tags=["similar"])
@@ -24,7 +25,12 @@ async def similar_get(
     started = time.perf_counter()
     served = served_model(request)
     check_k(k, max_k(request))
-    result = served.engine.similar(item_id, k)
+    item_id = valid_id(request, item_id, "item_id")
+    engine = served.engine
+    if is_slow(request, engine, "similar"):  # a large catalog: search in a thread, the loop stays free
+        result = await to_thread(engine.similar, item_id, k)
+    else:
+        result = engine.similar(item_id, k)
     return list_response(
         request, served, result, endpoint="similar", started=started, query={"item_id": item_id}, item_id=item_id
     )
@@ -36,8 +42,13 @@ async def similar_post(request: Request, body: SimilarRequest) -> Response:
     started = time.perf_counter()
     served = served_model(request)
     check_k(body.k, max_k(request))
-    result = served.engine.similar(body.item_id, body.k)
+    item_id = valid_id(request, body.item_id, "item_id")
+    engine = served.engine
+    if is_slow(request, engine, "similar"):
+        result = await to_thread(engine.similar, item_id, body.k)
+    else:
+        result = engine.similar(item_id, body.k)
     return list_response(
         request, served, result, endpoint="similar", started=started,
-        query={"item_id": body.item_id}, item_id=body.item_id,
+        query={"item_id": item_id}, item_id=item_id,
     )  # fmt: skip

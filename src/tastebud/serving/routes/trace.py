@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from tastebud.serving.errors import NoStoreError, NotFoundError
-from tastebud.serving.routes._shared import json_response
+from tastebud.serving.routes._shared import json_response, valid_id
 from tastebud.serving.schemas import ErrorBody
 
 router = APIRouter(tags=["monitoring"])
@@ -17,11 +17,14 @@ router = APIRouter(tags=["monitoring"])
 FLUSH_TIMEOUT_S = 2.0
 
 
-@router.get("/trace/{request_id}", responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+@router.get(
+    "/trace/{request_id}", responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+)
 async def trace(
     request: Request, request_id: str = Path(..., examples=["3f2a9c0e8b7d4e1f9a6b5c4d3e2f1a0b"])
 ) -> Response:
     """The request-log record of ``request_id`` (pending records are flushed first)."""
+    request_id = valid_id(request, request_id, "request_id")
     state = request.app.state
     store = state.store
     if store is None:
