@@ -179,11 +179,27 @@ def data_synth(
     interactions: Annotated[int, typer.Option(help="Number of interactions.", min=1)] = 20000,
     kind: Annotated[str, typer.Option(help="explicit (ratings 1-5) or implicit (play counts).")] = "explicit",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="tastebud (a saved dataset) or lastfm-360k (a music sample in the Last.fm-360K TSV layout, "
+            "play counts, with artist names and mood tags in artist_tags.tsv; --kind is ignored).",
+        ),
+    ] = "tastebud",
 ) -> None:
     """Generate realistic synthetic interactions (latent structure, power-law popularity) for tests and benchmarks."""
     from tastebud.data.io import save_dataset
-    from tastebud.data.synthetic import generate_synthetic
+    from tastebud.data.synthetic import generate_synthetic, write_lastfm_sample
 
+    if fmt == "lastfm-360k":
+        write_lastfm_sample(out, users, items, interactions, seed=seed)
+        console.print(
+            f"[green]generated[/green] a Last.fm-360K-format sample ({users} users, {items} artists) -> {out}"
+        )
+        return
+    if fmt != "tastebud":
+        raise typer.BadParameter(f"{fmt!r}: expected tastebud or lastfm-360k", param_hint="--format")
     ds = generate_synthetic(users, items, interactions, kind=kind, seed=seed)
     save_dataset(ds, out)
     console.print(f"[green]generated[/green] {ds!r} -> {out}")

@@ -15,6 +15,9 @@ from tastebud.errors import DataValidationError, DataWarning
 
 #: File name of the play counts in the Last.fm-360K release.
 LASTFM_FILE = "usersha1-artmbid-artname-plays.tsv"
+#: Optional side file of artist tags beside it (not part of the release; ``tastebud data synth --format
+#: lastfm-360k`` writes one): header-less TSV of artist mbid (may be empty), artist name, tag.
+LASTFM_TAGS_FILE = "artist_tags.tsv"
 
 
 def read_lastfm(path: Path, *, name: str | None = None, meta: Mapping[str, Any] | None = None) -> Dataset:
@@ -24,6 +27,10 @@ def read_lastfm(path: Path, *, name: str | None = None, meta: Mapping[str, Any] 
     is the artist's MusicBrainz id, or the artist name when the id is empty; the name becomes the item's
     ``title``. Plays become ``value`` (``rating`` stays empty), and rows repeating a (user, item) pair are
     summed. Rows with neither an id nor a name are dropped with a :class:`DataWarning`.
+
+    When ``artist_tags.tsv`` (:data:`LASTFM_TAGS_FILE`) lies beside the plays file, each artist gets its tags
+    (in file order, by the same mbid-or-name id) as ``tags`` and, since Last.fm has no genres, as ``genres``
+    too: the serving API's genre filter, ``/popular?genre=`` and the item fields then work on moods and styles.
 
     Raises:
         DataValidationError: a malformed line, a play count that is not an integer or is negative.
@@ -68,25 +75,56 @@ def read_lastfm(path: Path, *, name: str | None = None, meta: Mapping[str, Any] 
         .unique("item_id", keep="first", maintain_order=True)
     )
     del frame
+    files = [file.name]
+    tags_file = file.parent / LASTFM_TAGS_FILE
+    if tags_file.is_file():
+        files.append(tags_file.name)
+        tags = read_lastfm_tags(tags_file)
+        items = items.with_columns(pl.col("item_id").cast(pl.String))
+        items = items.join(tags, on="item_id", how="left", maintain_order="left").with_columns(
+            pl.col("tags").alias("genres")
+        )
     return Dataset.from_frame(
         plays,
         items=items,
         name=name or "lastfm-360k",
-        meta={**(meta or {}), "files": [file.name], "value": "plays"},
+        meta={**(meta or {}), "files": files, "value": "plays"},
         source=str(file),
+    )
+
+
+def read_lastfm_tags(path: Path) -> pl.DataFrame:
+    """Artist tags: ``item_id`` (the mbid, or the name when the mbid is empty) and ``tags`` (list, file order).
+
+    Raises:
+        DataValidationError: a malformed line.
+    """
+    raw = read_table(
+        path,
+        {"mbid": pl.String, "artist": pl.String, "tag": pl.String},
+        separator="\t",
+        has_header=False,
+        quote_char=None,
+        required=["tag"],
+        expected="tab-separated artist mbid, artist name, tag",
+    )
+    return (
+        raw.select(pl.coalesce("mbid", "artist").alias("item_id"), pl.col("tag").str.strip_chars())
+        .filter(pl.col("item_id").is_not_null() & (pl.col("tag") != ""))
+        .unique(maintain_order=True)
+        .group_by("item_id", maintain_order=True)
+        .agg(pl.col("tag").alias("tags"))
     )
 
 
 def _sum_duplicate_pairs(frame: pl.DataFrame) -> pl.DataFrame:
     """One row per (user, item) with plays summed; only the (few) repeated pairs go through a group-by."""
-    codes = pl.col("user_id").to_physical().cast(pl.UInt64) * (1 << 32) + pl.col(
-        "item_id"
-    ).to_physical().cast(pl.UInt64)
+    codes = pl.col("user_id").to_physical().cast(pl.UInt64) * (1 << 32) + pl.col("item_id").to_physical().cast(
+        pl.UInt64
+    )
     repeated = frame.select(codes.is_duplicated()).to_series()
     cols = ["user_id", "item_id", "plays"]
     parts = [frame.filter(~repeated).select(cols)]
     if repeated.any():
-        parts.append(
-            frame.filter(repeated).group_by("user_id", "item_id").agg(pl.col("plays").sum()).select(cols)
-        )
+        parts.append(frame.filter(repeated).group_by("user_id", "item_id").agg(pl.col("plays").sum()).select(cols))
     return pl.concat(parts).with_columns(pl.col("plays").cast(pl.Float32).alias("value")).drop("plays")

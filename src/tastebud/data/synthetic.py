@@ -15,16 +15,20 @@ item of a generated dataset from its ``meta["synthetic"]`` parameters.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import inspect
 import itertools
 import math
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from tastebud.data.dataset import Dataset
+from tastebud.data.lastfm import LASTFM_FILE, LASTFM_TAGS_FILE
 from tastebud.errors import DataValidationError, ParameterError
 
 Kind = Literal["explicit", "implicit"]
@@ -43,6 +47,16 @@ _NOUNS = (
     "Harbor", "River", "Empire", "Garden", "Mirror", "Road", "Kingdom", "Island", "Signal", "Shadow", "Dream",
     "Engine", "Forest", "Letter", "Machine", "Mountain", "Night", "Ocean", "Promise", "Station", "Storm",
     "Summer", "Tower", "Valley", "Voyage", "Winter", "Witness", "Horizon", "Circus", "Frontier",
+)  # fmt: skip
+#: Mood tags of the Last.fm-format sample: cluster ``c``'s artists carry ``MOOD_TAGS[c % 12]`` first.
+MOOD_TAGS = (
+    "chill", "party", "sad", "energetic", "focus", "romantic", "happy", "dark", "dreamy", "angry", "melancholic",
+    "uplifting",
+)  # fmt: skip
+#: Style tags of the Last.fm-format sample: cluster ``c``'s artists carry ``STYLE_TAGS[c % 12]`` second.
+STYLE_TAGS = (
+    "ambient", "electronic", "indie", "rock", "jazz", "pop", "folk", "metal", "soul", "classical", "punk",
+    "hip-hop",
 )  # fmt: skip
 #: Adjectives that belong to each cluster (so a content model can find clusters in titles).
 _WORDS_PER_CLUSTER = 4
@@ -190,6 +204,96 @@ def generate_synthetic(
     return Dataset.from_frame(interactions, items=items.drop("cluster"), name=name, meta=meta, source=name)
 
 
+def write_lastfm_sample(
+    directory: Path,
+    n_users: int = 1000,
+    n_items: int = 500,
+    n_interactions: int = 20_000,
+    *,
+    n_factors: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Write a music sample in the Last.fm-360K layout, with mood tags that follow the planted clusters.
+
+    ``directory`` gets two header-less TSV files that :func:`tastebud.data.lastfm.read_lastfm` reads:
+
+    - ``usersha1-artmbid-artname-plays.tsv``: user sha1, artist MusicBrainz id (empty for about 3 % of the
+      artists, as in the real release), artist name, plays; rows grouped by user, most played first;
+    - ``artist_tags.tsv``: artist mbid (empty where the plays file has none), artist name, tag; an artist's
+      tags in order of weight. Every artist of cluster ``c`` carries the mood ``MOOD_TAGS[c % 12]`` and the
+      style ``STYLE_TAGS[c % 12]``, a third of them a second, random mood: a mood filter picks mostly one
+      taste cluster, as real tags roughly do.
+
+    Interactions come from :func:`synthetic_frames` (``kind="implicit"``, so play counts rise with the user's
+    affinity); the same arguments give the same files.
+
+    Returns:
+        ``directory``.
+    """
+    interactions, items = synthetic_frames(
+        n_users, n_items, n_interactions, kind="implicit", n_factors=n_factors, seed=seed
+    )
+    rng = np.random.default_rng([seed, 4])
+    cluster = items["cluster"].to_numpy()
+    names = _artist_names(rng, cluster)
+    mbids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n_items)]
+    for i in np.flatnonzero(rng.random(n_items) < 0.03):
+        mbids[i] = ""
+    sha1 = np.array([hashlib.sha1(f"tastebud-sample:{seed}:{u}".encode()).hexdigest() for u in range(n_users + 1)])
+    artists = pl.DataFrame({"item_id": items["item_id"], "mbid": pl.Series(mbids, dtype=pl.String), "artist": names})
+    plays = (
+        interactions.with_columns(pl.Series("user", sha1[interactions["user_id"].to_numpy()], dtype=pl.String))
+        .join(artists, on="item_id", how="left")
+        .sort(["user_id", "value", "item_id"], descending=[False, True, False])
+        .select(
+            "user",
+            "mbid",
+            "artist",
+            pl.col("value").cast(pl.Int64).alias("plays"),
+        )
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tags = _artist_tags(rng, cluster, artists)
+    for frame, name in ((plays, LASTFM_FILE), (tags, LASTFM_TAGS_FILE)):
+        frame.write_csv(directory / name, separator="\t", include_header=False, quote_style="never")
+    return directory
+
+
+def _artist_names(rng: np.random.Generator, cluster: np.ndarray) -> list[str]:
+    """Distinct band names built from the cluster's adjectives (like the catalog's titles)."""
+    n = len(cluster)
+    adjective = (cluster * _WORDS_PER_CLUSTER + rng.integers(0, _WORDS_PER_CLUSTER, n)) % len(_ADJECTIVES)
+    noun = rng.integers(0, len(_NOUNS), n)
+    style = rng.integers(0, 4, n)
+    patterns = ("The {a} {p}", "{a} {n}", "{a} {n} Orchestra", "DJ {a} {n}")
+    names: list[str] = []
+    seen: set[str] = set()
+    for i in range(n):
+        word = _NOUNS[noun[i]]
+        plural = word + ("es" if word.endswith("s") else "s")
+        name = patterns[style[i]].format(a=_ADJECTIVES[adjective[i]], n=word, p=plural)
+        if name in seen:
+            name = f"{name} {i + 1}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _artist_tags(rng: np.random.Generator, cluster: np.ndarray, artists: pl.DataFrame) -> pl.DataFrame:
+    """One row per (artist, tag): the cluster's mood, its style, and for a third a second random mood."""
+    n = len(cluster)
+    mood = cluster % len(MOOD_TAGS)
+    style = cluster % len(STYLE_TAGS)
+    extra = rng.integers(0, len(MOOD_TAGS), n)
+    has_extra = (rng.random(n) < 1 / 3) & (extra != mood)
+    rows: list[tuple[str, str, str]] = []
+    for i, (mbid, name) in enumerate(zip(artists["mbid"].to_list(), artists["artist"].to_list(), strict=True)):
+        tags = [MOOD_TAGS[mood[i]], STYLE_TAGS[style[i]]] + ([MOOD_TAGS[extra[i]]] if has_extra[i] else [])
+        rows.extend((mbid, name, tag) for tag in tags)
+    return pl.DataFrame(rows, schema=["mbid", "artist", "tag"], orient="row")
+
+
 def planted_clusters(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The planted cluster of every user and every item of a generated dataset, by index.
 
@@ -200,9 +304,7 @@ def planted_clusters(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """
     settings = ds.meta.get("synthetic")
     if not isinstance(settings, dict):
-        raise DataValidationError(
-            f"dataset {ds.name!r} was not generated by generate_synthetic (no meta['synthetic'])"
-        )
+        raise DataValidationError(f"dataset {ds.name!r} was not generated by generate_synthetic (no meta['synthetic'])")
     latent = _latent(
         settings["n_users"],
         settings["n_items"],
@@ -299,15 +401,11 @@ class _ItemSampler:
         return np.minimum(np.searchsorted(self.global_cdf, u, side="right"), self.n_items - 1)
 
 
-def _sample_pairs(
-    latent: _Latent, counts: np.ndarray, n_items: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _sample_pairs(latent: _Latent, counts: np.ndarray, n_items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) pairs, ``counts[u]`` per user, sampled block by block of users."""
     sampler = _ItemSampler(latent)
     interest_cdf = np.cumsum(latent.user_factors, axis=1)
-    bounds = np.searchsorted(
-        np.cumsum(counts), np.arange(_BLOCK_DRAWS, counts.sum(), _BLOCK_DRAWS), side="right"
-    )
+    bounds = np.searchsorted(np.cumsum(counts), np.arange(_BLOCK_DRAWS, counts.sum(), _BLOCK_DRAWS), side="right")
     edges = [0, *np.unique(bounds).tolist(), len(counts)]
     users_out, items_out = [], []
     for block, (lo, hi) in enumerate(itertools.pairwise(edges)):
@@ -393,13 +491,7 @@ def _ratings(
     half_stars: bool,
 ) -> np.ndarray:
     """Ratings that rise with affinity, plus user and item biases and noise, on a 1-5 star scale."""
-    raw = (
-        2.9
-        + 2.4 * affinity
-        + latent.user_bias[users]
-        + latent.item_bias[items]
-        + rng.normal(0, 0.6, len(users))
-    )
+    raw = 2.9 + 2.4 * affinity + latent.user_bias[users] + latent.item_bias[items] + rng.normal(0, 0.6, len(users))
     steps = 2.0 if half_stars else 1.0
     return np.clip(np.round(raw * steps) / steps, 1.0, 5.0).astype(np.float32)
 
@@ -431,9 +523,7 @@ def _item_frame(latent: _Latent, n_genres: int, seed: int) -> pl.DataFrame:
     cluster = latent.item_cluster
     names = [GENRE_NAMES[g] if g < len(GENRE_NAMES) else f"Genre {g + 1}" for g in range(n_genres)]
     genre_names = pl.Series(names, dtype=pl.String)
-    adjective = (cluster * _WORDS_PER_CLUSTER + rng.integers(0, _WORDS_PER_CLUSTER, n_items)) % len(
-        _ADJECTIVES
-    )
+    adjective = (cluster * _WORDS_PER_CLUSTER + rng.integers(0, _WORDS_PER_CLUSTER, n_items)) % len(_ADJECTIVES)
     noun = rng.integers(0, len(_NOUNS), n_items)
     # A second genre for some items, drawn at random: real catalogs are not perfectly clustered.
     second = rng.integers(0, n_genres, n_items)

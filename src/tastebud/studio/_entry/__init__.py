@@ -1,0 +1,1 @@
+"""The script ``streamlit run`` starts (see ``studio.py``)."""

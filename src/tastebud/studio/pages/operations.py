@@ -1,0 +1,224 @@
+"""Operations: health, traffic, latency percentiles, error ratio, fallback rate and availability over a chosen
+window (the store's request log through :mod:`tastebud.monitoring.kpis`), the timeline of model switches,
+decisions and retrains, and the running experiments with their lift intervals (the API's analysis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import streamlit as st
+
+from tastebud.monitoring.kpis import availability, compute_kpis, model_switches, request_frame, success
+from tastebud.studio import charts, resources
+
+#: Selectable windows: label -> (length, chart bucket).
+WINDOWS: dict[str, tuple[timedelta, str]] = {
+    "15 minutes": (timedelta(minutes=15), "1m"),
+    "1 hour": (timedelta(hours=1), "2m"),
+    "24 hours": (timedelta(days=1), "30m"),
+    "7 days": (timedelta(days=7), "3h"),
+    "30 days": (timedelta(days=30), "12h"),
+}
+#: Most request-log records read for one window.
+MAX_RECORDS = 200_000
+
+
+def render() -> None:
+    st.title("📈 Operations")
+    srv, name = resources.served_name()
+    if srv is not None:
+        health_row(name)
+    window = st.segmented_control("Window", list(WINDOWS), default="24 hours", key="ops_window") or "24 hours"
+    frame = requests(window)
+    traffic, timeline, experiments = st.tabs(["Traffic and latency", "Timeline", "Experiments"])
+    with traffic:
+        if frame is not None:
+            service_kpis(frame, window)
+    with timeline:
+        switch_timeline(name, frame)
+    with experiments:
+        experiment_panel()
+
+
+def health_row(name: str) -> None:
+    health = resources.attempt(lambda: resources.client().health(), "read the API's health")
+    if health is None:
+        return
+    model = health.get("model") or {}
+    cols = st.columns(4)
+    cols[0].metric("API status", str(health.get("status")))
+    cols[1].metric("Serving", f"{model.get('name', name)} v{model.get('version', '-')}", model.get("alias") or None)
+    cols[2].metric("Uptime", f"{float(health.get('uptime_s') or 0) / 60:.1f} min")
+    cols[3].metric("Loaded at", (str(health.get("loaded_at"))[11:19] + " UTC") if health.get("loaded_at") else "-")
+    if health.get("last_error"):
+        st.warning(f"Last load error: {health['last_error']}")
+
+
+def requests(window: str) -> pl.DataFrame | None:
+    """The request log of the window as a KPI frame (``None`` with a note when there is no store)."""
+    store = resources.store()
+    if store is None:
+        st.info("No store yet: the request log appears once the API has answered requests.")
+        return None
+    span, _ = WINDOWS[window]
+    since = datetime.now(UTC) - span
+    records = resources.attempt(
+        lambda: store.query_request_logs(since=since, limit=MAX_RECORDS, newest_first=True), "read the request log"
+    )
+    return None if records is None else request_frame(records)
+
+
+def service_kpis(frame: pl.DataFrame, window: str) -> None:
+    span, bucket = WINDOWS[window]
+    if frame.height == 0:
+        st.info(f"No requests in the last {window}.")
+        return
+    overall = compute_kpis(frame)["overall"]
+    end = datetime.now(UTC)
+    avail = availability(frame, end - span, end + timedelta(seconds=1))
+    lat = overall["latency_ms"]
+    cols = st.columns(7)
+    cols[0].metric("Requests", f"{overall['requests']:,}")
+    cols[1].metric("p50", f"{lat['p50']:.1f} ms")
+    cols[2].metric("p95", f"{lat['p95']:.1f} ms")
+    cols[3].metric("p99", f"{lat['p99']:.1f} ms")
+    cols[4].metric("Error ratio", f"{overall['error_ratio']:.2%}")
+    fallback = overall.get("fallback_rate")
+    cols[5].metric("Fallback rate", "-" if fallback is None else f"{fallback:.1%}")
+    ratio = avail.ratio
+    met = ratio is not None and ratio >= avail.objective
+    cols[6].metric(
+        "Availability",
+        "-" if ratio is None else f"{ratio:.2%}",
+        None if ratio is None else ("meets " if met else "below ") + f"{avail.objective:.1%}",
+        delta_color="normal" if met else "inverse",
+        delta_arrow="off",
+    )
+    traffic_rows, latency_rows = buckets(frame, bucket)
+    left, right = st.columns(2)
+    left.altair_chart(charts.traffic(traffic_rows), width="stretch")
+    right.altair_chart(charts.latency(latency_rows), width="stretch")
+    by_version = compute_kpis(frame)["by_model_version"]
+    st.dataframe(pd.DataFrame([
+        {"model": key, "requests": v["requests"], "p95 ms": v.get("latency_ms", {}).get("p95"),
+         "error ratio": v.get("error_ratio"), "fallback rate": v.get("fallback_rate")}
+        for key, v in by_version.items()
+    ]), hide_index=True, width="stretch")  # fmt: skip
+    if avail.breached_minutes:
+        st.warning(f"{len(avail.breached_minutes)} minute(s) below the {avail.objective:.1%} objective.")
+
+
+def buckets(frame: pl.DataFrame, every: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Requests per bucket by outcome (ok, fallback, error) and latency percentiles per bucket."""
+    grouped = (
+        frame.with_columns(
+            success().alias("ok"), pl.col("timestamp").dt.truncate(every).dt.replace_time_zone(None).alias("time")
+        )
+        .group_by("time")
+        .agg(
+            (pl.col("ok") & ~pl.col("is_fallback")).sum().alias("ok_n"),
+            (pl.col("ok") & pl.col("is_fallback")).sum().alias("fallback_n"),
+            (~pl.col("ok")).sum().alias("error_n"),
+            pl.col("latency_ms").quantile(0.5).alias("p50"),
+            pl.col("latency_ms").quantile(0.95).alias("p95"),
+            pl.col("latency_ms").quantile(0.99).alias("p99"),
+        )
+        .sort("time")
+    )
+    traffic, latency = [], []
+    for row in grouped.iter_rows(named=True):
+        bucket = row["time"].strftime("%m-%d %H:%M")
+        for outcome in ("ok", "fallback", "error"):
+            traffic.append({"bucket": bucket, "outcome": outcome, "requests": int(row[f"{outcome}_n"])})
+        for p in ("p50", "p95", "p99"):
+            latency.append({"bucket": bucket, "percentile": p, "ms": float(row[p])})
+    return traffic, latency
+
+
+def timeline_rows(name: str, frame: pl.DataFrame | None) -> list[dict[str, Any]]:
+    """Decisions, retrains and switches seen in the request log, as ``time, kind, what`` rows (newest first)."""
+    from tastebud.registry import read_decisions
+
+    rows: list[dict[str, Any]] = []
+    try:
+        for d in read_decisions(resources.settings(), name):
+            rows.append({"time": pd.Timestamp(d.time), "kind": "decision",
+                         "what": f"{d.action} v{d.version} (was {d.previous}): {d.reason}"})  # fmt: skip
+    except Exception as err:
+        st.warning(f"Cannot read the decision log: {err}")
+    store = resources.store()
+    if store is not None:
+        try:
+            for r in store.retrain_history(name, limit=200):
+                rows.append({"time": pd.Timestamp(r["started_at"]), "kind": "retrain",
+                             "what": f"{r['trigger']} → {r['outcome']}" + (f" v{r['version']}" if r.get("version")
+                                                                           else "")})  # fmt: skip
+        except Exception as err:
+            st.warning(f"Cannot read the retrain history: {err}")
+    if frame is not None and frame.height:
+        for v in model_switches(frame)["versions"]:
+            rows.append({"time": pd.Timestamp(v["first_seen"]), "kind": "served", "what": f"now serving {v['model']}"})
+    for row in rows:
+        stamp = row["time"]
+        row["time"] = stamp if stamp.tzinfo is None else stamp.tz_convert("UTC").tz_localize(None)  # UTC, naive
+    return sorted(rows, key=lambda r: r["time"], reverse=True)
+
+
+def switch_timeline(name: str, frame: pl.DataFrame | None) -> None:
+    rows = timeline_rows(name, frame)
+    if not rows:
+        st.caption("No decisions, retrains or switches recorded yet.")
+        return
+    st.altair_chart(charts.timeline(rows), width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def lift_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Relative lifts with their classical and always-valid intervals, per metric of an analysis report."""
+    rows = []
+    for comparison in [report.get("primary"), *(report.get("secondary") or [])]:
+        if not comparison or comparison.get("rel_lift") is None:
+            continue
+        for interval, key in (("classical", "rel_ci"), ("always-valid", "seq_rel_ci")):
+            bounds = comparison.get(key) or [None, None]
+            if None in bounds:
+                continue
+            rows.append({"metric": comparison["metric"], "interval": interval, "lift": comparison["rel_lift"],
+                         "low": bounds[0], "high": bounds[1]})  # fmt: skip
+    return rows
+
+
+def experiment_panel() -> None:
+    listing = resources.attempt(lambda: resources.client().experiments(), "list the experiments")
+    if listing is None:
+        return
+    experiments = listing.get("experiments") or []
+    if not experiments:
+        st.caption("No experiments: `tastebud experiment create` defines one.")
+        return
+    st.dataframe(pd.DataFrame([
+        {"name": e["name"], "kind": e["kind"], "status": e["status"], "started": e.get("started_at"),
+         "variants": ", ".join(f"{v['name']}={v['ref']} ({v['weight']:g})" for v in e.get("variants") or [])}
+        for e in experiments
+    ]), hide_index=True, width="stretch")  # fmt: skip
+    pick = st.selectbox("Experiment", [e["name"] for e in experiments], key="ops_experiment")
+    analysis = resources.attempt(lambda: resources.client().experiment(pick), f"analyse experiment {pick!r}")
+    if analysis is None:
+        return
+    decision = analysis.get("decision")
+    st.markdown(f"**Decision: {decision or 'none yet'}** — {analysis.get('reason') or ''}")
+    users = analysis.get("users") or {}
+    if users:
+        st.caption("Users per variant: " + ", ".join(f"{k} {v:,}" for k, v in users.items()))
+    rows = lift_rows(analysis.get("report") or {})
+    if rows:
+        st.altair_chart(charts.lift_intervals(rows), width="stretch")
+    else:
+        st.caption("No lift to show yet (too few users with outcomes).")
+
+
+if __name__ == "__main__":
+    render()
