@@ -26,9 +26,14 @@ FLOORS = {
     "als": 0.43,
     "bpr": 0.25,
     "ease": 0.44,
+    "rp3beta": 0.40,
+    "slim": 0.44,
     "hybrid": 0.43,
+    "ensemble": 0.45,
 }
-COLLABORATIVE = ("itemknn", "userknn", "als", "bpr", "ease", "hybrid")
+COLLABORATIVE = ("itemknn", "userknn", "als", "bpr", "ease", "rp3beta", "slim", "hybrid", "ensemble")
+#: Models whose ML-100K fit must stay within a minute on the 2-core reference machine.
+FIT_WITHIN_A_MINUTE = ("rp3beta", "slim")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,21 @@ def test_every_collaborative_model_beats_most_popular(name: str, ndcg: dict[str,
     assert ndcg[name] > ndcg["popular"] + 0.02
 
 
+@pytest.mark.parametrize("name", FIT_WITHIN_A_MINUTE)
+def test_fit_takes_under_a_minute(name: str, split: Split) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    create(name).fit(split.train)
+    assert time.perf_counter() - t0 < 60.0
+
+
+def test_ensemble_beats_its_best_member(ndcg: dict[str, float]) -> None:
+    """The default ensemble (EASE, ALS, SLIM, RP3beta; weights learned on carves of the training part, never the
+    test part) beats every member alone (recorded 0.460 against SLIM's 0.452 and EASE's 0.454)."""
+    assert ndcg["ensemble"] > max(ndcg["ease"], ndcg["als"], ndcg["slim"], ndcg["rp3beta"])
+
+
 def test_best_model_reaches_the_target(split: Split) -> None:
     report = evaluate(create("ease").fit(split.train), split, k=10, n_boot=10)
     assert report.metric("ndcg") >= 0.44
@@ -86,9 +106,7 @@ class _Direct(Recommender):
     def fit(self, dataset: Dataset) -> _Direct:  # pragma: no cover - built fitted
         return self
 
-    def recommend(
-        self, user_ids, k=10, *, exclude_seen=True, candidates=None, explain=False
-    ) -> Recommendations:
+    def recommend(self, user_ids, k=10, *, exclude_seen=True, candidates=None, explain=False) -> Recommendations:
         rows = self.users_.index(user_ids, kind="user")
         scores = self.scores_[rows].copy()
         if exclude_seen:
@@ -135,3 +153,41 @@ def test_als_matches_implicit_called_directly(split: Split) -> None:
     direct = evaluate(_Direct(scores, split.train), split, k=10, n_boot=10).metric("ndcg")
     ours = evaluate(create("als", **params, random_state=42).fit(split.train), split, k=10, n_boot=10)
     assert abs(direct - ours.metric("ndcg")) <= 0.005
+
+
+# ---------------------------------------------------------------------- sequence-aware model, per protocol
+#: NDCG@10 floor of ``seqtrans`` on the per-user temporal 80/20 holdout (recorded 0.277; EASE 0.202).
+SEQTRANS_TEMPORAL_FLOOR = 0.26
+#: ``seqtrans`` must beat EASE on temporal-user by at least this factor (recorded 1.37; the issue asks 1.10).
+SEQTRANS_OVER_EASE = 1.20
+
+
+@pytest.fixture(scope="module")
+def by_protocol(ml100k: Dataset) -> dict[str, dict[str, float]]:
+    """NDCG@10 of popular, ease and seqtrans on every protocol (bench/RESULTS.md, "Evaluation protocols")."""
+    from tastebud.evaluation.protocols import PROTOCOLS, protocol_split
+
+    out: dict[str, dict[str, float]] = {}
+    for protocol in PROTOCOLS:
+        proto_split = protocol_split(ml100k, protocol, seed=42)
+        names = ("popular", "ease", "seqtrans") if protocol == "temporal-user" else ("popular", "seqtrans")
+        out[protocol] = {
+            name: evaluate(create(name).fit(proto_split.train), proto_split, k=10, n_boot=10).metric("ndcg")
+            for name in names
+        }
+    return out
+
+
+def test_seqtrans_floor_on_temporal_user(by_protocol: dict[str, dict[str, float]]) -> None:
+    got = by_protocol["temporal-user"]["seqtrans"]
+    assert got >= SEQTRANS_TEMPORAL_FLOOR, f"seqtrans NDCG@10 {got:.4f} < floor {SEQTRANS_TEMPORAL_FLOOR}"
+
+
+def test_seqtrans_beats_ease_on_temporal_user(by_protocol: dict[str, dict[str, float]]) -> None:
+    ndcg = by_protocol["temporal-user"]
+    assert ndcg["seqtrans"] >= SEQTRANS_OVER_EASE * ndcg["ease"], ndcg
+
+
+def test_seqtrans_beats_popular_on_every_protocol(by_protocol: dict[str, dict[str, float]]) -> None:
+    for protocol, ndcg in by_protocol.items():
+        assert ndcg["seqtrans"] > ndcg["popular"] + 0.02, (protocol, ndcg)

@@ -222,9 +222,7 @@ def _reference(recs: np.ndarray, rel: sp.csr_matrix, k: int) -> dict[str, list[f
     width=st.integers(1, 8),
     k=st.integers(1, 10),
 )
-def test_vectorised_metrics_match_reference(
-    seed: int, n_users: int, n_items: int, width: int, k: int
-) -> None:
+def test_vectorised_metrics_match_reference(seed: int, n_users: int, n_items: int, width: int, k: int) -> None:
     rng = np.random.default_rng(seed)
     recs = rng.integers(-1, n_items, size=(n_users, width))  # repeats and padding included
     dense = np.where(rng.random((n_users, n_items)) < 0.3, rng.integers(1, 6, (n_users, n_items)), 0)

@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-import tastebud.data.split as split_module
 from fakes import ItemScoreModel
 from tastebud.data.dataset import Dataset
 from tastebud.data.split import Split
@@ -193,7 +192,7 @@ def test_run_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         calls.append((ds, method, params))
         return split
 
-    monkeypatch.setattr(split_module, "make_split", fake_make_split, raising=False)
+    monkeypatch.setattr(rp, "protocol_split", fake_make_split)
     comp = rp.run_evaluation(
         full,
         [PopularModel(), AntiPopularModel()],

@@ -24,18 +24,14 @@ class TestALS(FactorRecommenderContract):
     ]
 
     def make_model(self, **params: Any) -> ALSRecommender:
-        return ALSRecommender(
-            **{"factors": 8, "iterations": 10, "regularization": 0.1, "alpha": 5.0, **params}
-        )
+        return ALSRecommender(**{"factors": 8, "iterations": 10, "regularization": 0.1, "alpha": 5.0, **params})
 
 
 def test_matches_implicit_directly(toy_dataset: Dataset) -> None:
     """Same factors as calling implicit with the same matrix and alpha (alpha applied exactly once)."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    ours = ALSRecommender(factors=6, iterations=5, alpha=3.0, regularization=0.05, random_state=1).fit(
-        toy_dataset
-    )
+    ours = ALSRecommender(factors=6, iterations=5, alpha=3.0, regularization=0.05, random_state=1).fit(toy_dataset)
     ref = AlternatingLeastSquares(factors=6, iterations=5, alpha=3.0, regularization=0.05, random_state=1)
     ref.fit(toy_dataset.matrix("value"), show_progress=False)
     np.testing.assert_allclose(ours.user_factors_, ref.user_factors, rtol=1e-4, atol=1e-5)
@@ -56,9 +52,7 @@ def test_fold_in_matches_implicit_recalculate_user(toy_dataset: Dataset) -> None
         expected = ref.recalculate_user(u, row * 2.0)
         np.testing.assert_allclose(vector, expected, rtol=1e-3, atol=1e-4)
         # after enough iterations the trained vector is (nearly) that solution too
-        cosine = (
-            vector @ model.user_factors_[u] / np.linalg.norm(vector) / np.linalg.norm(model.user_factors_[u])
-        )
+        cosine = vector @ model.user_factors_[u] / np.linalg.norm(vector) / np.linalg.norm(model.user_factors_[u])
         assert cosine > 0.95
 
 

@@ -66,9 +66,7 @@ def movies() -> Dataset:
 
 
 def test_documents_have_genre_title_and_decade_tokens(movies: Dataset) -> None:
-    docs = dict(
-        zip(movies.items.ids.tolist(), item_documents(movies.item_meta, ContentConfig()), strict=True)
-    )
+    docs = dict(zip(movies.items.ids.tolist(), item_documents(movies.item_meta, ContentConfig()), strict=True))
     tokens = set(docs["d2"].split())
     assert {"genre_drama", "genre_romance", "word_garden", "word_wedding", "decade_1990s"} <= tokens
     assert "word_a" not in tokens  # stop words and one-letter words dropped
@@ -149,9 +147,7 @@ def test_no_metadata_tokens_is_an_error() -> None:
     with pytest.raises(DataValidationError, match="no tokens"):
         ContentRecommender().fit(Dataset.from_frame(frame))
     with pytest.raises(DataValidationError, match="weight is 0"):
-        ContentRecommender(genre_weight=0, tag_weight=0, title_weight=0, decade_weight=0).fit(
-            Dataset.from_frame(frame)
-        )
+        ContentRecommender(genre_weight=0, tag_weight=0, title_weight=0, decade_weight=0).fit(Dataset.from_frame(frame))
 
 
 def test_tags_are_used_when_present() -> None:

@@ -33,6 +33,9 @@ def _users(data: Dataset, n: int = 5) -> list[str]:
 FAMILIES = {
     "ease": lambda: create("ease", l2=20.0),
     "itemknn": lambda: create("itemknn", n_neighbors=15, num_threads=1),
+    "rp3beta": lambda: create("rp3beta", n_neighbors=15),
+    "slim": lambda: create("slim", alpha=0.01, num_threads=1),
+    "slim-recency": lambda: create("slim", alpha=0.01, num_threads=1, recency_half_life_days=30.0),
     "content": lambda: create("content"),
     "popular": lambda: create("popular"),
     "hybrid": lambda: HybridRecommender(

@@ -45,9 +45,7 @@ def test_same_ranking_as_implicit(toy_dataset: Dataset, weighting: str) -> None:
     _, scores = ref.recommend(users, matrix[users], N=5)
     recs = ours.recommend(toy_dataset.users.ids.tolist(), k=5)
     for row, (ref_scores, our_scores) in enumerate(zip(scores, recs.scores, strict=True)):
-        np.testing.assert_allclose(
-            np.sort(our_scores)[::-1], ref_scores[: len(our_scores)], rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(np.sort(our_scores)[::-1], ref_scores[: len(our_scores)], rtol=1e-5, atol=1e-6)
         assert len(recs.item_ids[row]) == 5
 
 

@@ -49,9 +49,7 @@ def test_value_weighting_and_per_genre() -> None:
             "value": [1, 1, 1, 10, 2],
         }
     )
-    items = pl.DataFrame(
-        {"item_id": ["x", "y", "z", "w"], "genres": ["Drama", "Drama|Comedy", "Comedy", "Horror"]}
-    )
+    items = pl.DataFrame({"item_id": ["x", "y", "z", "w"], "genres": ["Drama", "Drama|Comedy", "Comedy", "Horror"]})
     data = Dataset.from_frame(frame, items=items)
     assert PopularityRecommender().fit(data).popular_items(k=1).item_ids == [["x"]]
     by_value = PopularityRecommender(weighting="value").fit(data)
@@ -88,9 +86,7 @@ def test_decay_needs_timestamps() -> None:
 def test_similar_items_prefer_shared_genre(toy_dataset: Dataset) -> None:
     model = PopularityRecommender().fit(toy_dataset)
     genres = dict(
-        zip(
-            toy_dataset.item_meta["item_id"].to_list(), toy_dataset.item_meta["genres"].to_list(), strict=True
-        )
+        zip(toy_dataset.item_meta["item_id"].to_list(), toy_dataset.item_meta["genres"].to_list(), strict=True)
     )
     query = "i01"  # Action
     sims = model.similar_items([query], k=toy_dataset.n_items).item_ids[0]

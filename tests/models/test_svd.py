@@ -62,9 +62,7 @@ class TestSVD(RecommenderContract):
         model = self.make_model().fit(train)
         users = sorted(held)
         recs = model.recommend(users, k=5)
-        own = [
-            item[:2] == user[:2] for user, items in zip(users, recs.item_ids, strict=True) for item in items
-        ]
+        own = [item[:2] == user[:2] for user, items in zip(users, recs.item_ids, strict=True) for item in items]
         assert np.mean(own) >= 0.9
 
     def test_planted_structure_items(self, cluster_dataset: Dataset) -> None:
@@ -142,9 +140,7 @@ def test_unknown_ids_raise_or_fall_back_to_baseline(toy_dataset: Dataset) -> Non
 
 
 def test_item_without_ratings_gets_the_user_baseline() -> None:
-    frame = pl.DataFrame(
-        {"user_id": ["a", "a", "b", "b"], "item_id": ["x", "y", "x", "z"], "rating": [5, 3, 4, 2]}
-    )
+    frame = pl.DataFrame({"user_id": ["a", "a", "b", "b"], "item_id": ["x", "y", "x", "z"], "rating": [5, 3, 4, 2]})
     items = pl.DataFrame({"item_id": ["x", "y", "z", "cold"], "genres": ["A", "B", "A", "B"]})
     model = SVDRecommender(factors=2, epochs=5).fit(Dataset.from_frame(frame, items=items))
     cold = model.items_.index(["cold"])[0]

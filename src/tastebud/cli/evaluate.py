@@ -33,6 +33,15 @@ def evaluate_cmd(
         typer.Option("--models", "-m", help="Comma-separated model names (see `tastebud models-available`)."),
     ] = "popular,itemknn,als,ease",
     split: Annotated[str, typer.Option(help="random, temporal-user, temporal-global or leave-last-out.")] = "random",
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluation protocol: random (per-user random 80/20), temporal-user (each user's newest 20% held "
+            "out), leave-last-out (each user's last interaction held out), a comma-separated list, or all "
+            "(every model on every protocol, side by side). Overrides --split.",
+            show_default=False,
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(help="List length K of the metrics.", min=1)] = 10,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: the settings' seed).")] = None,
     param: Annotated[
@@ -47,8 +56,12 @@ def evaluate_cmd(
     """Train each model on the train split and compare them on the test split.
 
     Prints a table of Precision/Recall/F1/MAP/NDCG/MRR/HitRate@K with 95% bootstrap intervals, coverage, novelty
-    and (for rating models) RMSE/MAE; writes comparison.md, comparison.json and comparison.png.
+    and (for rating models) RMSE/MAE; writes comparison.md, comparison.json and comparison.png. With several
+    protocols (--protocol all) it fits every model on each protocol's split and writes protocols.md,
+    protocols.json and protocols.png (NDCG@K with intervals, model by protocol) plus each protocol's comparison
+    under <out>/<protocol>/.
     """
+    from tastebud.evaluation.protocols import parse_protocols
     from tastebud.evaluation.report import run_evaluation, run_evaluation_files
 
     settings = settings_of(ctx)
@@ -59,18 +72,31 @@ def evaluate_cmd(
     out_dir = out or settings.runs_dir / "evaluate"
     if (train is None) != (test is None):
         raise ParameterError("--train and --test go together")
+    if protocol is not None and train is not None:
+        raise ParameterError("--protocol splits a --dataset; with --train/--test files the split is given")
     if train is not None and test is not None:
         comparison = run_evaluation_files(train, test, names, k=k, params=params, out_dir=out_dir)
     else:
         if dataset is None:
             raise ParameterError("give --dataset NAME_OR_PATH, or --train FILE --test FILE")
         ds = read(ctx, dataset, fmt)
+        the_seed = seed if seed is not None else settings.seed
+        protocols = parse_protocols(protocol) if protocol is not None else [split]
+        if len(protocols) > 1:
+            from tastebud.evaluation.protocol_comparison import run_protocols
+
+            by_protocol = run_protocols(
+                ds, names, protocols=protocols, k=k, seed=the_seed, params=params, out_dir=out_dir
+            )
+            by_protocol.print_table(console)
+            console.print(f"report written to {out_dir}")
+            return
         comparison = run_evaluation(
             ds,
             names,
-            split=split,
+            split=protocols[0],
             k=k,
-            seed=seed if seed is not None else settings.seed,
+            seed=the_seed,
             params=params,
             out_dir=out_dir,
         )

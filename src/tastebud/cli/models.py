@@ -1,16 +1,17 @@
-"""`tastebud train`, `tastebud ui` and `tastebud models list|show|promote|rollback|decisions|reproduce`."""
+"""`tastebud train`, `tastebud ui` and `tastebud models list|show|promote|rollback|decisions|reproduce|keygen`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from tastebud.cli._app import FormatOption, app, console, parse_params, settings_of
-from tastebud.errors import TastebudError
+from tastebud.errors import ParameterError, TastebudError
 
 models_app = typer.Typer(help="Registered models: versions, aliases, promotion, rollback.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -25,7 +26,11 @@ def _fmt(value: float | None) -> str:
 
 
 def print_versions(versions: list, title: str) -> None:  # type: ignore[type-arg]
-    """Rich table of model versions with key metrics and aliases."""
+    """Rich table of model versions with key metrics and aliases.
+
+    Family and snapshot come from each version's manifest (``ModelVersion.family``/``snapshot_id``), the one
+    source of provenance, never from the MLflow tags (copies anyone with access to MLflow can edit).
+    """
     from rich import box
 
     # Compact enough for an 80-column terminal; `models show` prints everything.
@@ -48,12 +53,12 @@ def print_versions(versions: list, title: str) -> None:  # type: ignore[type-arg
         cells = [
             str(mv.version),
             ",".join(mv.aliases) or "-",
-            mv.tags.get("tastebud.model_family", "?"),
+            getattr(mv, "family", "") or "?",
             _fmt(mv.metrics.get("ndcg_at_10")),
             _fmt(mv.metrics.get("recall_at_10")),
             _fmt(mv.metrics.get("coverage")),
             *([_fmt(mv.metrics.get("rmse"))] if has_rmse else []),
-            mv.tags.get("tastebud.snapshot_id", "")[:8],
+            (getattr(mv, "snapshot_id", "") or "")[:8],
             str(mv.created_at)[:10],
         ]
         table.add_row(*cells)
@@ -75,20 +80,76 @@ def train_cmd(
     k: Annotated[int, typer.Option(help="List length of the validation metrics.", min=1)] = 10,
     register: Annotated[bool, typer.Option(help="Register the bundle as a new version.")] = True,
     fmt: FormatOption = None,
+    tune: Annotated[
+        int,
+        typer.Option(
+            "--tune",
+            min=0,
+            help="Optuna trials on the validation split before the final fit (0: the given or default parameters).",
+        ),
+    ] = 0,
+    members: Annotated[
+        str | None,
+        typer.Option(
+            "--members",
+            help="With --model ensemble: the member models, comma-separated (e.g. ease,als,itemknn); "
+            "--param <member>.<name>=value sets a member's parameter.",
+        ),
+    ] = None,
+    from_registry: Annotated[
+        str | None,
+        typer.Option(
+            "--from-registry",
+            help="With --model ensemble: blend registered versions (name:version,...; one training part) instead "
+            "of training members; only the weights are learned, on half of their split's validation part (the other "
+            "half gives the recorded metrics).",
+        ),
+    ] = None,
 ) -> None:
     """Train a model, evaluate it on the validation split, log an MLflow run and register the bundle."""
     from tastebud.pipeline.train import train
 
     settings = settings_of(ctx)
-    result = train(
-        dataset, model, parse_params(param), settings=settings, seed=seed, k=k, fmt=fmt, name=name, register=register
-    )
+    params = parse_params(param)
+    if model == "ensemble":
+        from tastebud.models.ensemble import member_params_from_flat
+
+        params = member_params_from_flat(params)
+        if members is not None:
+            params["members"] = members
+    elif members is not None or from_registry is not None:
+        raise ParameterError("--members and --from-registry apply to --model ensemble only")
+    if from_registry is not None:
+        from tastebud.pipeline.ensemble import train_ensemble_from_registry
+
+        if members is not None:
+            raise ParameterError("give either --members or --from-registry, not both")
+        result = train_ensemble_from_registry(
+            from_registry, settings=settings, params=params, name=name, k=k, register=register
+        )
+    else:
+        result = train(
+            dataset,
+            model,
+            params,
+            settings=settings,
+            seed=seed,
+            k=k,
+            fmt=fmt,
+            name=name,
+            register=register,
+            tune=tune,
+        )
     table = Table(title=f"{model} on {result.manifest['data']['name']} (validation)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():
         table.add_row(key, _fmt(value))
     table.add_row("fit seconds", f"{result.timings['fit_s']:.2f}")
+    if "tune_s" in result.timings:
+        tuned = result.manifest.get("extra", {}).get("tuning", {})
+        table.add_row(f"tuning ({tuned.get('trials')} trials) seconds", f"{result.timings['tune_s']:.2f}")
+        table.add_row(f"best validation {tuned.get('metric')}", _fmt(tuned.get("best_value")))
     console.print(table)
     console.print(f"bundle: {result.bundle_dir}")
     console.print(f"run: {result.run_id}")
@@ -227,3 +288,24 @@ def reproduce_cmd(
     console.print(f"{verdict}: max difference {result.max_difference:.2e} (tolerance {tolerance:g})")
     if not result.passed:
         raise typer.Exit(1)
+
+
+@models_app.command("keygen")
+def keygen_cmd(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory for the key pair (default: <home>/keys).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing key pair.")] = False,
+) -> None:
+    """Write an Ed25519 key pair for signing bundle manifests (private key: training side; public: serving)."""
+    from tastebud.registry.signing import generate_keypair
+
+    directory = out if out is not None else settings_of(ctx).home / "keys"
+    private, public = generate_keypair(directory, overwrite=overwrite)
+    console.print(f"private key (signs; keep it on the training side, mode 0600): {private}")
+    console.print(f"public key (verifies; give it to serving): {public}")
+    console.print(
+        "configure: TASTEBUD_SIGNING__PRIVATE_KEY_PATH=" + str(private) + " where models are trained and registered, "
+        "TASTEBUD_SIGNING__PUBLIC_KEY_PATH=" + str(public) + " where they are served"
+    )

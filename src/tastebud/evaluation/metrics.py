@@ -199,9 +199,7 @@ def map_at_k(recs: np.ndarray, relevant: sp.spmatrix | sp.sparray, k: int) -> np
     return _map(_hits(recs, relevant, k))
 
 
-def ndcg_at_k(
-    recs: np.ndarray, relevant: sp.spmatrix | sp.sparray, k: int, *, graded: bool = True
-) -> np.ndarray:
+def ndcg_at_k(recs: np.ndarray, relevant: sp.spmatrix | sp.sparray, k: int, *, graded: bool = True) -> np.ndarray:
     """Per user, normalised discounted cumulative gain at ``k``.
 
     The gain of a hit at rank ``i`` (1-based) is its relevance grade (``relevant``'s value; 1 when

@@ -143,9 +143,7 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, *, level: float = 0.95
-) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, *, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``values`` (``nan`` entries dropped).
 
     Resamples are drawn as one index matrix per chunk, so memory stays bounded for many users.
@@ -204,9 +202,7 @@ def _pick_part(split: Split, part: str) -> Dataset:
         return split.test
     if part == "validation":
         if split.validation is None:
-            raise SplitError(
-                "the split has no validation part: make it with a validation fraction to evaluate on it"
-            )
+            raise SplitError("the split has no validation part: make it with a validation fraction to evaluate on it")
         return split.validation
     raise ParameterError(f"part must be 'test' or 'validation', got {part!r}")
 

@@ -22,11 +22,11 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-import tastebud.data.split as split_module
 from tastebud.data.dataset import Dataset
 from tastebud.data.split import Split
 from tastebud.errors import DatasetNotFoundError, DataValidationError, DataWarning, ParameterError
 from tastebud.evaluation.protocol import Report, fit_and_evaluate
+from tastebud.evaluation.protocols import protocol_split
 from tastebud.models.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -225,9 +225,7 @@ class Comparison:
         for i, rep in enumerate(self.reports):
             if notes[i]:
                 console.print(f"[yellow]{rep.model}: {'; '.join(notes[i])}[/yellow]")
-        console.print(
-            f"best by {_LABELS.get(self.primary, self.primary)}@{k}: [bold]{self.best().model}[/bold]"
-        )
+        console.print(f"best by {_LABELS.get(self.primary, self.primary)}@{k}: [bold]{self.best().model}[/bold]")
 
     @staticmethod
     def _short(rep: Report, key: str, *, ci: bool = False) -> str:
@@ -287,9 +285,7 @@ def _describe(meta: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def compare(
-    reports: Sequence[Report], *, primary: str = "ndcg", meta: dict[str, Any] | None = None
-) -> Comparison:
+def compare(reports: Sequence[Report], *, primary: str = "ndcg", meta: dict[str, Any] | None = None) -> Comparison:
     """Put reports side by side (same ``k``) for tables, JSON and a chart."""
     return Comparison(list(reports), primary=primary, meta=dict(meta or {}))
 
@@ -376,7 +372,8 @@ def run_evaluation(
     Args:
         dataset: the data to split.
         models: ``--model`` names (or unfitted recommenders).
-        split: split method (``random``, ``temporal-user``, ``temporal-global``, ``leave-last-out``).
+        split: a protocol of :data:`~tastebud.evaluation.protocols.PROTOCOLS` (``random``, ``temporal-user``,
+            ``leave-last-out``) or another split method (``temporal-global``), see :func:`protocol_split`.
         k: list length.
         seed: seed of the split.
         params: model name -> hyperparameters.
@@ -387,7 +384,7 @@ def run_evaluation(
         ParameterError: ``params`` for a model not in ``models``, or invalid parameters.
         SplitError: the split cannot be made.
     """
-    the_split = split_module.make_split(dataset, split, seed=seed)  # type: ignore[attr-defined]
+    the_split = protocol_split(dataset, split, seed=seed)
     reports = _evaluate_models(the_split, models, k=k, params=params, progress=progress)
     meta = {
         "dataset": dataset.name,
@@ -417,9 +414,7 @@ def read_interactions(path: Path | str) -> pl.DataFrame:
         elif suffix in (".csv", ".tsv"):
             frame = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
         else:
-            raise DataValidationError(
-                f"{path}: unknown file type {suffix!r}; expected .csv, .tsv or .parquet"
-            )
+            raise DataValidationError(f"{path}: unknown file type {suffix!r}; expected .csv, .tsv or .parquet")
     except (pl.exceptions.PolarsError, OSError) as err:
         raise DataValidationError(f"{path}: cannot be read as {suffix.lstrip('.')}: {err}") from err
     missing = [c for c in ("user_id", "item_id") if c not in frame.columns]
@@ -457,16 +452,11 @@ def split_from_files(train: Path | str | pl.DataFrame, test: Path | str | pl.Dat
             stacklevel=2,
         )
         frames = [f.drop("timestamp", strict=False) for f in frames]
-    frames = [
-        f.with_columns(pl.lit(part).alias("__part"))
-        for f, part in zip(frames, ("train", "test"), strict=True)
-    ]
+    frames = [f.with_columns(pl.lit(part).alias("__part")) for f, part in zip(frames, ("train", "test"), strict=True)]
     try:
         combined = pl.concat(frames, how="diagonal_relaxed")
     except pl.exceptions.PolarsError as err:
-        raise DataValidationError(
-            f"{sources[0]} and {sources[1]}: columns have incompatible types ({err})"
-        ) from err
+        raise DataValidationError(f"{sources[0]} and {sources[1]}: columns have incompatible types ({err})") from err
     full = Dataset.from_frame(
         combined.drop("__part"),
         name=Path(sources[0]).stem,

@@ -70,6 +70,7 @@ SEARCH_SPACES: dict[str, dict[str, Param]] = {
         "regularization": FloatParam(1e-3, 10.0, log=True),
         "alpha": FloatParam(0.1, 100.0, log=True),
         "iterations": IntParam(5, 30),
+        "confidence": CategoricalParam(("linear", "log")),
     },
     "bpr": {
         "factors": IntParam(16, 256, log=True),
@@ -78,6 +79,23 @@ SEARCH_SPACES: dict[str, dict[str, Param]] = {
         "iterations": IntParam(20, 300, log=True),
     },
     "ease": {"l2": FloatParam(10.0, 2000.0, log=True)},
+    "seqtrans": {
+        "recency_tau": FloatParam(1.0, 50.0, log=True),
+        "transition_weight": FloatParam(0.1, 10.0, log=True),
+        "window": IntParam(5, 100, log=True),
+        "n_last": IntParam(5, 50, log=True),
+        "l2": FloatParam(50.0, 2000.0, log=True),
+    },
+    "rp3beta": {
+        "alpha": FloatParam(0.1, 2.0),
+        "beta": FloatParam(0.0, 1.0),
+        "n_neighbors": IntParam(10, 1000, log=True),
+    },
+    "slim": {
+        "alpha": FloatParam(1e-3, 1.0, log=True),
+        "l1_ratio": FloatParam(1e-3, 0.5, log=True),
+        "n_neighbors": IntParam(10, 500, log=True),
+    },
     "itemknn": {
         "n_neighbors": IntParam(10, 500),
         "weighting": CategoricalParam(("cosine", "tfidf", "bm25")),
@@ -138,9 +156,7 @@ def _check_space(model: str, space: Mapping[str, Param], fixed: Mapping[str, Any
     for name, param in space.items():
         if name not in cls.config_class.model_fields:
             allowed = ", ".join(sorted(cls.config_class.model_fields))
-            raise ParameterError(
-                f"search space of {model!r}: {name!r} is not a parameter (allowed: {allowed})"
-            )
+            raise ParameterError(f"search space of {model!r}: {name!r} is not a parameter (allowed: {allowed})")
         if name in fixed:
             raise ParameterError(f"{name!r} is both fixed and searched for {model!r}; pick one")
         values = param.choices if isinstance(param, CategoricalParam) else (param.low, param.high)
@@ -148,9 +164,7 @@ def _check_space(model: str, space: Mapping[str, Param], fixed: Mapping[str, Any
             try:
                 cls.config_class(**{**fixed, name: value})
             except ValidationError as err:
-                raise ParameterError(
-                    f"search space of {model!r}: {name}={value!r} is refused: {err}"
-                ) from err
+                raise ParameterError(f"search space of {model!r}: {name}={value!r} is refused: {err}") from err
 
 
 def _suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> dict[str, Any]:
@@ -206,6 +220,7 @@ def tune(
     validation_fraction: float = 0.1,
     fixed_params: Mapping[str, Any] | None = None,
     console: Console | None = None,
+    space: Mapping[str, Param] | None = None,
 ) -> TuneResult:
     """Search ``model``'s hyperparameters, maximising ``metric``@``k`` on the validation part.
 
@@ -223,6 +238,8 @@ def tune(
         validation_fraction: share of interactions held out for validation when a dataset is given.
         fixed_params: parameters passed to every trial unchanged.
         console: where progress goes (a new stderr console by default).
+        space: the parameters to search (default the model's :data:`SEARCH_SPACES` entry; a subset of it
+            leaves the other parameters to ``fixed_params`` or the model's defaults).
 
     Returns:
         The best parameters and value, with every trial.
@@ -239,7 +256,7 @@ def tune(
         raise ParameterError(f"unknown metric {metric!r}; choose from {list(RANKING_METRICS)}")
     if trials < 1:
         raise ParameterError(f"trials must be at least 1, got {trials}")
-    space = SEARCH_SPACES[model]
+    space = SEARCH_SPACES[model] if space is None else space
     fixed = dict(fixed_params or {})
     seed_field = next((f for f in _SEED_FIELDS if f in model_class(model).config_class.model_fields), None)
     if seed_field and seed_field not in fixed and seed_field not in space:
@@ -294,9 +311,7 @@ def tune(
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if not complete:
             errors = [r["error"] for r in rows if r["error"]]
-            raise ParameterError(
-                f"every trial of {model!r} failed" + (f"; first error: {errors[0]}" if errors else "")
-            )
+            raise ParameterError(f"every trial of {model!r} failed" + (f"; first error: {errors[0]}" if errors else ""))
         best = study.best_trial
         assert best.value is not None  # a complete trial has a value
     finally:
@@ -358,9 +373,7 @@ def _optimize(
         except ValueError:  # no complete trial yet
             best = "-"
         shown = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
-        params = ", ".join(
-            f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in trial.params.items()
-        )
+        params = ", ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in trial.params.items())
         line = f"trial {trial.number:>3}  {label}={shown}  best={best}  {params}"
         if progress:
             bar.console.print(line, markup=False, highlight=False)

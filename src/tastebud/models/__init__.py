@@ -16,9 +16,13 @@ MODELS: dict[str, str] = {
     "als": "tastebud.models.als:ALSRecommender",
     "bpr": "tastebud.models.bpr:BPRRecommender",
     "ease": "tastebud.models.ease:EASERecommender",
+    "seqtrans": "tastebud.models.sequential:SeqTransRecommender",
+    "rp3beta": "tastebud.models.rp3beta:RP3betaRecommender",
+    "slim": "tastebud.models.slim:SLIMRecommender",
     "svd": "tastebud.models.svd:SVDRecommender",
     "content": "tastebud.models.content:ContentRecommender",
     "hybrid": "tastebud.models.hybrid:HybridRecommender",
+    "ensemble": "tastebud.models.ensemble:EnsembleRecommender",
 }
 
 

@@ -21,11 +21,12 @@ from pydantic import ConfigDict, Field
 from tastebud.data.dataset import Dataset, IdMap
 from tastebud.errors import BundleError, DataValidationError, ParameterError
 from tastebud.models import _scoring as sc
+from tastebud.models._training import RecencyConfig, training_matrix
 from tastebud.models.ann import FaissIndex
 from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender
 
 
-class FactorConfig(ModelConfig):
+class FactorConfig(RecencyConfig):
     """Hyperparameters shared by the factor models."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -85,7 +86,7 @@ class FactorRecommender(Recommender):
         Raises:
             DataValidationError: training produced factors of the wrong shape or with NaN/inf values.
         """
-        matrix = dataset.matrix("value")
+        matrix = training_matrix(dataset, "value", half_life_days=self.config.recency_half_life_days)
         user_factors, item_factors = self._train(matrix)
         return self._set_factors(user_factors, item_factors, matrix, dataset.users, dataset.items)
 

@@ -39,9 +39,7 @@ def check_k(k: int) -> int:
     return int(k)
 
 
-def rank_one(
-    scores: np.ndarray, k: int, seen: np.ndarray, cands: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
+def rank_one(scores: np.ndarray, k: int, seen: np.ndarray, cands: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (item indices, scores) of one user's score vector, best first, ``seen`` items left out.
 
     Args:

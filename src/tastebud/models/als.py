@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import scipy.linalg
@@ -27,7 +27,8 @@ from tastebud.data.dataset import Dataset, IdMap
 from tastebud.errors import ParameterError
 from tastebud.models import _scoring as sc
 from tastebud.models._factors import FactorConfig, FactorRecommender
-from tastebud.models.base import Recommender
+from tastebud.models._training import config_for_feedback, feedback_kind, training_matrix
+from tastebud.models.base import ModelConfig, Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ logger = logging.getLogger(__name__)
 #: ``c_uj · y_jᵀ W_u⁻¹`` (float32; ML-100K: 20 MiB), else per user ``W_u⁻¹`` (ML-100K: 15 MiB; 10K users at d=64:
 #: 160 MiB); beyond both, ``W_u`` is solved per request.
 EXPLAIN_CACHE_BYTES = 256 * 2**20
+#: Defaults per kind of feedback (:func:`~tastebud.models._training.feedback_kind`) for the fields a caller leaves
+#: unset; ``ALSConfig``'s own defaults serve ratings and binary data. Play counts are heavy-tailed: a linear
+#: confidence of ``10 * plays`` lets a few obsessive listens dominate, so counts get Hu et al.'s log confidence,
+#: with alpha and regularization chosen on validation splits of two Last.fm-format samples (bench/RESULTS.md,
+#: "Defaults per kind of feedback").
+FEEDBACK_DEFAULTS: dict[str, dict[str, Any]] = {"counts": {"confidence": "log", "alpha": 7.0, "regularization": 100.0}}
 #: Default ALS sweeps of a warm start (``ALSConfig.warm_iterations``), measured in ``bench/bench_warm_start.py``.
 WARM_ITERATIONS_DEFAULT = 5
 
@@ -43,9 +50,15 @@ class ALSConfig(FactorConfig):
     """Hyperparameters of :class:`ALSRecommender`."""
 
     regularization: float = Field(50.0, ge=0.0)
-    """L2 penalty on factors. The defaults (50, alpha 10) were tuned on a validation split of ML-100K."""
+    """L2 penalty on factors. The defaults (50, alpha 10) were tuned on a validation split of ML-100K (ratings; play
+    counts take :data:`FEEDBACK_DEFAULTS` for what the caller leaves unset)."""
     alpha: float = Field(10.0, gt=0.0)
     """Confidence scale: an observed cell weighs ``alpha * value`` against 1 for unobserved cells."""
+    confidence: Literal["linear", "log"] = "linear"
+    """How a value becomes a confidence: ``linear`` gives ``alpha * value``, ``log`` gives
+    ``alpha * log(1 + value / log_eps)`` (Hu et al. 2008, section 3), which tames heavy-tailed play counts."""
+    log_eps: float = Field(1.0, gt=0.0)
+    """Scale of the ``log`` confidence, in value units (plays)."""
     use_cg: bool = True
     """Use implicit's conjugate-gradient solver (faster); False solves each user exactly by Cholesky."""
     warm_iterations: int = Field(WARM_ITERATIONS_DEFAULT, ge=0)
@@ -54,11 +67,32 @@ class ALSConfig(FactorConfig):
 
 
 class ALSRecommender(FactorRecommender):
-    """Alternating least squares on implicit feedback; explains recommendations by the user's items."""
+    """Alternating least squares on implicit feedback; explains recommendations by the user's items.
+
+    Parameters left unset take the defaults of the training data's kind of feedback (:data:`FEEDBACK_DEFAULTS`):
+    after ``fit`` the config holds the values used, which is what ``params()`` logs and bundles record.
+    """
 
     name = "als"
     config_class = ALSConfig
     config: ALSConfig
+    #: kind of feedback (``feedback_kind``) -> defaults that replace the config's unset fields when fitting.
+    feedback_defaults: ClassVar[dict[str, dict[str, Any]]] = FEEDBACK_DEFAULTS
+
+    def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self._requested = self.config
+
+    def fit(self, dataset: Dataset) -> Self:
+        """Factorise ``dataset`` with the defaults of its kind of feedback for unset parameters; returns self."""
+        self._adapt_to(dataset)
+        return super().fit(dataset)
+
+    def _adapt_to(self, dataset: Dataset) -> None:
+        kind = feedback_kind(dataset)
+        self.config = config_for_feedback(self._requested, self.feedback_defaults, kind)
+        if self.config is not self._requested:
+            logger.info("als defaults for the feedback", extra={"model": self.name, "feedback": kind})
 
     def _train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
@@ -66,7 +100,7 @@ class ALSRecommender(FactorRecommender):
         with threadpool_limits(limits=1, user_api="blas"):
             model = self._solver(cfg.iterations)
             # implicit 0.7 expects users as rows
-            model.fit(matrix, show_progress=cfg.show_progress)
+            model.fit(self._scaled(matrix), show_progress=cfg.show_progress)
         return model.user_factors, model.item_factors
 
     def _solver(self, iterations: int) -> Any:
@@ -110,6 +144,7 @@ class ALSRecommender(FactorRecommender):
             ParameterError: ``iterations`` is negative.
             DataValidationError: training produced factors with NaN/inf values.
         """
+        self._adapt_to(dataset)
         n_sweeps = self.config.warm_iterations if iterations is None else iterations
         if n_sweeps < 0:
             raise ParameterError(f"{self.name}: fit_warm iterations must be >= 0, got {n_sweeps}")
@@ -118,13 +153,14 @@ class ALSRecommender(FactorRecommender):
             logger.info("als warm start falls back to a cold fit", extra={"model": self.name, "reason": reason})
             return self.fit(dataset)
         assert isinstance(previous, ALSRecommender)
-        matrix = dataset.matrix("value")
+        matrix = training_matrix(dataset, "value", half_life_days=self.config.recency_half_life_days)
         with threadpool_limits(limits=1, user_api="blas"):
-            user_factors, item_factors, counts = self._warm_factors(matrix, dataset.users, dataset.items, previous)
+            scaled = self._scaled(matrix)
+            user_factors, item_factors, counts = self._warm_factors(scaled, dataset.users, dataset.items, previous)
             model = self._solver(n_sweeps)
             # implicit initialises only factors that are None; these have the data's shapes (users as rows)
             model.user_factors, model.item_factors = user_factors, item_factors
-            model.fit(matrix, show_progress=self.config.show_progress)
+            model.fit(scaled, show_progress=self.config.show_progress)
         logger.info("als warm start", extra={"model": self.name, "iterations": n_sweeps, **counts})
         return self._set_factors(model.user_factors, model.item_factors, matrix, dataset.users, dataset.items)
 
@@ -165,8 +201,22 @@ class ALSRecommender(FactorRecommender):
         }
         return x, y, counts
 
+    def _scale(self, values: np.ndarray) -> np.ndarray:
+        """Values as implicit sees them before it multiplies by ``alpha`` (``log`` confidence applied here)."""
+        if self.config.confidence == "log":
+            return np.log1p(np.asarray(values, dtype=np.float64) / self.config.log_eps)
+        return np.asarray(values, dtype=np.float64)
+
+    def _scaled(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """``matrix`` with :meth:`_scale` applied to its entries (the matrix itself when ``linear``)."""
+        if self.config.confidence == "linear":
+            return matrix
+        out = matrix.copy()
+        out.data = self._scale(out.data).astype(out.dtype)
+        return out
+
     def _confidence(self, values: np.ndarray) -> np.ndarray:
-        return self.config.alpha * values.astype(np.float64)
+        return self.config.alpha * self._scale(values)
 
     def _prepare(self) -> None:
         """Reset the explanation cache; :meth:`load` fills it, :meth:`_explain_row` does on first use otherwise.

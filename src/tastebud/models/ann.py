@@ -102,9 +102,7 @@ class FaissIndex:
         index = self._index
         queries = _as_float32(queries)
         if queries.shape[1] != index.d:
-            raise ParameterError(
-                f"FaissIndex: queries have {queries.shape[1]} dimensions, the index {index.d}"
-            )
+            raise ParameterError(f"FaissIndex: queries have {queries.shape[1]} dimensions, the index {index.d}")
         kk = min(int(k), index.ntotal)
         if kk < 1 or len(queries) == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
@@ -130,13 +128,8 @@ class FaissIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as err:
             raise BundleError(f"{path}: unreadable FAISS index ({str(err).splitlines()[0]})") from err
-        if (
-            not isinstance(index, faiss.IndexHNSW | faiss.IndexFlat)
-            or index.metric_type != faiss.METRIC_INNER_PRODUCT
-        ):
-            raise BundleError(
-                f"{path}: expected an inner-product flat or HNSW index, found {type(index).__name__}"
-            )
+        if not isinstance(index, faiss.IndexHNSW | faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise BundleError(f"{path}: expected an inner-product flat or HNSW index, found {type(index).__name__}")
         out = cls()
         if isinstance(index, faiss.IndexHNSW):
             out.hnsw_threshold = min(out.hnsw_threshold, max(1, int(index.ntotal)))

@@ -281,14 +281,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = scores.shape[1]
     kk = min(k, n)
     if kk <= 0:
-        return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty(
-            (scores.shape[0], 0), dtype=scores.dtype
-        )
-    part = (
-        np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        if kk < n
-        else np.tile(np.arange(n), (scores.shape[0], 1))
-    )
+        return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (scores.shape[0], 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     idx = np.take_along_axis(part, order, axis=1)

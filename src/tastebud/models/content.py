@@ -250,10 +250,7 @@ def item_documents(item_meta: pl.DataFrame, config: ContentConfig) -> list[str]:
     def tokens(column: str, prefix: str) -> pl.Expr:
         return (
             pl.col(column)
-            .list.eval(
-                pl.lit(prefix)
-                + pl.element().str.strip_chars().str.to_lowercase().str.replace_all(r"\s+", "_")
-            )
+            .list.eval(pl.lit(prefix) + pl.element().str.strip_chars().str.to_lowercase().str.replace_all(r"\s+", "_"))
             .list.eval(pl.element().filter(pl.element() != pl.lit(prefix)))
         )
 
@@ -279,9 +276,7 @@ def item_documents(item_meta: pl.DataFrame, config: ContentConfig) -> list[str]:
     return docs.fill_null("").to_list()
 
 
-def item_vectors(
-    item_meta: pl.DataFrame, config: ContentConfig
-) -> tuple[sp.csr_matrix, list[str], np.ndarray]:
+def item_vectors(item_meta: pl.DataFrame, config: ContentConfig) -> tuple[sp.csr_matrix, list[str], np.ndarray]:
     """TF-IDF matrix (items x tokens, field-weighted, rows L2-normalised), its vocabulary and idf weights.
 
     Raises:

@@ -20,10 +20,11 @@ from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
 from tastebud.models import _scoring as sc
 from tastebud.models._history import explain_weighted
+from tastebud.models._training import RecencyConfig, training_matrix
 from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender
 
 
-class EASEConfig(ModelConfig):
+class EASEConfig(RecencyConfig):
     """Hyperparameters of :class:`EASERecommender`."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -45,7 +46,7 @@ class EASERecommender(Recommender):
 
     def fit(self, dataset: Dataset) -> Self:
         """Solve for the item-item weights ``B``; returns self."""
-        x = dataset.matrix("binary", dtype=np.float64)
+        x = training_matrix(dataset, "binary", half_life_days=self.config.recency_half_life_days, dtype=np.float64)
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += self.config.l2
         try:
@@ -87,9 +88,7 @@ class EASERecommender(Recommender):
             candidates=cands,
         )
         explanations = (
-            sc.explain_linear(self.seen_, rows, idx, self.items_, lambda s, i: w[np.ix_(s, i)])
-            if explain
-            else None
+            sc.explain_linear(self.seen_, rows, idx, self.items_, lambda s, i: w[np.ix_(s, i)]) if explain else None
         )
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
 
@@ -120,14 +119,22 @@ class EASERecommender(Recommender):
 
     history_scoring = True
 
+    def _history_weights(self, values: np.ndarray) -> np.ndarray:
+        """EASE learns from presence: each item counts 1, or with recency weighting its weight in ``(0, 1]``."""
+        if self.config.recency_half_life_days is None:
+            return np.ones(len(values))
+        return np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+
     def _history_scores(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``x B`` for the binary history row ``x`` (EASE learns from presence, not values)."""
+        """``x B`` for the history row ``x`` (binary, or recency weights)."""
         assert self.weights_ is not None
-        return self.weights_[idx].sum(axis=0, dtype=np.float64)
+        if self.config.recency_half_life_days is None:
+            return self.weights_[idx].sum(axis=0, dtype=np.float64)
+        return self._history_weights(values) @ self.weights_[idx].astype(np.float64)
 
     def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
         assert self.weights_ is not None and self.items_ is not None
-        return explain_weighted(self.items_, idx, np.ones(len(idx)), self.weights_[np.ix_(idx, rec)])
+        return explain_weighted(self.items_, idx, self._history_weights(values), self.weights_[np.ix_(idx, rec)])
 
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
         """Top-``k`` items per item by the weight ``B[i, j]`` item ``i`` gives to ``j``, the item excluded."""

@@ -57,9 +57,7 @@ class PopularityRecommender(Recommender):
         """
         inter = dataset.interactions
         weight = (
-            inter["value"].to_numpy().astype(np.float64)
-            if self.config.weighting == "value"
-            else np.ones(inter.height)
+            inter["value"].to_numpy().astype(np.float64) if self.config.weighting == "value" else np.ones(inter.height)
         )
         if self.config.half_life_days is not None:
             if not dataset.has_timestamps:
@@ -69,9 +67,7 @@ class PopularityRecommender(Recommender):
             ts = inter["timestamp"].to_numpy().astype(np.float64)
             age_days = (ts.max() - ts) / _SECONDS_PER_DAY
             weight = weight * 0.5 ** (age_days / self.config.half_life_days)
-        self.popularity_ = np.bincount(
-            inter["item_idx"].to_numpy(), weights=weight, minlength=dataset.n_items
-        )
+        self.popularity_ = np.bincount(inter["item_idx"].to_numpy(), weights=weight, minlength=dataset.n_items)
         self.genres_, self.item_genres_ = _genre_incidence(dataset.item_meta["genres"])
         self.seen_ = dataset.matrix("value")
         self.users_, self.items_ = dataset.users, dataset.items
@@ -114,9 +110,7 @@ class PopularityRecommender(Recommender):
         cands = sc.resolve_candidates(self.items_, candidates)
         pop = self.popularity_
         idx, scores = sc.rank(
-            lambda r, c: np.broadcast_to(
-                pop if c is None else pop[c], (len(r), len(pop) if c is None else len(c))
-            ),
+            lambda r, c: np.broadcast_to(pop if c is None else pop[c], (len(r), len(pop) if c is None else len(c))),
             rows,
             k,
             n_items=len(self.items_),
@@ -150,9 +144,7 @@ class PopularityRecommender(Recommender):
             shared = (g[r] @ g.T).toarray() > 0
             return shared.astype(np.float64) + scaled[None, :]
 
-        idx, scores = sc.rank(
-            score, rows, k, n_items=len(self.items_), exclude=sc.query_mask(rows, len(self.items_))
-        )
+        idx, scores = sc.rank(score, rows, k, n_items=len(self.items_), exclude=sc.query_mask(rows, len(self.items_)))
         return sc.build_recommendations(list(item_ids), idx, scores, self.items_)
 
     def _genre_items(self, genre: str) -> np.ndarray:
@@ -161,9 +153,7 @@ class PopularityRecommender(Recommender):
             col = self.genres_.index(genre)
         except ValueError:
             shown = ", ".join(repr(x) for x in self.genres_[:20]) + (" ..." if len(self.genres_) > 20 else "")
-            raise ParameterError(
-                f"popular: unknown genre {genre!r}; known genres: {shown or '(none)'}"
-            ) from None
+            raise ParameterError(f"popular: unknown genre {genre!r}; known genres: {shown or '(none)'}") from None
         return np.flatnonzero(self.item_genres_.getcol(col).toarray().ravel())
 
     def save(self, directory: Path) -> None:
@@ -194,9 +184,7 @@ class PopularityRecommender(Recommender):
 
 def _genre_incidence(genres: pl.Series) -> tuple[list[str], sp.csr_matrix]:
     """Sorted genre vocabulary and the item x genre 0/1 matrix."""
-    exploded = pl.DataFrame({"item": pl.int_range(0, len(genres), eager=True), "genre": genres}).explode(
-        "genre"
-    )
+    exploded = pl.DataFrame({"item": pl.int_range(0, len(genres), eager=True), "genre": genres}).explode("genre")
     exploded = exploded.drop_nulls("genre").unique(maintain_order=True)
     vocab = sorted(exploded["genre"].unique().to_list())
     cols = exploded["genre"].replace_strict(vocab, list(range(len(vocab))), return_dtype=pl.Int64).to_numpy()

@@ -156,9 +156,7 @@ class SVDRecommender(Recommender):
         """
         self.check_fitted()
         if len(user_ids) != len(item_ids):
-            raise ValueError(
-                f"predict needs aligned pairs: {len(user_ids)} user ids vs {len(item_ids)} item ids"
-            )
+            raise ValueError(f"predict needs aligned pairs: {len(user_ids)} user ids vs {len(item_ids)} item ids")
         assert self.users_ is not None and self.items_ is not None
         if unknown == "raise":
             u = self.users_.index(user_ids, kind="user")
@@ -177,9 +175,7 @@ class SVDRecommender(Recommender):
         pred = np.full(len(u), self.global_mean_, dtype=np.float64)
         pred[ku] += self.user_bias_[u[ku]]
         pred[ki] += self.item_bias_[i[ki]]
-        pred[both] += np.einsum(
-            "nd,nd->n", self.user_factors_[u[both]].astype(np.float64), self.item_factors_[i[both]]
-        )
+        pred[both] += np.einsum("nd,nd->n", self.user_factors_[u[both]].astype(np.float64), self.item_factors_[i[both]])
         return np.clip(pred, *self.rating_range_).astype(np.float32)
 
     def recommend(
@@ -215,9 +211,7 @@ class SVDRecommender(Recommender):
         explanations = None
         if explain:
             normed = _l2_normalise(self.item_factors_)
-            explanations = sc.explain_linear(
-                self.seen_, rows, idx, self.items_, lambda h, r: normed[h] @ normed[r].T
-            )
+            explanations = sc.explain_linear(self.seen_, rows, idx, self.items_, lambda h, r: normed[h] @ normed[r].T)
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
 
     def similar_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendations:
@@ -255,9 +249,7 @@ class SVDRecommender(Recommender):
             model.global_mean_ = float(meta["global_mean"])
             low, high = (float(x) for x in meta["rating_range"])
         except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(
-                f"{directory}/model.json: missing or bad global_mean/rating_range ({err})"
-            ) from err
+            raise BundleError(f"{directory}/model.json: missing or bad global_mean/rating_range ({err})") from err
         model.rating_range_ = (low, high)
         assert model.users_ is not None and model.items_ is not None
         n_users, n_items, d = len(model.users_), len(model.items_), model.config.factors
@@ -348,9 +340,7 @@ def _residual(mat: sp.csr_matrix, mu: float, *, col_offset: np.ndarray) -> sp.cs
     return out
 
 
-def _ridge_rows(
-    target: sp.csr_matrix, features: np.ndarray, penalty: np.ndarray, counts: np.ndarray
-) -> np.ndarray:
+def _ridge_rows(target: sp.csr_matrix, features: np.ndarray, penalty: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Solve, for every row r, ``min_x sum_c (t_rc - f_c . x)^2 + n_r * sum_j penalty_j x_j^2``.
 
     The Gram matrices ``F_r^T F_r`` are one sparse product: the row pattern times the per-column outer
@@ -374,9 +364,7 @@ def _ridge_rows(
         try:
             solution[chunk] = np.linalg.solve(grams, rhs[chunk][:, :, None])[:, :, 0]
         except np.linalg.LinAlgError as err:
-            raise ParameterError(
-                f"svd: singular least-squares system ({err}); use reg > 0 and bias_reg > 0"
-            ) from err
+            raise ParameterError(f"svd: singular least-squares system ({err}); use reg > 0 and bias_reg > 0") from err
     return solution
 
 

@@ -22,6 +22,7 @@ from tastebud.evaluation.protocol import Report, evaluate
 from tastebud.models import Recommender, create
 from tastebud.registry.aliases import CHALLENGER, ModelRegistry, ModelVersion, provenance_tags
 from tastebud.registry.bundle import read_manifest, utc_now, write_bundle
+from tastebud.registry.signing import signer_from_settings
 
 if TYPE_CHECKING:
     from tastebud.store import Store
@@ -197,6 +198,50 @@ def fit_models(
     return main, fallback, fit_seconds
 
 
+def tune_on_validation(
+    split: Split, model: str, params: dict[str, Any], *, trials: int, seed: int, k: int, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` completed by ``trials`` Optuna trials on ``split`` (fit on train, NDCG@``k`` on validation).
+
+    Returns:
+        The parameters to fit (``params`` as given, the best trial's values for the rest of the model's search
+        space) and a summary for the
+        manifest (trials, metric, best value, the study's storage).
+
+    Raises:
+        ParameterError: the model has no search space, or every trial failed.
+    """
+    from tastebud.evaluation.tuning import SEARCH_SPACES
+    from tastebud.evaluation.tuning import tune as run_tune
+
+    full = SEARCH_SPACES.get(model)
+    if full is None:
+        raise ParameterError(f"--tune: no search space for model {model!r}; tunable: {sorted(SEARCH_SPACES)}")
+    space = {key: param for key, param in full.items() if key not in params}
+    # a fresh study per run: the same seed gives the same trials, never ones resumed from an earlier run
+    storage = settings.runs_dir / "tune" / f"train-{model}-{split.train.snapshot_id[:12]}-{uuid.uuid4().hex[:8]}"
+    result = run_tune(
+        split,
+        model,
+        trials=trials,
+        k=k,
+        seed=seed,
+        storage_dir=storage,
+        progress=False,
+        space=space,
+        fixed_params=params,
+    )
+    summary = {
+        "trials": result.n_trials,
+        "metric": f"{result.metric}@{result.k}",
+        "part": "validation",
+        "best_value": result.best_value,
+        "best_params": result.best_params,
+        "storage": str(storage),
+    }
+    return {**params, **result.best_params}, summary
+
+
 def train(
     dataset: Dataset | str,
     model: str = "als",
@@ -212,6 +257,7 @@ def train(
     register: bool = True,
     registry: ModelRegistry | None = None,
     bundle_dir: Path | None = None,
+    tune: int = 0,
 ) -> TrainResult:
     """Train ``model`` on a dataset, evaluate it on the validation split, bundle, track and register it.
 
@@ -231,12 +277,17 @@ def train(
         register: register the bundle as a new version and point ``challenger`` at it (needs ``track``).
         registry: the registry to use (default one over ``settings``).
         bundle_dir: where to write the bundle (default under ``settings.bundles_dir``).
+        tune: Optuna trials over the model's search space before the final fit, each fitted on the split's
+            train part and scored on its validation part (0: fit ``params`` as given). Parameters in ``params``
+            stay fixed; the best trial's values are what the model is fitted and bundled with.
 
     Raises:
-        ParameterError: unknown model or invalid parameters, or ``register`` without ``track``.
+        ParameterError: unknown model or invalid parameters, ``register`` without ``track``, or ``tune`` < 0.
     """
     if register and not track:
         raise ParameterError("registering a model needs tracking (its bundle is stored as the run's artifact)")
+    if tune < 0:
+        raise ParameterError(f"tune must be >= 0 trials, got {tune}")
     seed = settings.seed if seed is None else seed
     params = dict(params or {})
     timings: dict[str, float] = {}
@@ -265,11 +316,22 @@ def train(
     split = make_split(ds, sp_spec["method"], **sp_spec["params"], seed=seed)
     timings["data_s"] = time.perf_counter() - t0
 
+    tuning: dict[str, Any] | None = None
+    if tune:
+        t_tune = time.perf_counter()
+        params, tuning = tune_on_validation(split, model, params, trials=tune, seed=seed, k=k, settings=settings)
+        timings["tune_s"] = time.perf_counter() - t_tune
     main, fallback, fit_seconds = fit_models(split, model, params, seed)
     timings["fit_s"] = fit_seconds
     t1 = time.perf_counter()
     report = evaluate(main, split, part="validation", k=k, seed=seed)
     metrics = report_metrics(report)
+    # The popularity baseline on the same validation data: the promotion gate's floor for this version.
+    baseline = (
+        dict(metrics)
+        if model == "popular"
+        else report_metrics(evaluate(fallback["popular"], split, part="validation", k=k, seed=seed))
+    )
     timings["evaluate_s"] = time.perf_counter() - t1
 
     reg_name = name or default_model_name(ds.name)
@@ -284,12 +346,23 @@ def train(
             "eval_snapshot_id": report.eval_snapshot_id,
             "split_snapshot_id": split.snapshot_id,
             "n_users": report.n_users,
+            "baseline": {"model": "popular", **baseline},
         },
         "seed": seed,
         "training_seconds": fit_seconds,
         "registered_name": reg_name,
     }
-    write_bundle(main, bundle_dir, train=split.train, metrics=metrics, fallback=fallback, extra=extra)
+    if tuning is not None:
+        extra["tuning"] = tuning
+    write_bundle(
+        main,
+        bundle_dir,
+        train=split.train,
+        metrics=metrics,
+        fallback=fallback,
+        extra=extra,
+        signer=signer_from_settings(settings),
+    )
     manifest = read_manifest(bundle_dir)
     timings["bundle_s"] = time.perf_counter() - t2
     result = TrainResult(main, fallback, split, report, metrics, bundle_dir, manifest, timings=timings)
