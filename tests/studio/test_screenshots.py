@@ -142,6 +142,10 @@ def studio(chromium: str, api: ServerProcess, studio_home: Path) -> Iterator[str
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_studio(url, timeout=90)
+        # the studio warms itself up in the background; the pages are measured after it, as the bench does
+        from tastebud.studio.launch import warm_up
+
+        warm_up(url, timeout=120)
         yield url
     finally:
         stop(proc)

@@ -180,6 +180,11 @@ def test_models_page_versions_intervals_decisions_drift(
 def test_models_promote_needs_the_admin_token_and_rollback_returns(
     monkeypatch: pytest.MonkeyPatch, api: ServerProcess, studio_home: Path
 ) -> None:
+    from tastebud.config import build_settings
+    from tastebud.registry import CHAMPION, ModelRegistry, read_decisions
+
+    settings = build_settings(home=studio_home)
+    registry = ModelRegistry(settings)
     at = open_app(monkeypatch, api.url, studio_home, "models")
     at.selectbox(key="promote_version").select(2).run()
     at.button(key="promote").click().run()
@@ -188,15 +193,25 @@ def test_models_promote_needs_the_admin_token_and_rollback_returns(
     at.button(key="promote").click().run()
     assert not at.exception
     assert any("Refused by the API" in e for e in texts(at, "error")), texts(at, "error")
-    assert api.get("/health").json()["model"]["version"] == 1
+    assert api.get("/health").json()["model"]["version"] == 1 and registry.get_alias(MODEL_NAME, CHAMPION) == 1
     at.text_input(key="admin_token").input(ADMIN_TOKEN).run()
     at.button(key="promote").click().run()
-    assert any("now serves version 2" in s for s in texts(at, "success")), texts(at, "success")
+    assert not at.exception, at.exception
+    success = texts(at, "success")
+    assert any("**Promoted** version 2" in s and "now serves version 2" in s for s in success), success
+    assert any("vs champion" in s for s in success)  # the gate's reasons
     assert api.get("/health").json()["model"]["version"] == 2
-    assert "version 1" in at.button(key="rollback").label  # the page reran: roll back targets the champion
+    assert registry.get_alias(MODEL_NAME, CHAMPION) == 2  # a real promotion: the registry's alias moved
+    last = read_decisions(settings, MODEL_NAME)[-1]
+    assert (last.action, last.version, last.actor) == ("promoted", 2, "studio")
+    assert "version 1" in at.button(key="rollback").label  # the page reran: roll back targets the champion before
     at.button(key="rollback").click().run()
-    assert any("now serves version 1" in s for s in texts(at, "success"))
-    assert api.get("/health").json()["model"]["version"] == 1
+    assert any("**Rolled back**" in s and "now serves version 1" in s for s in texts(at, "success"))
+    assert api.get("/health").json()["model"]["version"] == 1 and registry.get_alias(MODEL_NAME, CHAMPION) == 1
+    assert read_decisions(settings, MODEL_NAME)[-1].action == "rolled_back"
+    at.selectbox(key="promote_version").select(1).run()  # the champion again: already promoted
+    at.button(key="promote").click().run()
+    assert not at.exception and any("Nothing to do" in w for w in texts(at, "warning")), texts(at, "warning")
 
 
 # ---------------------------------------------------------------------------------------------------- operations

@@ -29,6 +29,16 @@ def test_moods_file_has_about_twelve_presets_with_genres_and_tags() -> None:
     assert all(m.genres and m.tags and m.label for m in moods.values())
 
 
+def test_every_mood_matches_tags_of_the_lastfm_sample() -> None:
+    from tastebud.data.synthetic import MOOD_TAGS, STYLE_TAGS
+
+    sample = {t.lower() for t in (*MOOD_TAGS, *STYLE_TAGS)}
+    moods = load_moods()
+    assert {name: sorted(m.tags) for name, m in moods.items() if not {t.lower() for t in m.tags} & sample} == {}
+    used = {t.lower() for m in moods.values() for t in m.tags}
+    assert set(t.lower() for t in MOOD_TAGS) <= used  # every mood tag the sample writes belongs to a mood
+
+
 def test_a_mood_lifts_its_matches_and_strict_keeps_only_them() -> None:
     thrilling = load_moods()["thrilling"]
     assert [it["item_id"] for it in apply_mood(ITEMS, thrilling)] == ["b", "a", "c"]
@@ -104,6 +114,36 @@ def test_launch_command_is_headless_streamlit_on_the_app(tmp_path: Path) -> None
     assert APP_PATH.is_file() and callable(launch)
     pages = APP_PATH.parent / "pages"
     assert {p.stem for p in pages.glob("*.py")} >= {"discover", "user", "models", "operations"}
+    assert cmd[cmd.index("--server.scriptHealthCheckEnabled") + 1] == "true"  # the warm-up's route
+
+
+def test_warm_up_runs_the_script_once_through_the_health_check_route() -> None:
+    import http.server
+    import threading
+
+    from tastebud.studio.launch import WARM_UP_ROUTE, warm_up
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert warm_up(f"http://127.0.0.1:{server.server_port}", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [WARM_UP_ROUTE]
+    assert not warm_up(f"http://127.0.0.1:{free_port()}", timeout=1)  # nobody listening: gives up, never raises
 
 
 def test_cli_registers_studio() -> None:
@@ -143,12 +183,29 @@ def test_lift_rows_take_classical_and_always_valid_intervals_of_every_metric() -
     assert lift_rows({}) == []
 
 
-def test_rollback_goes_to_the_champion_or_the_one_before() -> None:
-    from tastebud.studio.pages.models import rollback_target
+def test_rollback_returns_to_the_champion_before() -> None:
+    from tastebud.pipeline.promote import previous_champion
 
-    assert rollback_target([1, 3], served=2, champion=3) == 3  # something else is served: back to the champion
-    assert rollback_target([1, 3], served=3, champion=3) == 1  # the champion is served: the previous champion
-    assert rollback_target([3], served=3, champion=3) is None
+    assert previous_champion([1, 3], current=3) == 1  # the champion before the current one
+    assert previous_champion([1, 3], current=2) == 3  # the alias moved outside the log: back to the last logged
+    assert previous_champion([3], current=3) is None
+    assert previous_champion([1, 3], current=None) is None
+
+
+def test_outcome_text_of_promotions_and_rollbacks() -> None:
+    from tastebud.studio.pages.models import outcome_text
+
+    answer = {"decision": {"action": "promoted", "version": 2, "previous": 1}, "reasons": ["ndcg ok"],
+              "previous": {"version": 1}, "serving": {"version": 2}}  # fmt: skip
+    kind, text, reasons = outcome_text("promote", answer)
+    assert kind == "success" and "**Promoted** version 2" in text and "now serves version 2 (was 1)" in text
+    assert reasons == ["ndcg ok"]
+    forced = {**answer, "decision": {"action": "forced", "version": 2, "previous": 1}}
+    assert outcome_text("promote", forced)[0] == "warning"
+    back = {"decision": {"action": "rolled_back", "version": 1, "previous": 2}, "reasons": ["back"],
+            "previous": {"version": 2}, "serving": {"version": 1}}  # fmt: skip
+    kind, text, reasons = outcome_text("rollback", back)
+    assert kind == "success" and "champion is version 1 again (was 2)" in text and reasons == []
 
 
 def test_cli_studio_launches_the_app_with_api_and_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -182,6 +182,16 @@ def promote(
     return PromotionResult(decision, gate)
 
 
+def previous_champion(history: list[int], current: int | None) -> int | None:
+    """Where a rollback returns ``champion`` from ``current``: the latest earlier champion in ``history`` (the
+    stack :func:`~tastebud.registry.decisions.champion_history` builds) that is not ``current``; ``None``: none."""
+    if current is None:
+        return None
+    if history and history[-1] == current:
+        history = history[:-1]
+    return next((v for v in reversed(history) if v != current), None)
+
+
 def rollback(registry: ModelRegistry, name: str, *, settings: Settings, actor: str | None = None) -> Decision:
     """Return ``champion`` to the previous champion (from the decision log) and log it.
 
@@ -191,10 +201,7 @@ def rollback(registry: ModelRegistry, name: str, *, settings: Settings, actor: s
     current = registry.get_alias(name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back")
-    history = champion_history(read_decisions(settings, name))
-    if history and history[-1] == current:
-        history = history[:-1]
-    previous = next((v for v in reversed(history) if v != current), None)
+    previous = previous_champion(champion_history(read_decisions(settings, name)), current)
     if previous is None:
         raise RegistryError(f"{name}: no previous champion to roll back to (current is version {current})")
     registry.set_alias(name, CHAMPION, previous)
@@ -228,4 +235,12 @@ def decision_rows(decisions: list[Decision]) -> list[dict[str, str]]:
     ]
 
 
-__all__ = ["DECISION_TAG", "PromotionResult", "compare_versions", "decision_rows", "promote", "rollback"]
+__all__ = [
+    "DECISION_TAG",
+    "PromotionResult",
+    "compare_versions",
+    "decision_rows",
+    "previous_champion",
+    "promote",
+    "rollback",
+]

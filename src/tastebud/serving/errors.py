@@ -61,6 +61,13 @@ class NotFoundError(TastebudError):
     code = "not_found"
 
 
+class ConflictError(TastebudError):
+    """The request conflicts with the registry's state (promoting the champion, nothing to roll back to)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class NoStoreError(TastebudError):
     """A backing service the endpoint needs (request store, registry) is not configured."""
 

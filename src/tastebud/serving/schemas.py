@@ -72,6 +72,33 @@ class SwitchRequest(BaseModel):
         return self
 
 
+class PromoteRequest(BaseModel):
+    """``POST /admin/models/promote``: the version to promote to champion through the gate."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"version": 3}, {"version": 3, "force": True}]}
+    )
+
+    version: int = Field(..., ge=1, description="Registered version to promote.")
+    force: bool = Field(False, description="Promote even if the gate refuses (recorded as forced).")
+    actor: str | None = Field(
+        None, min_length=1, max_length=100, description="Who asks, for the decision log (default: api)."
+    )
+
+
+class RollbackRequest(BaseModel):
+    """``POST /admin/models/rollback``: ``champion`` back to the previous champion of the decision log."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"version": 2}]})
+
+    version: int | None = Field(
+        None, ge=1, description="The previous champion the caller expects to return to (409 when it is another)."
+    )
+    actor: str | None = Field(
+        None, min_length=1, max_length=100, description="Who asks, for the decision log (default: api)."
+    )
+
+
 # ---------------------------------------------------------------------- events
 #: Examples of ``POST /events`` bodies (a list, or the ``{"events": [...]}`` form replay's HTTP sink posts).
 EVENT_EXAMPLES: dict[str, Example] = {

@@ -16,6 +16,8 @@ from tastebud.studio.launch import API_ENV, API_KEY_ENV, DEFAULT_API
 
 #: Seconds to connect, and to wait for an answer (an analysis of an experiment may take a few seconds).
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 2.0, 10.0
+#: Seconds to wait for a promotion's answer (the gate may re-evaluate both versions first).
+PROMOTE_TIMEOUT_S = 120.0
 
 
 class ApiError(Exception):
@@ -24,11 +26,15 @@ class ApiError(Exception):
     Attributes:
         status: the HTTP status (``None``: the API could not be reached).
         code: the API's machine-readable error kind (``unknown_user``, ``not_ready``, ...) or ``unreachable``.
+        body: the API's JSON error body (a refused promotion's ``decision`` and ``reasons``); ``{}`` without one.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code = status, code
+        self.body: dict[str, Any] = body or {}
 
     @property
     def unreachable(self) -> bool:
@@ -72,12 +78,13 @@ class ApiClient:
     # ------------------------------------------------------------------ transport
     def request(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-        token: str | None = None,
+        token: str | None = None, read_timeout_s: float | None = None,
     ) -> Any:  # fmt: skip
         """The JSON body of a 2xx answer.
 
         Args:
             token: a bearer token for this request only (the admin token), instead of the client's key.
+            read_timeout_s: seconds to wait for the answer to this request (default: the client's).
 
         Raises:
             ApiError: the API cannot be reached, or answered with an error (its message, or the status).
@@ -85,7 +92,12 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, path, params=clean, json=json, headers=headers)
+            timeout = (
+                httpx.Timeout(read_timeout_s, connect=self.connect_timeout_s)
+                if read_timeout_s is not None
+                else httpx.USE_CLIENT_DEFAULT
+            )
+            response = self._http.request(method, path, params=clean, json=json, headers=headers, timeout=timeout)
         except httpx.TimeoutException as err:
             raise ApiError(f"the API at {self.base_url} did not answer {path} in time ({type(err).__name__})") from err
         except httpx.HTTPError as err:
@@ -99,7 +111,10 @@ class ApiClient:
         body = body if isinstance(body, dict) else {}
         message = body.get("message") or body.get("detail") or response.reason_phrase or "error"
         raise ApiError(
-            f"{method} {path}: {response.status_code} {message}", status=response.status_code, code=body.get("error")
+            f"{method} {path}: {response.status_code} {message}",
+            status=response.status_code,
+            code=body.get("error"),
+            body=body,
         )
 
     def get(self, path: str, **params: Any) -> Any:
@@ -151,6 +166,24 @@ class ApiClient:
         """``POST /admin/models/switch`` with ``token`` as the bearer (the server decides whether it is admin)."""
         body = {"version": version} if version is not None else {"alias": alias}
         return dict(self.request("POST", "/admin/models/switch", json=body, token=token))
+
+    def promote(self, token: str, version: int, *, force: bool = False, actor: str = "studio") -> dict[str, Any]:
+        """``POST /admin/models/promote``: the gate, the champion alias, the decision log, then the switch.
+
+        Raises:
+            ApiError: refused (409 ``gate_refused`` carries the reasons in :attr:`ApiError.body`), or any error.
+        """
+        body = {"version": int(version), "force": force, "actor": actor}
+        return dict(
+            self.request("POST", "/admin/models/promote", json=body, token=token, read_timeout_s=PROMOTE_TIMEOUT_S)
+        )
+
+    def rollback(self, token: str, version: int | None = None, *, actor: str = "studio") -> dict[str, Any]:
+        """``POST /admin/models/rollback``: champion back to the previous champion (``version``: the one expected)."""
+        body: dict[str, Any] = {"actor": actor}
+        if version is not None:
+            body["version"] = int(version)
+        return dict(self.request("POST", "/admin/models/rollback", json=body, token=token))
 
 
 def like_events(user_id: str, item_ids: Iterable[str], *, rating: int = 5) -> list[dict[str, Any]]:

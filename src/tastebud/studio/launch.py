@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +27,9 @@ API_ENV = "TASTEBUD_STUDIO_API"
 API_KEY_ENV = "TASTEBUD_API_KEY"
 DEFAULT_API = "http://127.0.0.1:8000"
 DEFAULT_PORT = 8501
+#: Streamlit's route that runs the app's script once in a session of its own (``server.scriptHealthCheckEnabled``):
+#: the warm-up that imports pandas, Altair and MLflow and fills the studio's caches before the first visitor.
+WARM_UP_ROUTE = "/_stcore/script-health-check"
 
 
 def studio_command(port: int = DEFAULT_PORT, *, address: str = "127.0.0.1") -> list[str]:
@@ -36,6 +43,7 @@ def studio_command(port: int = DEFAULT_PORT, *, address: str = "127.0.0.1") -> l
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal",
         "--theme.base", "light",
+        "--server.scriptHealthCheckEnabled", "true",
     ]  # fmt: skip
 
 
@@ -58,6 +66,7 @@ def launch(
     env: Mapping[str, str] | None = None,
     stdout: int | None = None,
     stderr: int | None = None,
+    warm: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start the studio on ``http://<address>:<port>`` against the API at ``api``; returns the running process.
 
@@ -69,12 +78,36 @@ def launch(
         env: extra environment variables (``TASTEBUD_API_KEY``, ...).
         stdout: where the process writes its output (inherited when ``None``).
         stderr: where the process writes its errors (inherited when ``None``).
+        warm: once the studio answers, run its script once in the background (:func:`warm_up`), so that the first
+            visitor does not wait for the imports and the first registry and API reads.
 
     The caller owns the process: ``proc.terminate()`` (then ``proc.wait()``) stops it.
     """
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         studio_command(port, address=address), env=studio_env(api, home=home, env=env), stdout=stdout, stderr=stderr
     )
+    if warm:
+        host = "127.0.0.1" if address in ("0.0.0.0", "", "::") else address
+        threading.Thread(target=warm_up, args=(f"http://{host}:{port}", proc), daemon=True, name="studio-warm").start()
+    return proc
+
+
+def warm_up(url: str, proc: subprocess.Popen[bytes] | None = None, *, timeout: float = 120.0) -> bool:
+    """Ask the studio at ``url`` to run its script once (Streamlit's script health check), retrying until it is up.
+
+    The run renders the default page in a session of its own; the app starts its own warm-up of the other pages
+    (:func:`tastebud.studio.app.warm_caches`). Returns whether the run happened; never raises.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + WARM_UP_ROUTE, timeout=timeout) as answer:
+                return bool(answer.status == 200)
+        except urllib.error.HTTPError:
+            return False  # the studio answered: the script ran and failed (its pages show why)
+        except (OSError, ValueError):
+            time.sleep(0.5)  # not listening yet
+    return False
 
 
 __all__ = [
@@ -87,4 +120,5 @@ __all__ = [
     "launch",
     "studio_command",
     "studio_env",
+    "warm_up",
 ]

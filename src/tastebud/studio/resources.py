@@ -23,7 +23,7 @@ from tastebud.studio.client import ApiClient, ApiError
 from tastebud.studio.launch import API_ENV, API_KEY_ENV, DEFAULT_API
 
 if TYPE_CHECKING:
-    from tastebud.registry import Bundle, ModelRegistry
+    from tastebud.registry import Bundle, ModelRegistry, ModelVersion
     from tastebud.store import Store
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,29 @@ def _registry(home: str) -> ModelRegistry:
 def registry() -> ModelRegistry:
     """The model registry of the home (MLflow is imported on first use)."""
     return _registry(str(settings().home))
+
+
+#: Seconds a registry listing is reused (a new decision in the log or a switch from the studio forgets it at once).
+VERSIONS_TTL = 15
+
+
+@st.cache_data(ttl=VERSIONS_TTL, show_spinner=False, max_entries=16)
+def _versions(home: str, name: str, log_version: tuple[int, int]) -> list[ModelVersion]:
+    return registry().list_versions(name)
+
+
+def versions(name: str) -> list[ModelVersion]:
+    """The registered versions of ``name`` (a listing through MLflow), cached for :data:`VERSIONS_TTL` seconds per
+    home, name and version of the decision log (every promotion or rollback, from any process, logs a decision, so
+    alias moves show at once); callers get their own copy."""
+    from tastebud.registry.decisions import decisions_path
+
+    try:
+        stat = decisions_path(settings()).stat()
+        log_version = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        log_version = (-1, 0)
+    return _versions(str(settings().home), name, log_version)
 
 
 @st.cache_resource(show_spinner=False)
@@ -342,17 +365,27 @@ def served_name() -> tuple[Served | None, str]:
 
 def evaluation_of(source: str) -> dict[str, Any] | None:
     """The offline evaluation (means and 95% bootstrap intervals) logged beside a version's bundle, when the run's
-    artifacts are local (``<run>/evaluation/comparison.json``); ``None`` otherwise."""
-    import json
-
+    artifacts are local (``<run>/evaluation/comparison.json``); ``None`` otherwise. Read once per file version
+    (path, size and modification time)."""
     from tastebud.registry.aliases import local_path
 
     bundle = local_path(source)
     path = bundle.parent / "evaluation" / "comparison.json" if bundle is not None else None
-    if path is None or not path.is_file():
-        return None
     try:
-        models = json.loads(path.read_text(encoding="utf-8")).get("models") or []
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    if path is None or stat is None or not path.is_file():
+        return None
+    return _evaluation(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _evaluation(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+    import json
+
+    try:
+        models = json.loads(Path(path).read_text(encoding="utf-8")).get("models") or []
     except (OSError, ValueError):
         return None
     return dict(models[0]) if models else None
@@ -365,8 +398,9 @@ def drift_reports() -> list[Path]:
 
 
 def refresh_served() -> None:
-    """Forget the cached answer of what the API serves (after a switch)."""
+    """Forget the cached answer of what the API serves and the registry listings (after a switch)."""
     _served.clear()
+    _versions.clear()
 
 
 __all__ = [
@@ -395,4 +429,5 @@ __all__ = [
     "store",
     "title",
     "version_bundle",
+    "versions",
 ]

@@ -508,9 +508,10 @@ def serve_studio(home: Path, model: str, *, traffic: int = 40, timeout: float = 
     """Run ``tastebud serve`` (the champion of ``model``) and ``tastebud studio`` over ``home``, on free ports.
 
     Sends ``traffic`` requests first (recommendations for the first users, similar items, the chart), so the
-    Operations page has traffic to show. Yields ``(api_url, studio_url)``; stops both on exit.
+    Operations page has traffic to show, and waits for the studio's warm-up run (:func:`.launch.warm_up`). Yields
+    ``(api_url, studio_url)``; stops both on exit.
     """
-    from tastebud.studio.launch import launch
+    from tastebud.studio.launch import launch, warm_up
 
     home = Path(home).resolve()
     api_port, studio_port = _free_port(), _free_port()
@@ -531,9 +532,12 @@ def serve_studio(home: Path, model: str, *, traffic: int = 40, timeout: float = 
             time.sleep(0.2)
         _traffic(api_url, traffic)
         studio_log = stack.enter_context((home / "studio.log").open("ab"))
-        studio = launch(studio_port, api_url, home=home, stdout=studio_log.fileno(), stderr=subprocess.STDOUT)
+        studio = launch(
+            studio_port, api_url, home=home, stdout=studio_log.fileno(), stderr=subprocess.STDOUT, warm=False
+        )
         stack.callback(_stop, studio)
         wait_for_studio(studio_url, timeout=timeout)
+        warm_up(studio_url, studio, timeout=timeout)  # as `tastebud studio` does in the background; here, waited for
         yield api_url, studio_url
 
 

@@ -1,5 +1,7 @@
 """Models: registered versions with metrics and aliases, offline comparison with 95% intervals, the decision log,
-drift reports, and promote / roll back through the API's admin switch (the server checks the admin token)."""
+drift reports, and promote / roll back through the API's admin routes: the promotion gate, the registry's champion
+alias and the decision log, as ``tastebud models promote|rollback``, then the API serves the new champion (the
+server checks the admin token)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ METRICS = ("ndcg", "recall", "precision", "map", "mrr", "hit_rate")
 def render() -> None:
     st.title("🧪 Models")
     srv, name = resources.served_name()
-    versions = resources.attempt(lambda: resources.registry().list_versions(name), "read the registry")
+    versions = resources.attempt(lambda: resources.versions(name), "read the registry")
     if versions is None:
         st.stop()
     assert versions is not None
@@ -127,61 +129,104 @@ def drift_report() -> None:
         st.caption(f"{skipped}: skipped ({reason})")
 
 
-def rollback_target(history: list[int], served: int | None, champion: int | None) -> int | None:
-    """Where "roll back" goes: the champion when something else is served, else the champion before it."""
-    if champion is not None and served is not None and served != champion:
-        return champion
-    earlier = [v for v in history[:-1] if v != served]
-    return earlier[-1] if earlier else None
-
-
 def switch_panel(versions: list[Any], srv: resources.Served | None, name: str) -> None:
+    from tastebud.pipeline.promote import previous_champion
     from tastebud.registry.decisions import champion_history, read_decisions
 
     st.caption(
-        "Switches what the API serves (`POST /admin/models/switch`); the server checks the admin token. "
-        "Moving the registry's champion alias through the promotion gate is `tastebud models promote`."
+        "Promotion runs the gate against the champion and moves the registry's champion alias when it passes "
+        "(`POST /admin/models/promote`, as `tastebud models promote`); roll back returns the alias to the previous "
+        "champion (`POST /admin/models/rollback`). Each decision is logged (actor `studio`) and the API then serves "
+        "the new champion. The server checks the admin token."
     )
-    if "switch_message" in st.session_state:
-        st.success(st.session_state.pop("switch_message"))
+    show_outcome()
     token = st.text_input("Admin token", type="password", key="admin_token")
     numbers = sorted((mv.version for mv in versions), reverse=True)
     version = st.selectbox("Version", numbers, key="promote_version", format_func=lambda v: f"version {v}")
+    force = st.checkbox("Force past the gate (recorded as a forced promotion)", key="promote_force")
     champion = next((mv.version for mv in versions if "champion" in mv.aliases), None)
     try:
         history = champion_history(read_decisions(resources.settings(), name))
     except Exception:
         history = []
-    target = rollback_target(history, srv.version if srv else None, champion)
+    target = previous_champion(history, champion)
     promote, rollback = st.columns(2)
-    if promote.button("⬆ Promote (serve it now)", key="promote", type="primary"):
-        switch(token, version)
+    if promote.button("⬆ Promote to champion", key="promote", type="primary"):
+        admin_call(token, "promote", version, force=force)
     if rollback.button(f"↩ Roll back to version {target}" if target else "↩ Roll back", key="rollback",
                        disabled=target is None):  # fmt: skip
-        switch(token, target)
+        admin_call(token, "rollback", target)
     if target is None:
         st.caption("Nothing to roll back to: no earlier champion in the decision log.")
 
 
-def switch(token: str, version: int | None) -> None:
-    if not token:
-        st.warning("Enter the admin token first: the API refuses switches without it.")
+def show_outcome() -> None:
+    """The outcome of the last promotion or rollback (kept across the rerun that refreshes the page)."""
+    outcome = st.session_state.pop("promote_outcome", None)
+    if not outcome:
         return
-    try:
-        answer = resources.client().switch(token, version=version)
-    except ApiError as err:
-        if err.refused:
-            st.error(f"**Refused by the API** ({err.status}): the admin token is wrong or lacks the admin scope. "
-                     "Nothing was switched.", icon="🔒")  # fmt: skip
-        elif err.status == 409:
-            st.error(f"**The API refused the bundle** of version {version}; it keeps serving what it served. {err}")
-        else:
-            resources.api_banner(err, f"switch to version {version}")
-        return
+    kind, text, reasons = outcome
+    show = {"success": st.success, "warning": st.warning}.get(kind, st.error)
+    show(text + "".join(f"\n- {reason}" for reason in reasons))
+
+
+def outcome_text(action: str, answer: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """(kind, text, reasons) of a 2xx answer of the promote or rollback route."""
+    decision = answer.get("decision") or {}
+    now = (answer.get("serving") or {}).get("version")
     before = (answer.get("previous") or {}).get("version")
-    st.session_state["switch_message"] = f"The API now serves version {answer['serving']['version']} (was {before})."
+    served = f"the API now serves version {now} (was {before})."
+    if action == "rollback":
+        text = (
+            f"**Rolled back**: champion is version {decision.get('version')} again (was {decision.get('previous')}); "
+        )
+        return "success", text + served, []
+    reasons = [str(r) for r in answer.get("reasons") or []]
+    if decision.get("action") == "forced":
+        return "warning", f"**Forced** version {decision.get('version')} to champion past the gate; " + served, reasons
+    return "success", f"**Promoted** version {decision.get('version')} to champion (gate passed); " + served, reasons
+
+
+def admin_call(token: str, action: str, version: int | None, *, force: bool = False) -> None:
+    """Promote ``version`` or roll back (to ``version``, the expected previous champion) through the API."""
+    if not token:
+        st.warning("Enter the admin token first: the API refuses promotions and rollbacks without it.")
+        return
+    api = resources.client()
+    try:
+        with st.spinner("Running the promotion gate…" if action == "promote" else "Rolling back…"):
+            if action == "promote":
+                assert version is not None
+                answer = api.promote(token, version, force=force)
+            else:
+                answer = api.rollback(token, version)
+    except ApiError as err:
+        refused(err, action, version)
+        return
+    st.session_state["promote_outcome"] = outcome_text(action, answer)
     resources.refresh_served()
-    st.rerun()  # every part of the page shows the new served version
+    st.rerun()  # every part of the page shows the new champion, served version and decision
+
+
+def refused(err: ApiError, action: str, version: int | None) -> None:
+    body = err.body
+    if err.refused:
+        st.error(f"**Refused by the API** ({err.status}): the admin token is wrong or lacks the admin scope. "
+                 "Nothing was changed.", icon="🔒")  # fmt: skip
+    elif err.code == "gate_refused":
+        previous = (body.get("decision") or {}).get("previous")
+        reasons = [str(r) for r in body.get("reasons") or []]
+        text = f"**The gate refused version {version}**: champion stays version {previous} (decision logged)."
+        st.session_state["promote_outcome"] = ("error", text, reasons)
+        st.rerun()  # the decision log shows the refusal
+    elif err.code == "bundle_refused":
+        moved = (body.get("decision") or {}).get("version")
+        st.error(f"**The API refused the bundle** of version {moved}: the champion alias moved, the API keeps "
+                 f"serving what it served. {err}")  # fmt: skip
+    elif err.status == 409:
+        st.warning(f"**Nothing to do**: {body.get('message') or err}")
+    else:
+        resources.api_banner(err, f"{action} version {version}" if version is not None else action)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ WINDOWS: dict[str, tuple[timedelta, str]] = {
 }
 #: Most request-log records read for one window.
 MAX_RECORDS = 200_000
+#: Seconds the experiments' listing and analyses are reused (two API calls per visit otherwise).
+EXPERIMENTS_TTL = 10
 
 
 def render() -> None:
@@ -76,7 +78,8 @@ def service_kpis(frame: pl.DataFrame, window: str) -> None:
     if frame.height == 0:
         st.info(f"No requests in the last {window}.")
         return
-    overall = compute_kpis(frame)["overall"]
+    kpis = compute_kpis(frame)  # once: the overall figures and the per-version table
+    overall = kpis["overall"]
     end = datetime.now(UTC)
     avail = availability(frame, end - span, end + timedelta(seconds=1))
     lat = overall["latency_ms"]
@@ -97,11 +100,9 @@ def service_kpis(frame: pl.DataFrame, window: str) -> None:
         delta_color="normal" if met else "inverse",
         delta_arrow="off",
     )
-    traffic_rows, latency_rows = buckets(frame, bucket)
+    # The charts' place comes before the table, but they are drawn after it: the figures first, the charts last.
     left, right = st.columns(2)
-    left.altair_chart(charts.traffic(traffic_rows), width="stretch")
-    right.altair_chart(charts.latency(latency_rows), width="stretch")
-    by_version = compute_kpis(frame)["by_model_version"]
+    by_version = kpis["by_model_version"]
     st.dataframe(pd.DataFrame([
         {"model": key, "requests": v["requests"], "p95 ms": v.get("latency_ms", {}).get("p95"),
          "error ratio": v.get("error_ratio"), "fallback rate": v.get("fallback_rate")}
@@ -109,6 +110,9 @@ def service_kpis(frame: pl.DataFrame, window: str) -> None:
     ]), hide_index=True, width="stretch")  # fmt: skip
     if avail.breached_minutes:
         st.warning(f"{len(avail.breached_minutes)} minute(s) below the {avail.objective:.1%} objective.")
+    traffic_rows, latency_rows = buckets(frame, bucket)
+    left.altair_chart(charts.traffic(traffic_rows), width="stretch")
+    right.altair_chart(charts.latency(latency_rows), width="stretch")
 
 
 def buckets(frame: pl.DataFrame, every: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -191,8 +195,18 @@ def lift_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+@st.cache_data(ttl=EXPERIMENTS_TTL, show_spinner=False)
+def _experiments(url: str) -> dict[str, Any]:
+    return resources.client().experiments()
+
+
+@st.cache_data(ttl=EXPERIMENTS_TTL, show_spinner=False, max_entries=64)
+def _analysis(url: str, name: str) -> dict[str, Any]:
+    return resources.client().experiment(name)
+
+
 def experiment_panel() -> None:
-    listing = resources.attempt(lambda: resources.client().experiments(), "list the experiments")
+    listing = resources.attempt(lambda: _experiments(resources.api_url()), "list the experiments")
     if listing is None:
         return
     experiments = listing.get("experiments") or []
@@ -205,7 +219,7 @@ def experiment_panel() -> None:
         for e in experiments
     ]), hide_index=True, width="stretch")  # fmt: skip
     pick = st.selectbox("Experiment", [e["name"] for e in experiments], key="ops_experiment")
-    analysis = resources.attempt(lambda: resources.client().experiment(pick), f"analyse experiment {pick!r}")
+    analysis = resources.attempt(lambda: _analysis(resources.api_url(), pick), f"analyse experiment {pick!r}")
     if analysis is None:
         return
     decision = analysis.get("decision")
