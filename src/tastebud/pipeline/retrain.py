@@ -199,7 +199,9 @@ def run_retrain(
             holder = "another run" if held is None else f"{held['owner']}, lease until {held['expires_at']:%H:%M:%S}Z"
             out.outcome, out.reason = "busy", f"another retrain of {model_name!r} is running ({holder})"
             out.duration_s = time.perf_counter() - t0
-            out.retrain_id = store.start_retrain(model_name=model_name, trigger=trigger, owner=str(owner))
+            out.retrain_id = store.start_retrain(
+                model_name=model_name, trigger=trigger, owner=str(owner), outcome="busy"
+            )
             store.finish_retrain(out.retrain_id, outcome="busy", reason=out.reason, duration_s=out.duration_s)
             return out
         if held is not None:

@@ -444,13 +444,25 @@ class Store:
 
     # --- retrain history -----------------------------------------------------------------------------------------
 
-    def start_retrain(self, *, model_name: str, trigger: str, owner: str, started_at: datetime | None = None) -> int:
-        """Record a retrain that starts now (outcome ``running``); returns its id for :meth:`finish_retrain`."""
+    def start_retrain(
+        self,
+        *,
+        model_name: str,
+        trigger: str,
+        owner: str,
+        started_at: datetime | None = None,
+        outcome: str = "running",
+    ) -> int:
+        """Record a retrain that starts now (outcome ``running``); returns its id for :meth:`finish_retrain`.
+
+        A run that ends before it starts (``busy``) passes its outcome here: one insert, never a ``running`` row that
+        the lock holder's recovery could take for a killed run.
+        """
         row = {
             "model_name": model_name,
             "trigger": trigger,
             "owner": owner,
-            "outcome": "running",
+            "outcome": outcome,
             "started_at": to_utc(started_at or datetime.now(UTC), where="started_at"),
         }
         with self._begin("retrain history write") as conn:

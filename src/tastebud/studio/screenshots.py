@@ -225,7 +225,7 @@ class Browser:
     def start(self) -> None:
         from websockets.sync.client import connect
 
-        self._profile = tempfile.TemporaryDirectory(prefix="tastebud-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="tastebud-chromium-", ignore_cleanup_errors=True)
         profile = Path(self._profile.name)
         width, height = self.size
         cmd = [
