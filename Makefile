@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PyTorch for the 'neural' extra (Mult-VAE), installed before it: this pinned version resolves to the CPU wheel of
+# the local wheel directory (pip's find-links), where a plain `torch` could pull a multi-GB CUDA build from PyPI
+TORCH ?= torch==2.13.0
 
 .PHONY: setup demo test test-fast lint format typecheck audit bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev,neural]'
 	touch $(STAMP)
 
 ## setup: create the virtual environment and install Tastebud with its development tools

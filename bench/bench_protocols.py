@@ -36,7 +36,7 @@ from tastebud.evaluation.protocols import PROTOCOLS, protocol_split, validation_
 from tastebud.models import MODELS, model_class
 
 #: Models compared, in table order; names not registered (or not importable) are skipped.
-CANDIDATES = ("popular", "itemknn", "als", "ease", "rp3beta", "slim", "ensemble", "seqtrans")
+CANDIDATES = ("popular", "itemknn", "als", "ease", "rp3beta", "slim", "multvae", "ensemble", "seqtrans")
 #: The sequence model and the order-free models it is measured against on temporal-user.
 SEQUENCE_MODEL, REFERENCES = "seqtrans", ("ease", "als")
 #: One-at-a-time sweeps of the tuning section (the default of each parameter is among its values).

@@ -6,14 +6,29 @@ Run (from the repository root):
   1 and then 2 uvicorn workers, alternate ``wrk -t2 -c32 -d10s`` on ``GET /_floor`` (a trivial async JSON route
   of the same app, middleware included) and on ``GET /recommend/{user_id}`` for random known users of the
   served champion. Reported: medians over the repeats of req/s and p99, and recommend's share of the floor.
-- ``.venv/bin/python bench/bench_serving.py ann-build [--dir /tmp/tastebud-ann1m]``: a synthetic catalog of
+- ``.venv/bin/python bench/bench_serving.py ann-build [--dir bench/out/serving/ann1m]``: a synthetic catalog of
   1,000,000 clustered 64-d item vectors and 10,000 users, as a fitted ``ALSRecommender`` with ``use_ann`` (FAISS
   HNSW), written once as a bundle under ``--dir`` (minutes: it is reused when present).
 - ``.venv/bin/python bench/bench_serving.py ann [--dir ...] [--record]``: recall@10 of the served model against
-  exact NumPy scoring on 1,000 random users (in process), then wrk on ``GET /recommend`` through uvicorn.
+  exact NumPy scoring on 1,000 random users (in process), then wrk on ``GET /recommend`` through uvicorn, then
+  recall@10 of the lists the server itself answered (``--served-recall`` users, fetched over HTTP) against exact
+  scoring.
+- ``.venv/bin/python bench/bench_serving.py zipf [--record]``: a catalogue a cache cannot flatter: 1,000,000 users
+  and 100,000 items (synthetic ALS factors and interactions, generated once and cached under ``bench/out/serving``),
+  requests for users drawn from a Zipf distribution; with the result cache as served by default (its hit ratio,
+  read from the servers' ``/metrics``, beside the figures) and always with the cache off (every request scored).
+- ``.venv/bin/python bench/bench_serving.py scale [--sizes 100k 1m 5m 25m] [--record]``: how latency and memory
+  grow with the data: synthetic ALS models from 100,000 to 25,000,000 interactions (the largest of ML-25M's
+  shape: 160,000 users x 60,000 items), random users over all of them, every request scored; per size the floor,
+  ``/recommend`` with and without explanations, and the resident memory of each server worker.
+- ``.venv/bin/python bench/bench_serving.py engine [--sizes 5m 25m]``: in process, ``Engine.recommend``'s CPU time
+  per request on those synthetic sizes, the current code against the same code with ``argpartition`` top-k and no
+  partial explanation cache (the serving path before the ML-25M work).
 
 The servers run ``bench_app`` below (``uvicorn bench_serving:bench_app --factory``): the production app from the
-environment plus the ``/_floor`` route, which exists only in this benchmark's app.
+environment plus the ``/_floor`` route, which exists only in this benchmark's app. The synthetic catalogues of
+``zipf`` and ``scale`` are served from their cached arrays (``ALSRecommender.from_factors``, explanation cache built
+as a bundle load builds it) through the same holder, engine and routes, without writing a bundle.
 """
 
 from __future__ import annotations
@@ -44,7 +59,21 @@ BUNDLE_ENV = "TASTEBUD_BENCH_BUNDLE"
 NO_LOG_ENV = "TASTEBUD_BENCH_NO_REQUEST_LOG"
 #: Seconds for ``sys.setswitchinterval`` in the server (diagnostic; Python's default is 0.005).
 SWITCH_ENV = "TASTEBUD_BENCH_SWITCH_INTERVAL"
+#: Path of a synthetic model's arrays (``.npz`` from :func:`synth_model_file`) to serve as version 1 / champion.
+SYNTH_ENV = "TASTEBUD_BENCH_SYNTH"
 WRK = ("wrk", "-t2", "-c32", "-d{d}s")
+#: Where the synthetic catalogues are generated once and kept (never committed: ``bench/out`` is ignored).
+OUT_DIR = BENCH_DIR / "out" / "serving"
+#: ``scale`` sizes: (users, items, interactions); 100K and 1M of MovieLens' shapes, 25M of ML-25M's.
+SCALES = {
+    "100k": (1_000, 1_700, 100_000),
+    "1m": (6_000, 3_700, 1_000_000),
+    "5m": (32_000, 30_000, 5_000_000),
+    "25m": (160_000, 60_000, 25_000_000),
+}
+#: ``zipf``: (users, items, interactions) and the Zipf exponent of the request distribution over users.
+ZIPF_SHAPE = (1_000_000, 100_000, 15_000_000)
+ZIPF_EXPONENT = 1.0
 
 LUA = """
 local paths = {%s}
@@ -119,14 +148,17 @@ def bench_app() -> Any:
     from tastebud.serving.app import create_app, create_app_from_env, limit_blas_threads
 
     bundle = os.environ.get(BUNDLE_ENV)
+    synth = os.environ.get(SYNTH_ENV)
     request_log = _NullLog() if os.environ.get(NO_LOG_ENV) else None
     if os.environ.get(SWITCH_ENV):  # diagnostic: how long a background thread may hold the GIL
         sys.setswitchinterval(float(os.environ[SWITCH_ENV]))
-    if bundle or request_log is not None:
+    if bundle or synth or request_log is not None:
         settings = build_settings()
         limit_blas_threads(settings.serving.blas_threads)
-        registry = _StaticRegistry(settings.serving.model_name, Path(bundle)) if bundle else None
-        app = create_app(settings, registry=registry, request_log=request_log, freeze_gc=True)
+        source = bundle or synth
+        registry = _StaticRegistry(settings.serving.model_name, Path(source)) if source else None
+        loader = _synth_loader if synth else None
+        app = create_app(settings, registry=registry, request_log=request_log, freeze_gc=True, loader=loader)
     else:
         app = create_app_from_env()
 
@@ -135,6 +167,37 @@ def bench_app() -> Any:
 
     app.add_api_route("/_floor", floor, methods=["GET"], include_in_schema=False)
     return app
+
+
+def _synth_loader(path: Path) -> Any:
+    """The holder's bundle loader for a synthetic model's arrays: what ``load_bundle`` returns, from the ``.npz``."""
+    from types import SimpleNamespace
+
+    model = load_synth_model(Path(path))
+    manifest = {"model": {"name": "als", "class": "ALSRecommender"}, "data": {"name": Path(path).stem}, "extra": {}}
+    return SimpleNamespace(path=Path(path), manifest=manifest, model=model, fallback={},
+                           item_meta=synth_item_meta(model), signature={"signed": False, "scheme": None,
+                           "key_id": None}, signed=False)  # fmt: skip
+
+
+def synth_item_meta(model: Any) -> Any:
+    """MovieLens-like metadata for a synthetic model's items: a title, a year and two of 19 genres each."""
+    import polars as pl
+
+    n_items = len(model.items_)
+    genres = [
+        "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+        "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(genres), (n_items, 2))
+    years = 1920 + np.arange(n_items) % 100
+    return pl.DataFrame({
+        "item_id": model.items_.ids.tolist(),
+        "title": [f"Synthetic title number {i} ({y})" for i, y in enumerate(years.tolist())],
+        "year": years.astype(np.int32),
+        "genres": [sorted({genres[a], genres[b]}) for a, b in picks.tolist()],
+    })  # fmt: skip
 
 
 class Server:
@@ -155,15 +218,20 @@ class Server:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
+        # Workers share the socket and load their models independently: one ready answer may come from the first
+        # worker while another still loads (and answers 503), so with several workers wait for a run of them.
+        needed, in_a_row = 1 if self.workers == 1 else 20 * self.workers, 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health/ready", timeout=2) as resp:
-                    if resp.status == 200:
+                    in_a_row = in_a_row + 1 if resp.status == 200 else 0
+                    if in_a_row >= needed:
                         return self
+                    continue
             except OSError:
-                pass
+                in_a_row = 0
             time.sleep(0.5)
         self.__exit__()
         raise RuntimeError(f"server not ready after {self.ready_timeout} s; see {self.log}")
@@ -171,6 +239,12 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory (MiB) of each worker process (of the one process when ``workers`` is 1)."""
+        assert self.proc is not None
+        pids = _children(self.proc.pid) if self.workers > 1 else [self.proc.pid]
+        return [_rss_mb(pid) for pid in pids if self.workers == 1 or _is_python(pid)]
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -184,11 +258,43 @@ class Server:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(x) for x in text]
+    return out
+
+
+def _is_python(pid: int) -> bool:
+    """Whether ``pid`` is a server worker (a Python process, not multiprocessing's resource tracker)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "python" in argv.split("\0")[0] and "resource_tracker" not in argv
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 # ---------------------------------------------------------------------------------------------- wrk
-def run_wrk(url: str, paths: list[str], duration: int, seed: int = 1) -> dict[str, Any]:
-    """One wrk run over ``paths`` (picked at random per request); its figures, the command and the load."""
+#: wrk script that sends ``paths`` in their order (a recorded draw, e.g. Zipf): run ``seed``'s thread ``tid`` starts
+#: at window ``2 * seed + tid`` of 8 (so repeated runs send new parts of the draw, not the cached start again).
+LUA_SEQUENCE = LUA.replace("math.randomseed(%d + tid)", "seed = %d\n  math.randomseed(seed + tid)").replace(
+    "return reqs[math.random(#reqs)]",
+    "pos = (pos or ((2 * seed + tid) %% 8) * math.floor(#reqs / 8)) %% #reqs + 1\n  return reqs[pos]",
+)
+
+
+def run_wrk(url: str, paths: list[str], duration: int, seed: int = 1, *, in_order: bool = False) -> dict[str, Any]:
+    """One wrk run over ``paths`` (picked at random per request, or in order); its figures, the command and the load."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % (", ".join(json.dumps(p) for p in paths), seed))
+        f.write((LUA_SEQUENCE if in_order else LUA) % (", ".join(json.dumps(p) for p in paths), seed))
         script = f.name
     argv = [*(a.format(d=duration) for a in WRK), "-s", script, url]
     load = os.getloadavg()[0]
@@ -347,6 +453,28 @@ def recall_at_k(model: Any, users: list[str], k: int = 10) -> tuple[float, float
     return float(np.mean(hits)), float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def exact_top(model: Any, users: list[str], k: int) -> dict[str, list[str]]:
+    """Per user, the exact top-``k`` item ids (every item scored in NumPy, the user's items left out)."""
+    from tastebud.models import _scoring as sc
+
+    out = {}
+    for user in users:
+        rows = model.users_.index([user], kind="user")
+        exact, _ = sc.rank(model._score, rows, k, n_items=len(model.items_), exclude=model.seen_[rows])
+        out[user] = model.items_.ids[exact[0]].tolist()
+    return out
+
+
+def recall_served(url: str, truth: dict[str, list[str]]) -> float:
+    """Mean recall@k of the server's answers for ``truth``'s users against ``truth``'s exact lists."""
+    hits = []
+    for user, exact in truth.items():
+        with urllib.request.urlopen(f"{url}/recommend/{user}?k={len(exact)}&explain=false", timeout=30) as resp:
+            served = [it["item_id"] for it in json.loads(resp.read())["recommendations"]]
+        hits.append(len(set(served) & set(exact)) / len(exact))
+    return float(np.mean(hits))
+
+
 def bench_ann(args: argparse.Namespace) -> str:
     """Recall in process, then wrk through uvicorn on the 1M-item bundle; returns the Markdown section."""
     from threadpoolctl import threadpool_limits
@@ -367,15 +495,20 @@ def bench_ann(args: argparse.Namespace) -> str:
     print(f"recall@10 {recall:.4f} over {len(sample)} users; in-process p50 {p50_ms:.2f} ms p99 {p99_ms:.2f} ms")
     n_items, kind = model.ann_.n_vectors, model.ann_.kind
     ef = model.ann_.ef_search
+    served_users = [f"u{int(u):05d}" for u in np.random.default_rng(12).choice(args.users, args.served_recall,
+                                                                               replace=False)]  # fmt: skip
+    with threadpool_limits(1, "blas"):
+        truth = exact_top(model, served_users, 10)
     del bundle, model  # the servers load their own copy
     env = {"TASTEBUD_HOME": str(args.dir / "home"), "TASTEBUD_SERVING__MODEL_NAME": "synthetic-1m",
            BUNDLE_ENV: str(bundle_dir), "TASTEBUD_SERVING__WATCH_INTERVAL_S": "0", **_cache_env(args)}  # fmt: skip
     if args.ef_search is not None:
         env["TASTEBUD_SERVING__ANN_EF_SEARCH"] = str(args.ef_search)
-    users = [str(u) for u in np.random.default_rng(8).choice(args.users, 2000, replace=False)]
+    users = [str(u) for u in np.random.default_rng(8).choice(args.users, min(args.users, 2000), replace=False)]
     paths = {"floor": ["/_floor"], "recommend": [f"/recommend/u{int(u):05d}" for u in users]}
     log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-ann.log"
     rows = []
+    served_recall: list[float] = []
     for workers in args.workers:
         with Server(env, workers, args.port, log) as server:
             for p in paths.values():
@@ -386,6 +519,8 @@ def bench_ann(args: argparse.Namespace) -> str:
                     res = run_wrk(server.url, p, args.duration, seed=rep + 1)
                     runs[name].append(res)
                     print(f"ann workers={workers} {name} #{rep + 1}: {_fmt(res)}", flush=True)
+            served_recall.append(recall_served(server.url, truth))
+            print(f"ann workers={workers}: recall@10 of the served lists {served_recall[-1]:.4f}", flush=True)
         floor = statistics.median(r["rps"] for r in runs["floor"])
         rec = runs["recommend"]
         rows.append([
@@ -407,12 +542,299 @@ def bench_ann(args: argparse.Namespace) -> str:
         f"**Recall@10 against exact NumPy scoring, {len(sample):,} random users (in process):** {recall:.4f}; "
         f"`recommend` in process p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms; "
         f"bundle load with checksums {load_s:.1f} s.\n\n"
+        f"**Recall@10 of the lists the server answered** (`GET /recommend/{{user_id}}?k=10&explain=false` after the "
+        f"wrk runs, {len(truth):,} random users, against exact NumPy scoring with the same exclusions): "
+        + ", ".join(f"{r:.4f} ({w} worker(s))" for r, w in zip(served_recall, args.workers, strict=True))
+        + ".\n\n"
         + table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py ann --repeats {args.repeats}{_cache_flag(args)}"
         + ("" if args.ef_search is None else f" --ef-search {args.ef_search}") + "` "
         + "(bundle from "
         + "`ann-build`, reused). Machine: " + machine_note() + ".\n"
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- synthetic ALS
+def synth_model_file(n_users: int, n_items: int, n_interactions: int, *, min_per_user: int = 20, seed: int = 0) -> Path:
+    """Write (once) a synthetic ALS model's arrays under ``bench/out/serving``; its ``.npz`` path.
+
+    Histories are log-normal in length (ML-25M's spread: median about 0.46 of the mean, at least ``min_per_user``,
+    a few users with thousands of items), items drawn by a power-law popularity (exponent 0.9, in random item
+    order), ratings 0.5 to 5 in halves; factors Gaussian (d=64). Duplicate pairs are drawn again once, so the
+    interaction count comes close to ``n_interactions``.
+    """
+    path = OUT_DIR / f"als-{n_users}x{n_items}x{n_interactions}-s{seed}.npz"
+    if path.is_file():
+        return path
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    mean = n_interactions / n_users
+    lengths = np.clip(rng.lognormal(np.log(mean) - 0.774, 1.245, n_users), min_per_user, n_items // 2)
+    lengths = np.maximum(min_per_user, np.round(lengths * n_interactions / lengths.sum())).astype(np.int64)
+    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
+    cdf = np.cumsum(weights[rng.permutation(n_items)])
+    users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+    keys = np.empty(0, dtype=np.int64)
+    for _ in range(2):  # a second draw for the pairs the first one repeated
+        missing = len(users) - len(keys)
+        if missing <= 0:
+            break
+        who = users if not len(keys) else rng.choice(users, missing)
+        drawn = np.searchsorted(cdf, rng.random(len(who)) * cdf[-1])
+        keys = np.unique(np.concatenate([keys, who * n_items + drawn]))
+    rows, cols = keys // n_items, keys % n_items
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_users))]).astype(np.int64)
+    data = (rng.integers(1, 11, len(keys)) / 2).astype(np.float32)
+    user_factors = (rng.normal(size=(n_users, 64)) * 0.1).astype(np.float32)
+    item_factors = (rng.normal(size=(n_items, 64)) * 0.1).astype(np.float32)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, user_factors=user_factors, item_factors=item_factors, data=data,
+             indices=cols.astype(np.int32), indptr=indptr)  # fmt: skip
+    tmp.rename(path)
+    print(f"generated {path.name}: {len(keys):,} interactions in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def synth_ids(prefix: str, n: int) -> list[str]:
+    """Zero-padded ids (sorted ids keep the row order, as the vocabularies require)."""
+    width = len(str(n - 1))
+    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+
+
+def load_synth_model(path: Path) -> Any:
+    """The fitted ``ALSRecommender`` of a :func:`synth_model_file`, explanation cache built as at bundle load."""
+    import scipy.sparse as sp
+
+    from tastebud.data.dataset import IdMap
+    from tastebud.models.als import ALSRecommender
+
+    z = np.load(path)
+    x, y = z["user_factors"], z["item_factors"]
+    seen = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(len(x), len(y)))
+    model = ALSRecommender.from_factors(x, y, seen, IdMap(synth_ids("u", len(x))), IdMap(synth_ids("i", len(y))),
+                                        factors=64)  # fmt: skip
+    model._cache_explanations()
+    return model
+
+
+def _synth_env(path: Path, args: argparse.Namespace, name: str) -> dict[str, str]:
+    env = {"TASTEBUD_HOME": str(OUT_DIR / "home"), "TASTEBUD_SERVING__MODEL_NAME": name, SYNTH_ENV: str(path),
+           "TASTEBUD_SERVING__WATCH_INTERVAL_S": "0"}  # fmt: skip
+    if not args.request_log:
+        env[NO_LOG_ENV] = "1"
+    return env
+
+
+def bench_scale(args: argparse.Namespace) -> str:
+    """Per size: floor, /recommend (explanations on and off), every request scored, random users; memory."""
+    log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-scale.log"
+    rows = []
+    for size in args.sizes:
+        n_users, n_items, n_inter = SCALES[size]
+        path = synth_model_file(n_users, n_items, n_inter)
+        nnz = int(np.load(path)["indptr"][-1])
+        env = {**_synth_env(path, args, f"synthetic-{size}"), "TASTEBUD_SERVING__RESULT_CACHE_SIZE": "0"}
+        ids = synth_ids("u", n_users)
+        rng = np.random.default_rng(9)
+        users = [ids[i] for i in rng.choice(n_users, min(n_users, 100_000), replace=False).tolist()]
+        paths = {"floor": ["/_floor"], "recommend": [f"/recommend/{u}" for u in users],
+                 "recommend_noexplain": [f"/recommend/{u}?explain=false" for u in users]}  # fmt: skip
+        for workers in args.workers:
+            t0 = time.perf_counter()
+            with Server(env, workers, args.port, log) as server:
+                ready_s = time.perf_counter() - t0
+                for p in paths.values():
+                    run_wrk(server.url, p, 2)
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+                for rep in range(args.repeats):
+                    for name, p in paths.items():
+                        res = run_wrk(server.url, p, args.duration, seed=rep + 1)
+                        runs[name].append(res)
+                        print(f"scale {size} workers={workers} {name} #{rep + 1}: {_fmt(res)}", flush=True)
+                rss = server.worker_rss_mb()
+            floor = _median(runs["floor"], "rps")
+            rec, plain = runs["recommend"], runs["recommend_noexplain"]
+            rows.append([
+                f"{n_inter / 1e6:g}M ({nnz:,})", f"{n_users:,} x {n_items:,}", workers, f"{floor:,.0f}",
+                f"{_median(rec, 'rps'):,.0f} ({_median(rec, 'rps') / floor:.0%})",
+                f"{_median(rec, 'p50_us') / 1000:.2f}", f"**{_median(rec, 'p99_us') / 1000:.2f}**",
+                f"{_median(plain, 'rps'):,.0f} ({_median(plain, 'rps') / floor:.0%})",
+                f"{_median(plain, 'p99_us') / 1000:.2f}",
+                " / ".join(f"{r:,.0f}" for r in rss), f"{ready_s:.0f}",
+                sum(r["non_2xx"] + r["socket_errors"] for x in runs.values() for r in x),
+                ", ".join(f"{r['load']:.2f}" for r in rec),
+            ])  # fmt: skip
+    title = (f"How serving cost grows with the data: synthetic ALS (d=64), random users, every request scored "
+             f"(result cache off); wrk -t2 -c32, {args.repeats} alternating {args.duration} s runs per endpoint "
+             f"(medians)")  # fmt: skip
+    headers = ["interactions (stored)", "users x items", "workers", "floor req/s", "`/recommend` req/s (of floor)",
+               "p50 ms", "p99 ms", "`explain=false` req/s (of floor)", "`explain=false` p99 ms",
+               "RSS per worker MiB", "ready s", "errors", "load before each `/recommend` run"]  # fmt: skip
+    return (
+        table(title, headers, rows)
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py scale --sizes {' '.join(args.sizes)} --workers "
+        + f"{' '.join(map(str, args.workers))} --repeats {args.repeats}`. Machine: {machine_note()}.\n"
+    )
+
+
+def bench_engine(args: argparse.Namespace) -> str:
+    """In process, per request: ``Engine.recommend`` CPU time on a synthetic size, before and after the shortcuts.
+
+    "Before" is the same code with ``rank_one``'s top-k taken by one ``argpartition`` of every score and no partial
+    inverse cache (``W_u`` built per request for every user): the serving path as it was.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from tastebud.models import _scoring as sc
+    from tastebud.serving.engine import Engine
+
+    rows = []
+    for size in args.sizes:
+        n_users, n_items, n_inter = SCALES[size]
+        model = load_synth_model(synth_model_file(n_users, n_items, n_inter))
+        engine = Engine(model, {}, synth_item_meta(model), result_cache_size=0)
+        ids = synth_ids("u", n_users)
+        users = [ids[i] for i in np.random.default_rng(5).choice(n_users, min(n_users, args.queries), replace=False)]
+        lengths = np.diff(model.seen_.indptr)
+        cached = (model.user_inv_, model.inv_slot_)
+        fast_top = sc.top_positions
+
+        def argpartition_top(scores: np.ndarray, kk: int) -> np.ndarray:
+            n = len(scores)
+            return np.arange(n) if kk >= n else np.argpartition(scores, n - kk)[n - kk :]
+
+        def timed(engine: Engine, users: list[str], explain: bool) -> np.ndarray:
+            out = []
+            for user in users:
+                t0 = time.thread_time()
+                engine.recommend(user, 10, explain=explain)
+                out.append(time.thread_time() - t0)
+            return np.array(out) * 1000
+
+        modes: dict[str, dict[bool, list[np.ndarray]]] = {"before": {True: [], False: []},
+                                                          "after": {True: [], False: []}}  # fmt: skip
+        with threadpool_limits(1, "blas"):
+            for _ in range(args.repeats):  # alternating, so a busy spell of the machine hits both
+                for mode in ("before", "after"):
+                    sc.top_positions = argpartition_top if mode == "before" else fast_top  # type: ignore[assignment]
+                    if model.inv_slot_ is not None or mode == "after":
+                        model.user_inv_, model.inv_slot_ = (None, None) if mode == "before" else cached
+                    for explain in (True, False):
+                        modes[mode][explain].append(timed(engine, users, explain))
+        sc.top_positions = fast_top  # type: ignore[assignment]
+        model.user_inv_, model.inv_slot_ = cached
+        for mode, by_explain in modes.items():
+            for explain, runs in by_explain.items():
+                rows.append([
+                    f"{n_inter / 1e6:g}M", f"{n_users:,} x {n_items:,}", mode, "on" if explain else "off",
+                    f"{statistics.median(float(np.mean(r)) for r in runs):.3f}",
+                    f"{statistics.median(float(np.percentile(r, 50)) for r in runs):.3f}",
+                    f"{statistics.median(float(np.percentile(r, 99)) for r in runs):.3f}",
+                    f"{statistics.median(float(r.max()) for r in runs):.2f}",
+                ])  # fmt: skip
+        print(f"engine {size}: history p50 {np.median(lengths):.0f}, max {lengths.max()}; inverses cached for "
+              f"{0 if cached[0] is None else len(cached[0]):,} users", flush=True)  # fmt: skip
+    title = (f"`Engine.recommend` in process, CPU ms per request (`time.thread_time`, BLAS 1 thread), "
+             f"{args.queries:,} random users, k=10; medians of {args.repeats} alternating passes")  # fmt: skip
+    headers = ["interactions", "users x items", "code", "explanations", "mean", "p50", "p99", "max"]
+    return (
+        table(title, headers, rows)
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py engine --sizes {' '.join(args.sizes)} --queries "
+        + f"{args.queries} --repeats {args.repeats}`. Machine: {machine_note()}.\n"
+    )
+
+
+def zipf_paths(n_users: int, n_requests: int, exponent: float, seed: int = 11) -> list[str]:
+    """``n_requests`` paths of users drawn from a Zipf distribution (rank ``r`` with weight ``r^-exponent``).
+
+    Ranks map to users through a random permutation, so the popular users are spread over the id space.
+    """
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(1.0 / np.arange(1, n_users + 1) ** exponent)
+    ranks = np.searchsorted(cdf, rng.random(n_requests) * cdf[-1])
+    users = rng.permutation(n_users)[ranks]
+    ids = synth_ids("u", n_users)
+    return [f"/recommend/{ids[u]}" for u in users.tolist()]
+
+
+def _cache_counts(url: str) -> tuple[float, float]:
+    """(hits, misses) of the result cache so far, summed over workers, from ``/metrics``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    hits = misses = 0.0
+    for line in text.splitlines():
+        if line.startswith("tastebud_serving_result_cache_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            if 'outcome="hit"' in line:
+                hits += value
+            elif 'outcome="miss"' in line:
+                misses += value
+    return hits, misses
+
+
+def bench_zipf(args: argparse.Namespace) -> str:
+    """1M users x 100K items, Zipf-drawn users; cache as served by default, then off; floor in the same runs."""
+    n_users, n_items, n_inter = ZIPF_SHAPE
+    path = synth_model_file(n_users, n_items, n_inter, min_per_user=5)
+    nnz = int(np.load(path)["indptr"][-1])
+    requests = zipf_paths(n_users, 400_000, args.zipf_exponent)
+    warmup = zipf_paths(n_users, 20_000, args.zipf_exponent, seed=12)  # imports and pools, not this draw's users
+    distinct = len(set(requests))
+    log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-zipf.log"
+    rows = []
+    sizes: list[int | None] = [None, 0] if args.result_cache_size is None else [args.result_cache_size, 0]
+    for workers in args.workers:
+        for size in sizes:
+            env = _synth_env(path, args, "synthetic-zipf")
+            if size is not None:
+                env["TASTEBUD_SERVING__RESULT_CACHE_SIZE"] = str(size)
+            with Server(env, workers, args.port, log) as server:
+                run_wrk(server.url, ["/_floor"], 2)
+                run_wrk(server.url, warmup, 2, in_order=True)
+                runs: dict[str, list[dict[str, Any]]] = {"floor": [], "recommend": []}
+                ratios = []
+                for rep in range(args.repeats):
+                    res = run_wrk(server.url, ["/_floor"], args.duration, seed=rep + 1)
+                    runs["floor"].append(res)
+                    before = _cache_counts(server.url)
+                    res = run_wrk(server.url, requests, args.duration, seed=rep + 1, in_order=True)
+                    after = _cache_counts(server.url)
+                    hits, misses = after[0] - before[0], after[1] - before[1]
+                    ratios.append(hits / (hits + misses) if hits + misses else 0.0)
+                    runs["recommend"].append(res)
+                    note = f", cache hits {ratios[-1]:.1%}" if size != 0 else ""
+                    print(f"zipf workers={workers} cache={size} #{rep + 1}: {_fmt(res)}{note}", flush=True)
+                rss = server.worker_rss_mb()
+            floor, rec = _median(runs["floor"], "rps"), runs["recommend"]
+            label = "off: every request scored" if size == 0 else f"on ({size or 'default size'})"
+            hit_note = f"{statistics.median(ratios):.1%} (runs: {', '.join(f'{r:.1%}' for r in ratios)})"
+            rows.append([
+                workers, label, "-" if size == 0 else hit_note,
+                f"{floor:,.0f}", f"{_median(rec, 'rps'):,.0f}",
+                f"**{_median(rec, 'rps') / floor:.0%}** (runs: "
+                + ", ".join(f"{r['rps'] / f['rps']:.0%}" for r, f in zip(rec, runs["floor"], strict=True)) + ")",
+                f"{_median(rec, 'p50_us') / 1000:.2f}", f"**{_median(rec, 'p99_us') / 1000:.2f}**",
+                " / ".join(f"{r:,.0f}" for r in rss),
+                sum(r["non_2xx"] + r["socket_errors"] for x in runs.values() for r in x),
+                ", ".join(f"{r['load']:.2f}" for r in rec),
+            ])  # fmt: skip
+    title = (f"Zipf-drawn users (exponent {args.zipf_exponent:g}) over {n_users:,} users x {n_items:,} items "
+             f"({nnz:,} interactions, synthetic ALS d=64): `GET /recommend/{{user_id}}` with explanations, "
+             f"wrk -t2 -c32, {args.repeats} alternating {args.duration} s runs (medians)")  # fmt: skip
+    headers = ["workers", "result cache", "cache hits", "floor req/s", "`/recommend` req/s", "of floor", "p50 ms",
+               "p99 ms", "RSS per worker MiB", "errors", "load before each `/recommend` run"]  # fmt: skip
+    return (
+        table(title, headers, rows)
+        + f"\nThe request sequence: {len(requests):,} Zipf draws ({distinct:,} distinct users), sent in order; "
+        + "each run's two wrk threads start at their own eighth of it, so no run repeats an earlier run's requests "
+        + "(a warm cache, not a replayed one). Command: `.venv/bin/python bench/bench_serving.py zipf --workers "
+        + f"{' '.join(map(str, args.workers))} --repeats {args.repeats}`. Machine: {machine_note()}.\n"
+    )
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
 
 
 def _cache_env(args: argparse.Namespace) -> dict[str, str]:
@@ -434,15 +856,16 @@ def _cache_flag(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("http", "ann-build", "ann"))
+    parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine"))
     parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home whose champion is served")
     parser.add_argument("--model-name", default="movielens-100k")
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/tastebud-ann1m"), help="cache of the 1M bundle")
+    parser.add_argument("--dir", type=Path, default=OUT_DIR / "ann1m", help="cache of the 1M bundle")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=1000, help="users for the recall measurement")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="uvicorn workers per server (default: 1 and 2; zipf: 2; scale: 1)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--port", type=int, default=8765)
@@ -455,12 +878,21 @@ def main() -> None:
                              "per worker; 0 scores every request afresh)")  # fmt: skip
     parser.add_argument("--ef-search", type=int, default=None,
                         help="ann: serving.ann_ef_search (HNSW efSearch), for the recall and the servers")  # fmt: skip
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SCALES), default=list(SCALES),
+                        help="scale: which synthetic sizes to serve (interactions)")  # fmt: skip
+    parser.add_argument("--zipf-exponent", type=float, default=ZIPF_EXPONENT,
+                        help="zipf: exponent of the request distribution over users")  # fmt: skip
+    parser.add_argument("--served-recall", type=int, default=500,
+                        help="ann: users whose served lists (over HTTP) are compared with exact scoring")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     if args.part == "ann-build":
         build_ann_bundle(args.dir, args.items, args.users, args.dim)
         return
-    text = bench_http(args) if args.part == "http" else bench_ann(args)
+    parts = {"http": bench_http, "ann": bench_ann, "zipf": bench_zipf, "scale": bench_scale, "engine": bench_engine}
+    if args.workers is None:
+        args.workers = {"zipf": [2], "scale": [1]}.get(args.part, [1, 2])
+    text = parts[args.part](args)
     print(text)
     if args.record:
         append_results(text)

@@ -20,39 +20,87 @@ medians and ranges. Pages that click (Discover's random user for the README pict
 click here. Secondary figure (``--apptest``): ``streamlit.testing.v1.AppTest`` run time of each page's script
 in-process, no browser, median of the same number of runs.
 
-    .venv/bin/python bench/bench_studio.py --home bench/out/studio-home --repeats 7 --record
+The target is every page *complete* (charts and tables drawn) within 1 s, median of the warm loads.
+
+``--baseline-src DIR`` compares with other code in the same run: a second studio runs with ``DIR`` (a directory
+holding a ``tastebud`` package, e.g. a copy of an earlier ``src``) first on its ``PYTHONPATH``, over the same API
+and home, and each round loads every page from both studios, one after the other, the order alternating between
+rounds, so that both see the same load on a shared machine.
+
+    .venv/bin/python bench/bench_studio.py --home bench/out/studio-home --repeats 9 --record
+    .venv/bin/python bench/bench_studio.py --repeats 9 --baseline-src /tmp/old-src
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import _common as common
-from tastebud.studio.screenshots import PAGES, Browser, Capture, Page, prepare_home, serve_studio
+from tastebud.studio.screenshots import PAGES, Browser, Capture, Page, prepare_home, serve_studio, wait_for_studio
 
-#: The target: every page's main content painted within this many ms.
+#: The target: every page complete (main content, tables and charts drawn) within this many ms (warm median).
 TARGET_MS = 1000.0
 
 
-def measure(studio: str, repeats: int) -> tuple[dict[str, Capture], dict[str, list[Capture]]]:
-    """One cold load of each page, then ``repeats`` rounds of warm loads in turn."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+Timings = tuple[dict[str, Capture], dict[str, list[Capture]]]
+
+
+def measure(studios: dict[str, str], repeats: int) -> dict[str, Timings]:
+    """For each studio (label -> URL): one cold load of each page, then ``repeats`` rounds of warm loads in turn;
+    with several studios, each page is loaded from every studio in turn, the order reversed every other round."""
     pages = [Page(p.name, p.path, p.heading) for p in PAGES]  # no clicks: the page as it opens
-    cold: dict[str, Capture] = {}
-    warm: dict[str, list[Capture]] = {p.name: [] for p in pages}
+    out: dict[str, Timings] = {label: ({}, {p.name: [] for p in pages}) for label in studios}
     with Browser() as browser:
-        for page in pages:
-            cold[page.name] = _checked(browser.load(studio + page.path, page, timeout=120))
-        for _ in range(repeats):
+        for label, url in studios.items():
             for page in pages:
-                warm[page.name].append(_checked(browser.load(studio + page.path, page, timeout=120)))
-    return cold, warm
+                out[label][0][page.name] = _checked(browser.load(url + page.path, page, timeout=120))
+        order = list(studios.items())
+        for round_ in range(repeats):
+            for page in pages:
+                for label, url in order if round_ % 2 == 0 else order[::-1]:
+                    out[label][1][page.name].append(_checked(browser.load(url + page.path, page, timeout=120)))
+    return out
+
+
+@contextlib.contextmanager
+def baseline_studio(src: Path, home: Path, api: str) -> Iterator[str]:
+    """A second studio over the same API and home, importing ``tastebud`` from ``src`` first; yields its URL."""
+    from tastebud.studio.launch import launch, warm_up
+
+    if not (src / "tastebud" / "studio" / "app.py").is_file():
+        raise SystemExit(f"--baseline-src {src}: no tastebud/studio/app.py under it (give a copy of an src folder)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"PYTHONPATH": os.pathsep.join([str(src.resolve()), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    with (home / "studio-baseline.log").open("ab") as log:
+        proc = launch(port, api, home=home, env=env, stdout=log.fileno(), stderr=subprocess.STDOUT, warm=False)
+    try:
+        wait_for_studio(url, timeout=120)
+        warm_up(url, proc, timeout=120)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _checked(capture: Capture) -> Capture:
@@ -88,28 +136,43 @@ def _ms(values: Sequence[float]) -> str:
     return f"{common.median(values):.0f} ({min(values):.0f} to {max(values):.0f})"
 
 
-def report(
-    cold: dict[str, Capture], warm: dict[str, list[Capture]], apptest: dict[str, list[float]] | None
-) -> tuple[str, bool]:
-    headers = ["page", "heading painted, ms", "script done, ms", "complete, ms", "cold: heading / complete, ms"]
+def report(timings: dict[str, Timings], apptest: dict[str, list[float]] | None) -> tuple[str, bool]:
+    """The table (one row per page and studio; with a baseline, the ratio of complete medians) and whether the
+    first studio met the target."""
+    several = len(timings) > 1
+    headers = ["page", *(["code"] if several else []), "heading painted, ms", "script done, ms", "complete, ms",
+               "cold: heading / complete, ms"]  # fmt: skip
     if apptest:
         headers.append("AppTest run, ms")
-    headers.append(f"heading < {TARGET_MS:.0f} ms")
+    if several:
+        headers.append("complete, this / baseline")
+    headers.append(f"complete < {TARGET_MS:.0f} ms")
     rows: list[list[Any]] = []
     ok = True
-    for name, caps in warm.items():
-        heading = [float(c.heading_ms or 0) for c in caps]
-        script = [float(c.script_ms or 0) for c in caps]
-        complete = [float(c.complete_ms or 0) for c in caps]
-        c0 = cold[name]
-        row: list[Any] = [name, _ms(heading), _ms(script), _ms(complete), f"{c0.heading_ms:.0f} / {c0.complete_ms:.0f}"]
-        if apptest:
-            row.append(_ms([t * 1000 for t in apptest[name]]))
-        passed = common.median(heading) < TARGET_MS
-        ok &= passed
-        row.append("yes" if passed else "NO")
-        rows.append(row)
-    n = len(next(iter(warm.values())))
+    labels = list(timings)
+    for name in timings[labels[0]][1]:
+        medians = {
+            label: common.median([float(c.complete_ms or 0) for c in timings[label][1][name]]) for label in labels
+        }
+        for label in labels:
+            cold, warm = timings[label]
+            caps = warm[name]
+            heading = [float(c.heading_ms or 0) for c in caps]
+            script = [float(c.script_ms or 0) for c in caps]
+            complete = [float(c.complete_ms or 0) for c in caps]
+            c0 = cold[name]
+            row: list[Any] = [name if label == labels[0] else "", *([label] if several else []), _ms(heading),
+                              _ms(script), _ms(complete), f"{c0.heading_ms:.0f} / {c0.complete_ms:.0f}"]  # fmt: skip
+            if apptest:
+                row.append(_ms([t * 1000 for t in apptest[name]]) if label == labels[0] else "")
+            if several:
+                row.append(f"{medians[labels[0]] / medians[labels[1]]:.2f}" if label == labels[0] else "")
+            passed = medians[label] < TARGET_MS
+            if label == labels[0]:
+                ok &= passed
+            row.append("yes" if passed else "NO")
+            rows.append(row)
+    n = len(next(iter(timings[labels[0]][1].values())))
     title = f"Studio page times on ML-100K: medians (min to max) of {n} warm loads per page"
     return common.table(title, headers, rows), ok
 
@@ -122,22 +185,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet-load", type=float, default=1.5, help="wait for this load before timing")
     parser.add_argument("--max-wait", type=float, default=120.0, help="longest wait for that load, s")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also time a studio importing tastebud from this directory (a copy of an earlier src), page by page in "
+        "turn with this code's",
+    )
     args = parser.parse_args(argv)
     command = ".venv/bin/python bench/bench_studio.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     t0 = time.perf_counter()
     model = prepare_home(args.home, "ml-100k")
     print(f"home ready in {time.perf_counter() - t0:.0f} s: {args.home} ({model})", file=sys.stderr)
-    with serve_studio(args.home, model) as (api, studio):
+    with serve_studio(args.home, model) as (api, studio), contextlib.ExitStack() as stack:
+        studios = {"this": studio}
+        if args.baseline_src is not None:
+            studios["baseline"] = stack.enter_context(baseline_studio(args.baseline_src, args.home.resolve(), api))
         common.wait_for_quiet(args.quiet_load, max_wait=args.max_wait)
         load_before = os.getloadavg()[0]
-        cold, warm = measure(studio, args.repeats)
+        timings = measure(studios, args.repeats)
+        load_after = os.getloadavg()[0]
         env = {"TASTEBUD_STUDIO_API": api, "TASTEBUD_HOME": str(args.home.resolve())}
         apptest = apptest_times(env, args.repeats) if args.apptest else None
-    text, ok = report(cold, warm, apptest)
+    text, ok = report(timings, apptest)
     note = (
         f"Command: `{command}`. Machine: {common.machine_note()} at the end (1-minute load {load_before:.2f} when "
-        "timing started); one Chromium, the API (1 worker) and the studio on the same cores.\n"
+        f"timing started, {load_after:.2f} when the browser timing ended); one Chromium, the API (1 worker) and the "
+        "studio on the same cores.\n"
     )
     print(text)
     print(note)

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from mlflow_server import running_mlflow_server
 from servers import URL_ENV, TempPostgres, pg_bin_dir
 from tastebud.data.dataset import Dataset
 
@@ -134,3 +135,17 @@ def postgres_database(postgres_admin_url: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.dispose()
+
+
+# MLflow: one real tracking server (SQLite backend, proxied artifact store) per session; see tests/mlflow_server.py.
+@pytest.fixture(scope="session")
+def mlflow_server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the session's MLflow server: ``mlflow.db``, ``artifacts/`` (the artifact destination), log."""
+    return tmp_path_factory.mktemp("mlflow-server")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_url(mlflow_server_root: Path) -> Iterator[str]:
+    """Tracking URI (``http://127.0.0.1:<port>``) of an ``mlflow server`` started for the session, stopped after."""
+    with running_mlflow_server(mlflow_server_root) as url:
+        yield url

@@ -65,6 +65,31 @@ class StoreSettings(BaseModel):
     )
 
 
+class SparkSettings(BaseModel):
+    """The Spark engine of ALS (``tastebud train --model als --engine spark``; needs the ``spark`` extra and Java)."""
+
+    master: str = Field(
+        "local[*]",
+        description="Spark master URL: local[*] (every core of this machine), local[N], spark://host:7077, yarn, "
+        "k8s://https://host:443.",
+    )
+    app_name: str = Field("tastebud-als", description="Spark application name (shown in the Spark UI).")
+    driver_memory: str = Field(
+        "2g",
+        description="spark.driver.memory of a session this process starts (with local[*] the whole job runs "
+        "in the driver, so this bounds training).",
+    )
+    shuffle_partitions: int = Field(
+        8, ge=1, description="spark.sql.shuffle.partitions (Spark's default of 200 is slow for one machine)."
+    )
+    blocks: int | None = Field(
+        None, ge=1, description="ALS user and item blocks (numUserBlocks/numItemBlocks); None: Spark's default (10)."
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Further Spark configuration, key to value (e.g. spark.executor.memory)."
+    )
+
+
 class ServingSettings(BaseModel):
     """The recommendation API."""
 
@@ -173,6 +198,19 @@ class StreamSettings(BaseModel):
     group_id: str = Field("tastebud-consumer", description="Consumer group id.")
     batch_size: int = Field(500, ge=1, description="Messages per consumer batch (one store transaction).")
     consume_in_server: bool = Field(False, description="Run the Kafka consumer inside the serving process.")
+    publish_served: bool = Field(
+        True,
+        description="With bootstrap_servers set, serving publishes each request-log record as a "
+        "recommendation_served event on served_topic (the ingest consumer writes it to the store) instead of "
+        "writing it itself; False keeps the in-process writer.",
+    )
+    served_buffer: int = Field(
+        100_000, ge=1, description="Served events the serving process buffers while the broker is slow or away; "
+        "more are dropped and counted (tastebud_serving_request_log_dropped_total).",
+    )  # fmt: skip
+    served_timeout_s: float = Field(
+        300.0, gt=0.0, description="How long a buffered served event is retried before it counts as lost, seconds.",
+    )  # fmt: skip
 
 
 class RetrainSettings(BaseModel):
@@ -319,6 +357,7 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = Field(default_factory=RetrainSettings, description="Retraining.")
     signing: SigningSettings = Field(default_factory=SigningSettings, description="Signed bundle manifests.")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys and rate limits.")
+    spark: SparkSettings = Field(default_factory=SparkSettings, description="Spark engine of ALS training.")
 
     @classmethod
     def settings_customise_sources(

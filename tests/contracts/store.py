@@ -101,6 +101,15 @@ def _index_names(store: Store, table: str = "request_logs") -> set[str]:
     return {ix["name"] for ix in sa.inspect(store.engine).get_indexes(table)}
 
 
+def _before_migrations(conn: sa.Connection) -> None:
+    """Make the database look as ``init_schema`` left it before migrations: no version, only the baseline's tables."""
+    from tastebud.store import metadata
+    from tastebud.store.migrations.baseline import TABLES
+
+    for name in ["alembic_version", *sorted(set(metadata.tables) - set(TABLES))]:
+        conn.execute(sa.text(f"DROP TABLE {name}"))
+
+
 class StoreContract:
     """Every behaviour test of :class:`~tastebud.store.Store`, run against each backend."""
 
@@ -123,8 +132,9 @@ class StoreContract:
 
     def test_request_log_indexes_only_time_ordered_keys(self, store: Store) -> None:
         """A per-user index (a random page write per logged request) is dropped from older databases too."""
-        with store.engine.begin() as conn:
+        with store.engine.begin() as conn:  # a store made by init_schema before migrations
             conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_request_logs_user_id ON request_logs (user_id)"))
+            _before_migrations(conn)
         assert "ix_request_logs_user_id" in _index_names(store)
         store.init_schema()
         assert "ix_request_logs_user_id" not in _index_names(store)
@@ -156,7 +166,8 @@ class StoreContract:
         assert stored is not None and stored["experiment"] is None and stored["exposure"] is None
 
     def test_columns_added_since_are_added_to_an_older_table(self, store: Store) -> None:
-        with store.engine.begin() as conn:
+        with store.engine.begin() as conn:  # a store made by init_schema before migrations
+            _before_migrations(conn)
             conn.execute(sa.text("DROP TABLE request_logs"))
             conn.execute(sa.text(
                 "CREATE TABLE request_logs (request_id VARCHAR(64) PRIMARY KEY, timestamp TIMESTAMP NOT NULL, "
@@ -455,7 +466,8 @@ class StoreContract:
 
     def test_an_older_dead_letter_table_gets_the_new_columns_and_key(self, store: Store) -> None:
         sqlite = store.backend == "sqlite"
-        with store.engine.begin() as conn:
+        with store.engine.begin() as conn:  # a store made by init_schema before migrations
+            _before_migrations(conn)
             conn.execute(sa.text("DROP TABLE dead_letters"))
             conn.execute(sa.text(
                 f"CREATE TABLE dead_letters (id {'INTEGER' if sqlite else 'BIGSERIAL'} PRIMARY KEY, "
@@ -759,3 +771,30 @@ class StoreContract:
         since, until = T0 + timedelta(seconds=9), T0 + timedelta(seconds=21)
         odd = store.exposures_frame(experiment="exp-1", since=since, until=until)
         assert odd["request_id"].to_list() == [f"req-{n:05d}" for n in range(9, 21)]
+
+    # --- decision log and trigger state --------------------------------------------------------------------------
+
+    def test_decisions_append_in_order_and_import_once(self, store: Store) -> None:
+        row = {"time": T0, "model_name": "m", "action": "promoted", "version": 1, "previous": None, "actor": "a",
+               "reason": "r", "numbers": {"x": [1.5, None]}, "trigger": None}  # fmt: skip
+        first = store.append_decision(row)
+        second = store.append_decision({**row, "model_name": "n", "time": T0 - timedelta(days=1)})
+        assert second > first and store.decision_log_version() == (2, second)
+        imported = [{**row, "version": v, "import_key": f"k{v}"} for v in (2, 3)]
+        assert store.import_decisions(imported) == 2
+        assert store.import_decisions([imported[1], {**row, "version": 4, "import_key": "k4"}]) == 1
+        assert [(d["model_name"], d["version"]) for d in store.read_decisions()] == [
+            ("m", 1), ("n", 1), ("m", 2), ("m", 3), ("m", 4)
+        ]  # fmt: skip
+        only = store.read_decisions("m")[0]
+        assert only["time"] == T0 and only["numbers"] == {"x": [1.5, None]} and only["import_key"] is None
+
+    def test_trigger_state_is_replaced_per_model(self, store: Store) -> None:
+        assert store.get_trigger_state("m") is None
+        store.put_trigger_state("m", champion_version=1, through_id=40, attempted_at=T0)
+        store.put_trigger_state("m", champion_version=2, through_id=90, attempted_at=T0 + timedelta(hours=1))
+        store.put_trigger_state("n", champion_version=7, through_id=5)
+        assert store.get_trigger_state("m") == {
+            "model_name": "m", "champion_version": 2, "through_id": 90, "attempted_at": T0 + timedelta(hours=1)
+        }  # fmt: skip
+        assert store.get_trigger_state("n")["through_id"] == 5  # type: ignore[index]

@@ -91,6 +91,9 @@ def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = next(p for p in sorted((stored / "model").rglob("*")) if p.is_file() and p.suffix in (".npy", ".json"))
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    # The embedded store hard-links registered files to the bundle they came from (all three versions share these
+    # bytes), so version 3's copy is replaced by a new file rather than edited in place.
+    target.unlink()
     target.write_bytes(bytes(data))
     return home
 

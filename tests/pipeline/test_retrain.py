@@ -529,3 +529,17 @@ def test_outcome_to_dict_is_json() -> None:
     out = RetrainOutcome("busy", "held", "manual", "m", datetime(2026, 1, 1, tzinfo=UTC))
     assert json.loads(json.dumps(out.to_dict()))["started_at"] == "2026-01-01T00:00:00+00:00"
     assert not out.ok
+
+
+def test_retrain_with_tune_runs_the_trials_and_registers_the_tuned_parameters(world: World) -> None:
+    """``--tune N``: N Optuna trials on the pre-holdout data, their best parameters in the registered version."""
+    w = world
+    champion_params = w.registry.manifest(w.registry.get(w.name, w.champion))["model"]["params"]
+    out = run_retrain(w.settings, model_name=w.name, store=w.store, tune=3, seed=5)
+    assert out.outcome in {"promoted", "refused"}, out.reason
+    assert out.version is not None and out.timings["tune_s"] > 0
+    params = w.registry.manifest(w.registry.get(w.name, out.version))["model"]["params"]
+    assert params["l2"] != champion_params["l2"]  # the champion's 500 was replaced by a trial's value
+    assert 10.0 <= params["l2"] <= 2000.0  # EASE's declared search space
+    studies = list((w.settings.runs_dir / "retrain" / w.name).rglob("study.db"))
+    assert len(studies) == 1

@@ -271,7 +271,7 @@ def test_checker_after_an_attempt_counts_only_later_events_until_the_champion_ch
         assert checker.check()[0].fired
         checker.note_attempt()  # the retrain left champion 1 in place (refused)
         again = TriggerChecker(settings, "m", TriggerConfig(volume_events=50), registry=registry, store=store)
-        (after,) = again.check()  # a new process reads the attempt from the state file
+        (after,) = again.check()  # a new process reads the attempt from the store
         assert not after.fired and after.numbers["since_event_id"] == 50 and "last attempt" in after.reason
         store.write_events(events_of(sample(reference, 50, seed=8), "b"))
         assert again.check()[0].fired
@@ -280,6 +280,32 @@ def test_checker_after_an_attempt_counts_only_later_events_until_the_champion_ch
         registry.champion = 2
         (fresh,) = again.check()
     assert fresh.numbers["since_event_id"] == 60 and fresh.numbers["new_events"] == 40 and not fresh.fired
+
+
+def test_the_last_attempt_is_shared_through_the_store_and_an_old_state_file_is_imported(
+    settings: Settings, data: Dataset, reference: pl.DataFrame, tmp_path: Path
+) -> None:
+    """Schedulers on two machines (two homes, one store) share what was tried; a triggers.json of an earlier version
+    is imported once."""
+    import json
+
+    registry = FakeRegistry({1: champion_bundle(data, tmp_path / "b1", cutoff=0)}, champion=1)
+    other_home = build_settings(home=tmp_path / "other-home", store={"url": settings.store_url})
+    legacy = settings.home / "pipeline" / "triggers.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"model_name": "m", "champion_version": 1, "through_id": 30, "at": "x"}))
+    with create_store(settings) as store:
+        store.init_schema()
+        store.write_events(events_of(sample(reference, 50, seed=7), "a"))
+        (check,) = TriggerChecker(settings, "m", TriggerConfig(volume_events=10), registry=registry).check()
+        assert check.numbers["since_event_id"] == 30 and check.numbers["new_events"] == 20
+        assert not legacy.exists() and legacy.with_name("triggers.json.imported").is_file()
+        checker = TriggerChecker(settings, "m", TriggerConfig(volume_events=10), registry=registry)
+        checker.check()
+        checker.note_attempt()
+        assert store.get_trigger_state("m")["through_id"] == 50  # type: ignore[index]
+    (elsewhere,) = TriggerChecker(other_home, "m", TriggerConfig(volume_events=10), registry=registry).check()
+    assert elsewhere.numbers["since_event_id"] == 50 and not elsewhere.fired
 
 
 def test_checker_without_a_champion_does_not_fire(settings: Settings) -> None:

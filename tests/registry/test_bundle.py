@@ -14,6 +14,8 @@ from tastebud.errors import BundleError
 from tastebud.models import Recommender, create
 from tastebud.registry.bundle import (
     BUNDLE_SCHEMA_VERSION,
+    SHARED_SCHEMA_VERSION,
+    bundle_size,
     git_sha,
     load_bundle,
     read_manifest,
@@ -215,3 +217,142 @@ def test_git_sha_outside_a_checkout_is_unknown(tmp_path: Path) -> None:
 def test_copied_bundle_still_verifies(bundle_dir: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(bundle_dir, tmp_path / "copy")
     assert verify_bundle(copy)["files"] == verify_bundle(bundle_dir)["files"]
+
+
+# ---------------------------------------------------------------------------------------------------- shared arrays
+@pytest.fixture
+def shared_dir(tmp_path: Path, fitted, small_split: Split) -> Path:
+    """The fixture's model and fallbacks, with every array they hold byte for byte stored once."""
+    model, fallback = fitted
+    return write_bundle(
+        model,
+        tmp_path / "shared",
+        train=small_split.train,
+        metrics={"ndcg_at_10": 0.2},
+        fallback=fallback,
+        share_min_bytes=0,
+    )
+
+
+def _files_named(directory: Path, name: str) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob(name))
+
+
+def test_seen_matrix_is_stored_once_and_loaded_once(shared_dir: Path, fitted, small_split: Split) -> None:
+    manifest = verify_bundle(shared_dir)
+    assert manifest["schema_version"] == SHARED_SCHEMA_VERSION
+    links = manifest["shared"]
+    # the model, the popular and the content fallback each hold the training interactions' pattern
+    owners = ("model", "fallback/popular", "fallback/content")
+    for name in ("seen_indices.npy", "seen_indptr.npy"):
+        assert _files_named(shared_dir, name) == []
+        targets = {links[f"{owner}/{name}"] for owner in owners if f"{owner}/{name}" in links}
+        assert len(targets) == 1
+    assert links["fallback/content/weights_indices.npy"] == links["model/seen_indices.npy"]
+    assert links["model/seen_data.npy"] == links["fallback/popular/seen_data.npy"]  # both hold the ratings
+    shared_files = [f for f in manifest["files"] if f.startswith("shared/")]
+    assert sorted(shared_files) == sorted(set(links.values()))
+    # no other file of the bundle duplicates one of the model's arrays
+    digests = [d for f, d in manifest["files"].items() if f.endswith(".npy")]
+    assert len(digests) == len(set(digests))
+    bundle = load_bundle(shared_dir)
+    seen = [bundle.model.seen_, bundle.fallback["popular"].seen_, bundle.fallback["content"].seen_]
+    assert all(np.shares_memory(seen[0].indices, s.indices) for s in seen[1:])
+    assert not seen[0].indices.flags.writeable  # one array for all three: none may change it for the others
+    model, fallback = fitted
+    users = small_split.train.users.ids[:20].tolist()
+    for loaded, original in [(bundle.model, model), *((bundle.fallback[n], fallback[n]) for n in fallback)]:
+        before, after = original.recommend(users, k=10, explain=True), loaded.recommend(users, k=10, explain=True)
+        assert before.item_ids == after.item_ids and before.explanations == after.explanations
+        for a, b in zip(before.scores, after.scores, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert bundle_size(shared_dir) < bundle_size(
+        write_bundle(
+            model,
+            shared_dir.parent / "whole",
+            train=small_split.train,
+            metrics={},
+            fallback=fallback,
+            share_min_bytes=None,
+        )
+    )
+
+
+def test_shared_arrays_below_the_threshold_stay_in_place(bundle_dir: Path) -> None:
+    # the fixture's arrays are all smaller than SHARE_MIN_BYTES: the layout every bundle had before
+    manifest = verify_bundle(bundle_dir)
+    assert "shared" not in manifest and manifest["schema_version"] == BUNDLE_SCHEMA_VERSION
+    assert len(_files_named(bundle_dir, "seen_indices.npy")) == 2  # model and popular (content derives its own)
+
+
+def test_old_layout_bundle_still_loads(bundle_dir: Path, fitted, small_split: Split) -> None:
+    """A bundle written before shared arrays: every model holds its own seen matrix, content its profiles."""
+    from tastebud.models import _scoring as sc
+    from tastebud.models.content import _l2_rows, _pattern
+
+    content = fitted[1]["content"]
+    directory = bundle_dir / "fallback" / "content"
+    meta = json.loads((directory / "model.json").read_text())
+    meta["seen"] = sc.save_csr(directory, "seen", _pattern(content.weights_))
+    profiles = _l2_rows(content.weights_ @ content.item_vectors_)
+    meta["matrices"]["user_profiles"] = sc.save_csr(directory, "user_profiles", profiles)
+    (directory / "model.json").write_text(json.dumps(meta))
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"] = {
+        p.relative_to(bundle_dir).as_posix(): sha256_file(p)
+        for p in bundle_dir.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    bundle = load_bundle(bundle_dir)
+    assert bundle.fallback["content"].user_profiles_ is not None  # read, not rebuilt
+    users = small_split.train.users.ids[:20].tolist()
+    assert bundle.fallback["content"].recommend(users, k=10).item_ids == content.recommend(users, k=10).item_ids
+    assert bundle.model.recommend(users, k=10).item_ids == fitted[0].recommend(users, k=10).item_ids
+
+
+def test_shared_file_is_covered_by_checksums(shared_dir: Path) -> None:
+    manifest = read_manifest(shared_dir)
+    target = shared_dir / manifest["shared"]["model/seen_indices.npy"]
+    original = target.read_bytes()
+    target.write_bytes(original[:-4])
+    with pytest.raises(BundleError, match=r"shared/[0-9a-f]+\.npy: sha256 mismatch"):
+        load_bundle(shared_dir)
+    target.unlink()
+    with pytest.raises(BundleError, match=r"shared/[0-9a-f]+\.npy: file listed in the manifest is missing"):
+        load_bundle(shared_dir)
+    target.write_bytes(original)
+    load_bundle(shared_dir)
+    # a stray copy where a link is recorded is refused, not silently preferred
+    (shared_dir / "model" / "seen_indices.npy").write_bytes(original)
+    with pytest.raises(BundleError, match=r"model/seen_indices\.npy: unexpected file"):
+        load_bundle(shared_dir)
+
+
+@pytest.mark.parametrize(
+    ("rel", "target", "message"),
+    [
+        ("model/seen_indices.npy", "shared/../items.json", "not a file under shared/"),
+        ("model/seen_indices.npy", "shared/absent.npy", "not a file under shared/"),
+        ("../outside.npy", None, "not a file of a model"),
+    ],
+)
+def test_malformed_shared_links_are_refused(shared_dir: Path, rel: str, target: str | None, message: str) -> None:
+    manifest = json.loads((shared_dir / "manifest.json").read_text())
+    manifest["shared"][rel] = target or next(iter(manifest["shared"].values()))
+    (shared_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(shared_dir)
+    manifest["shared"] = {}
+    manifest["schema_version"] = 1
+    (shared_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"unexpected file|missing"):  # links dropped: the models lack arrays
+        load_bundle(shared_dir)
+
+
+def test_shared_arrays_need_schema_version_2(shared_dir: Path) -> None:
+    manifest = json.loads((shared_dir / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (shared_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="field 'shared' needs schema_version 2"):
+        load_bundle(shared_dir)

@@ -126,12 +126,21 @@ def test_concurrent_appends_keep_whole_lines(settings: Settings) -> None:
     assert sorted({d.version for d in decisions}) == [0, 1, 2, 3]
 
 
-def test_bad_log_line_is_named(settings: Settings) -> None:
+def test_bad_line_of_a_log_to_import_is_named_and_nothing_is_imported(settings: Settings) -> None:
     append_decision(settings, _decision("promoted", 1))
-    with (settings.home / "registry" / "decisions.jsonl").open("a") as fh:
-        fh.write("garbage\n")
-    with pytest.raises(RegistryError, match="line 2"):
+    path = settings.home / "registry" / "decisions.jsonl"  # a log of an earlier version, imported on first use
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_decision("refused", 2).to_json() + "\ngarbage\n")
+    with pytest.raises(RegistryError, match=r"decisions.jsonl line 2: not a valid decision"):
         read_decisions(settings)
+    path.write_text(
+        _decision("refused", 2).to_json() + "\n" + _decision("promoted", 3).to_json().replace('"promoted"', '"deleted"')
+    )
+    with pytest.raises(RegistryError, match=r"line 2: unknown decision action 'deleted'"):
+        read_decisions(settings)
+    assert path.is_file()
+    path.write_text(_decision("refused", 2).to_json() + "\n")
+    assert [d.version for d in read_decisions(settings)] == [1, 2]
 
 
 def test_champion_history_is_a_stack() -> None:

@@ -188,3 +188,19 @@ def test_training_signs_and_serving_verifies(
     wrong = build_settings(home=registry_settings.home, signing={"public_key_path": str(keys["other_public"])})
     with pytest.raises(BundleError, match="wrong key"):
         settings_loader(wrong)(path)
+
+
+def test_signature_covers_shared_arrays(tmp_path: Path, keys: dict[str, Path], fitted, small_split: Split) -> None:
+    signer = signer_from_settings(_settings(tmp_path, private_key_path=keys["private"]))
+    model, fallback = fitted
+    bundle = write_bundle(
+        model, tmp_path / "b", train=small_split.train, metrics={}, fallback=fallback, signer=signer, share_min_bytes=0
+    )
+    verifier = verifier_from_settings(_settings(tmp_path, public_key_path=keys["public"]))
+    manifest = load_bundle(bundle, verifier=verifier).manifest
+    target = manifest["shared"]["model/seen_data.npy"]  # the model's and the popular fallback's ratings
+    assert manifest["shared"]["fallback/popular/seen_data.npy"] == target
+    _tamper_and_recompute(bundle, target)
+    load_bundle(bundle)  # checksums alone let it through
+    with pytest.raises(BundleError, match="signature does not verify"):
+        load_bundle(bundle, verifier=verifier)

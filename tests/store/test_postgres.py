@@ -37,7 +37,8 @@ class TestPostgresStore(StoreContract):
             store.init_schema()
             assert store.backend == "postgresql"
             assert store.table_names() == [
-                "dead_letters", "events", "experiment_changes", "experiments", "locks", "request_logs", "retrains",
+                "alembic_version", "dead_letters", "decisions", "events", "experiment_changes", "experiments",
+                "locks", "request_logs", "retrains", "trigger_state",
             ]  # fmt: skip
         assert not (tmp_path / "tastebud.db").exists()
 

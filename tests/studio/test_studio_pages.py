@@ -52,6 +52,13 @@ def charts(at: AppTest) -> int:
     return len(at.get("vega_lite_chart"))
 
 
+def open_tab(at: AppTest, key: str, label: str) -> None:
+    """Switch the page's tabs ``key`` to ``label`` (lazy tabs: only the open one runs) and rerun."""
+    at.session_state[key] = label
+    at.run()
+    assert not at.exception, at.exception
+
+
 # ---------------------------------------------------------------------------------------------------- discover
 def test_discover_random_user_gets_explained_recommendations(
     monkeypatch: pytest.MonkeyPatch, api: ServerProcess, studio_home: Path
@@ -166,15 +173,17 @@ def test_models_page_versions_intervals_decisions_drift(
     monkeypatch: pytest.MonkeyPatch, api: ServerProcess, studio_home: Path
 ) -> None:
     at = open_app(monkeypatch, api.url, studio_home, "models")
-    versions = at.dataframe[0].value
+    versions = at.table[0].value
     assert sorted(versions["version"]) == [1, 2]
     assert set(versions["aliases"]) == {"champion", "challenger"}
-    assert charts(at) >= 2  # metric intervals and drift shares
-    decisions = at.dataframe[1].value
-    assert list(decisions["action"]) == ["promoted"]
-    assert any("Overall drift level: **ok**" in s for s in texts(at, "success"))
+    assert charts(at) == 1 and not at.dataframe  # metric intervals; the other tabs run when opened
     at.selectbox(key="models_metric").select("recall").run()
     assert not at.exception
+    open_tab(at, "models_tab", "Decisions")
+    assert list(at.dataframe[0].value["action"]) == ["promoted"] and charts(at) == 0
+    open_tab(at, "models_tab", "Drift")
+    assert any("Overall drift level: **ok**" in s for s in texts(at, "success"))
+    assert charts(at) == 1  # drift shares
 
 
 def test_models_promote_needs_the_admin_token_and_rollback_returns(
@@ -186,6 +195,7 @@ def test_models_promote_needs_the_admin_token_and_rollback_returns(
     settings = build_settings(home=studio_home)
     registry = ModelRegistry(settings)
     at = open_app(monkeypatch, api.url, studio_home, "models")
+    open_tab(at, "models_tab", "Promote / roll back")
     at.selectbox(key="promote_version").select(2).run()
     at.button(key="promote").click().run()
     assert any("Enter the admin token" in w for w in texts(at, "warning"))
@@ -225,7 +235,12 @@ def test_operations_page_kpis_timeline_experiments(
     assert metrics["API status"] == "ok"
     assert int(metrics["Requests"].replace(",", "")) >= 5
     assert {"p50", "p95", "p99", "Error ratio", "Fallback rate", "Availability"} <= set(metrics)
-    assert charts(at) >= 3  # traffic, latency, timeline
+    assert float(metrics["Availability"].rstrip("%")) > 0
+    assert charts(at) == 2  # traffic, latency; the other tabs run when opened
+    assert f"{MODEL_NAME}:1" in list(at.table[0].value["model"])  # requests per served version
+    open_tab(at, "ops_tab", "Timeline")
+    assert charts(at) == 1 and "decision" in list(at.dataframe[0].value["kind"])
+    open_tab(at, "ops_tab", "Experiments")
     assert list(at.dataframe[-1].value["name"]) == ["ease-vs-knn"]  # the experiments table
     assert at.selectbox(key="ops_experiment").value == "ease-vs-knn"
     assert any("Decision: none yet" in m and "not started" in m for m in texts(at, "markdown"))
@@ -241,7 +256,7 @@ def test_every_page_shows_a_banner_when_the_api_is_down(
     at = open_app(monkeypatch, closed_url, studio_home, page)
     assert any("not reachable" in e for e in texts(at, "error")), texts(at, "error")
     if page == "models":  # the registry still answers
-        assert sorted(at.dataframe[0].value["version"]) == [1, 2]
+        assert sorted(at.table[0].value["version"]) == [1, 2]
 
 
 class _NoModel(BaseHTTPRequestHandler):

@@ -183,6 +183,24 @@ def test_lift_rows_take_classical_and_always_valid_intervals_of_every_metric() -
     assert lift_rows({}) == []
 
 
+def test_operations_buckets_split_outcomes_in_time_order() -> None:
+    from tastebud.studio.pages.operations import buckets
+
+    rows = {  # the summary's bucket rows, keyed by the bucket's start in epoch seconds (not in time order as text)
+        "999000": {"requests": 10, "successful": 8, "fallbacks": 3, "p50": 1.0, "p95": 2.0, "p99": 3.0},
+        "1000800": {"requests": 4, "successful": 4, "fallbacks": 0, "p50": 5.0, "p95": 6.0, "p99": 7.5},
+    }
+    traffic, latency = buckets(rows)
+    assert traffic[:3] == [
+        {"bucket": "01-12 13:30", "outcome": "ok", "requests": 5},
+        {"bucket": "01-12 13:30", "outcome": "fallback", "requests": 3},
+        {"bucket": "01-12 13:30", "outcome": "error", "requests": 2},
+    ]
+    assert [r["requests"] for r in traffic[3:]] == [4, 0, 0] and traffic[3]["bucket"] == "01-12 14:00"
+    assert [r["ms"] for r in latency] == [1.0, 2.0, 3.0, 5.0, 6.0, 7.5]
+    assert buckets({}) == ([], [])
+
+
 def test_rollback_returns_to_the_champion_before() -> None:
     from tastebud.pipeline.promote import previous_champion
 

@@ -13,6 +13,7 @@ from tastebud.cli import (  # noqa: F401  (registers the commands)
     monitor,
     retrain,
     serve,
+    store,
     stream,
     studio,
 )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tastebud.config import Settings, build_settings
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except TastebudError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True, markup=True)
+        # escaped: messages quote user input and names such as local[*] or tastebud[spark], never markup
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True, markup=True)
         return 1
     except ValidationError as err:  # a library config object built from flags
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())

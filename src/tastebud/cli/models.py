@@ -96,6 +96,15 @@ def train_cmd(
             "--param <member>.<name>=value sets a member's parameter.",
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="With --model als: who fits the factors, 'implicit' (in this process; the default) or 'spark' "
+            "(pyspark MLlib ALS on the master of spark.master, default local[*], e.g. TASTEBUD_SPARK__MASTER="
+            "spark://host:7077; needs pip install 'tastebud\\[spark]' and Java 17+). Both write the same bundle.",
+        ),
+    ] = None,
     from_registry: Annotated[
         str | None,
         typer.Option(
@@ -111,6 +120,12 @@ def train_cmd(
 
     settings = settings_of(ctx)
     params = parse_params(param)
+    if engine is not None:
+        if model != "als":
+            raise ParameterError(f"--engine applies to --model als only, not {model!r}")
+        if engine not in ("implicit", "spark"):
+            raise ParameterError(f"--engine {engine!r}: expected 'implicit' or 'spark'")
+        params["engine"] = engine
     if model == "ensemble":
         from tastebud.models.ensemble import member_params_from_flat
 

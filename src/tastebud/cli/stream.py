@@ -52,7 +52,9 @@ def consume_cmd(
         int | None, typer.Option(help="Expose Prometheus metrics on this port.", min=1, max=65535)
     ] = None,
 ) -> None:
-    """Consume the ratings and interactions topics into the event store (at least once; the store de-duplicates).
+    """Consume the ratings and interactions topics into the event store (at least once; the store de-duplicates),
+    and the served topic's recommendation_served events into the request log (stream.publish_served, on by default:
+    what serving publishes in Kafka mode; a request id stored already is skipped).
 
     Bad messages go to the dead-letter topic with the reason. Stops cleanly on SIGTERM or Ctrl-C.
     """
@@ -72,8 +74,11 @@ def consume_cmd(
         start_http_server(metrics_port, registry=metrics.registry)
     consumer = EventConsumer.from_settings(settings, store, metrics=metrics)
     if create_topics:
+        # the served topic too when serving publishes there: a topic missing at subscription is not picked up later
+        served = [stream.served_topic] if stream.publish_served else []
         ensure_topics(
-            stream.bootstrap_servers or "", [stream.ratings_topic, stream.interactions_topic, stream.dead_letter_topic]
+            stream.bootstrap_servers or "",
+            [stream.ratings_topic, stream.interactions_topic, stream.dead_letter_topic, *served],
         )
     previous = signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     try:
@@ -86,7 +91,8 @@ def consume_cmd(
         store.close()
     console.print(
         f"[green]consumed[/green] {stats.messages:,} messages: {stats.inserted:,} new events, "
-        f"{stats.duplicates:,} duplicates, {stats.dead_lettered:,} dead-lettered "
+        f"{stats.duplicates:,} duplicates, {stats.served_inserted:,} new request-log records, "
+        f"{stats.dead_lettered:,} dead-lettered "
         f"({stats.dead_letters_to_table:,} to the store's table)"
     )
 

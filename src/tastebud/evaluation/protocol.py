@@ -301,6 +301,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     graded: bool = False,
+    max_users: int | None = None,
 ) -> Report:
     """Evaluate a model already fitted on ``split.train`` on one held-out part; fits nothing.
 
@@ -318,6 +319,10 @@ def evaluate(
         seed: seed of the bootstrap.
         graded: use ratings as NDCG gains where the part has them. The default is binary relevance (every
             held-out interaction counts 1), the protocol of the implicit-feedback literature and of our targets.
+        max_users: evaluate a uniform random sample of this many of the part's users (drawn with ``seed``, so
+            the same split, seed and size give the same users) instead of all of them (``None``, or a part
+            with fewer users: all). Means are then estimates, and the bootstrap intervals, computed over the
+            sampled users, are as wide as the sample size makes them; ``Report.n_users`` is the sample size.
 
     Returns:
         A :class:`Report` with per-user values, means, 95% intervals and beyond-accuracy metrics.
@@ -342,6 +347,12 @@ def evaluate(
     relevant, has_grades = relevance_matrix(held_out)
     graded = graded and has_grades
     candidates = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    if max_users is not None:
+        if max_users < 1:
+            raise ParameterError(f"max_users must be positive, got {max_users}")
+        if len(candidates) > max_users:
+            rng = np.random.default_rng([seed, 7])
+            candidates = np.sort(rng.choice(candidates, size=max_users, replace=False))
     known = _known_mask(train.users.ids[candidates], model.users_.ids)
     user_idx = candidates[known]
     user_ids = train.users.ids[user_idx]

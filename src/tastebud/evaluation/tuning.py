@@ -67,7 +67,9 @@ Param = IntParam | FloatParam | CategoricalParam
 SEARCH_SPACES: dict[str, dict[str, Param]] = {
     "als": {
         "factors": IntParam(16, 256, log=True),
-        "regularization": FloatParam(1e-3, 10.0, log=True),
+        # up to 1000: play counts want about 100 (alpha 7, log confidence; bench/RESULTS.md, "Defaults per kind of
+        # feedback"), ratings 50 (ALSConfig's default); a cap at 10 kept tuning below both
+        "regularization": FloatParam(1e-3, 1000.0, log=True),
         "alpha": FloatParam(0.1, 100.0, log=True),
         "iterations": IntParam(5, 30),
         "confidence": CategoricalParam(("linear", "log")),

@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "seqtrans": "tastebud.models.sequential:SeqTransRecommender",
     "rp3beta": "tastebud.models.rp3beta:RP3betaRecommender",
     "slim": "tastebud.models.slim:SLIMRecommender",
+    "multvae": "tastebud.models.vae:MultVAERecommender",
     "svd": "tastebud.models.svd:SVDRecommender",
     "content": "tastebud.models.content:ContentRecommender",
     "hybrid": "tastebud.models.hybrid:HybridRecommender",

@@ -9,6 +9,10 @@ The paper writes ``1 + alpha * r``; the two differ by the constant 1 on observed
 :meth:`ALSRecommender.fit_warm` retrains from a previous model's factors (a warm start): implicit keeps factors
 that are set before ``fit``, and its conjugate-gradient solver starts each row from its current vector, so a few
 sweeps from the champion reach the quality of a full cold fit.
+
+``engine="spark"`` fits the same model with pyspark MLlib's ALS instead (:mod:`tastebud.models.spark_als`, which
+documents how Spark's ``alpha`` and ``regParam`` are matched to these parameters): the factors come back in the
+dataset's user and item order and everything after the fit (bundle, serving, explanations, fold-in) is unchanged.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 #: Explanations are precomputed at load time within this many bytes: per training interaction ``(u, j)`` the row
 #: ``c_uj · y_jᵀ W_u⁻¹`` (float32; ML-100K: 20 MiB), else per user ``W_u⁻¹`` (ML-100K: 15 MiB; 10K users at d=64:
-#: 160 MiB); beyond both, ``W_u`` is solved per request.
+#: 160 MiB); beyond both, ``W_u⁻¹`` of the users with the longest histories (whose ``W_u`` costs most to build per
+#: request: ML-25M's 16K longest of 162K at d=64), and ``W_u`` is solved per request for the others.
 EXPLAIN_CACHE_BYTES = 256 * 2**20
+#: Users with at most this many training interactions per factor never take a slot of the partial inverse cache:
+#: building their ``W_u`` per request costs about what applying a cached inverse does.
+EXPLAIN_PARTIAL_MIN_RATIO = 1.0
 #: Defaults per kind of feedback (:func:`~tastebud.models._training.feedback_kind`) for the fields a caller leaves
 #: unset; ``ALSConfig``'s own defaults serve ratings and binary data. Play counts are heavy-tailed: a linear
 #: confidence of ``10 * plays`` lets a few obsessive listens dominate, so counts get Hu et al.'s log confidence,
@@ -61,6 +69,12 @@ class ALSConfig(FactorConfig):
     """Scale of the ``log`` confidence, in value units (plays)."""
     use_cg: bool = True
     """Use implicit's conjugate-gradient solver (faster); False solves each user exactly by Cholesky."""
+    engine: Literal["implicit", "spark"] = "implicit"
+    """Who fits the factors: ``implicit`` (in this process) or ``spark`` (pyspark MLlib ALS on the settings'
+    ``spark.master``, default ``local[*]``; needs the ``spark`` extra and Java). Both write the same bundle."""
+    spark_reg_param: float | None = Field(None, ge=0.0)
+    """With ``engine=spark``: Spark's ``regParam`` as given (None: mapped from ``regularization``, see
+    :func:`tastebud.models.spark_als.reg_param`)."""
     warm_iterations: int = Field(WARM_ITERATIONS_DEFAULT, ge=0)
     """Sweeps of :meth:`ALSRecommender.fit_warm` from a previous model's factors (``iterations`` stays the count
     of a cold fit). The default was chosen in bench/RESULTS.md, "Retraining: warm-start vs cold ALS"."""
@@ -82,6 +96,8 @@ class ALSRecommender(FactorRecommender):
     def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
         self._requested = self.config
+        #: how the factors were fitted (engine, master, Spark version, ...); set by ``fit`` with the spark engine.
+        self.engine_info_: dict[str, Any] | None = None
 
     def fit(self, dataset: Dataset) -> Self:
         """Factorise ``dataset`` with the defaults of its kind of feedback for unset parameters; returns self."""
@@ -96,6 +112,19 @@ class ALSRecommender(FactorRecommender):
 
     def _train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
+        if cfg.engine == "spark":
+            from tastebud.models import spark_als
+
+            user_factors, item_factors, self.engine_info_ = spark_als.fit(
+                self._scaled(matrix),
+                factors=cfg.factors,
+                iterations=cfg.iterations,
+                regularization=cfg.regularization,
+                alpha=cfg.alpha,
+                random_state=cfg.random_state,
+                reg_param_override=cfg.spark_reg_param,
+            )
+            return user_factors, item_factors
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only adds contention
         with threadpool_limits(limits=1, user_api="blas"):
             model = self._solver(cfg.iterations)
@@ -131,8 +160,9 @@ class ALSRecommender(FactorRecommender):
         ``fit`` and its conjugate-gradient solver starts from them. The result is an ordinary fitted model (same
         save format, explanations, fold-in); ``previous`` is left unchanged.
 
-        When ``previous`` is not a fitted ALS with the same ``factors`` this is a plain cold :meth:`fit` (with
-        the config's ``iterations``), and the reason is logged.
+        When ``previous`` is not a fitted ALS with the same ``factors``, or this model's engine is ``spark`` (MLlib
+        ALS takes no initial factors), this is a plain cold :meth:`fit` (with the config's ``iterations``), and
+        the reason is logged.
 
         Args:
             dataset: the data to fit, typically the champion's data plus the events since.
@@ -166,6 +196,8 @@ class ALSRecommender(FactorRecommender):
 
     def _warm_start_refusal(self, previous: Recommender) -> str | None:
         """Why ``previous`` cannot seed a warm start (``None``: it can)."""
+        if self.config.engine == "spark":
+            return "the spark engine cannot start from given factors"
         if not isinstance(previous, ALSRecommender):
             return f"previous model is {getattr(previous, 'name', type(previous).__name__)!r}, not als"
         if not previous.is_fitted or previous.user_factors_ is None or previous.item_factors_ is None:
@@ -226,6 +258,8 @@ class ALSRecommender(FactorRecommender):
         """
         super()._prepare()
         self.user_inv_: np.ndarray | None = None
+        #: per user, the slot of its ``W_u⁻¹`` in ``user_inv_`` (-1: none); ``None`` when every user has one
+        self.inv_slot_: np.ndarray | None = None
         self.explain_rows_: np.ndarray | None = None
         self._inv_cached = False
 
@@ -241,27 +275,37 @@ class ALSRecommender(FactorRecommender):
 
         Preferred: per training interaction ``(u, j)``, the row ``c_uj · y_jᵀ W_u⁻¹`` (aligned with ``seen_``'s
         entries), so the contributions to the k recommended items are ``rows[u] @ Y[rec]ᵀ``. Else the inverses
-        ``W_u⁻¹`` per user. NumPy only, here and in :meth:`_explain_row`: server processes cap NumPy's BLAS at one
+        ``W_u⁻¹`` per user; else the inverses of as many users as fit, longest histories first (building ``W_u``
+        costs ``O(n_u d²)`` per request: 25 ms for a 12,000-item history at d=64, against about 1 ms with the
+        inverse cached). NumPy only, here and in :meth:`_explain_row`: server processes cap NumPy's BLAS at one
         thread, while SciPy's LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends
         between workers.
         """
         self._inv_cached = True
+        self.explain_rows_ = self.user_inv_ = self.inv_slot_ = None
         assert self.users_ is not None and self.item_factors_ is not None
         n, d = len(self.users_), self.n_dims
         indptr, indices, data = self.seen_.indptr, self.seen_.indices, self.seen_.data
         by_row = len(indices) * d * 4 <= EXPLAIN_CACHE_BYTES
+        users = np.arange(n)
         if not by_row and n * d * d * 4 > EXPLAIN_CACHE_BYTES:
-            return
+            lengths = np.diff(indptr)
+            longest = np.argsort(-lengths, kind="stable")[: EXPLAIN_CACHE_BYTES // (d * d * 4)]
+            users = np.sort(longest[lengths[longest] > EXPLAIN_PARTIAL_MIN_RATIO * d])
+            if not len(users):
+                return
+            self.inv_slot_ = np.full(n, -1, dtype=np.int64)
+            self.inv_slot_[users] = np.arange(len(users))
         y = self.item_factors_
-        store = np.empty((len(indices), d) if by_row else (n, d, d), dtype=np.float32)
-        for u in range(n):  # one d x d inversion per user, at load time only
+        store = np.empty((len(indices), d) if by_row else (len(users), d, d), dtype=np.float32)
+        for slot, u in enumerate(users.tolist()):  # one d x d inversion per user, at load time only
             lo, hi = indptr[u], indptr[u + 1]
             conf = self._confidence(data[lo:hi])
             inv = _inverse(self._user_system(indices[lo:hi], conf)[0])
             if by_row:
                 store[lo:hi] = (y[indices[lo:hi]].astype(np.float64) @ inv) * conf[:, None]  # W_u is symmetric
             else:
-                store[u] = inv
+                store[slot] = inv
         if by_row:
             self.explain_rows_ = store
         else:
@@ -285,8 +329,10 @@ class ALSRecommender(FactorRecommender):
             contrib = self.explain_rows_[lo:hi] @ y_rec
         else:
             conf = self._confidence(self.seen_.data[lo:hi])
-            if self.user_inv_ is not None:
-                weighted = self.user_inv_[u] @ y_rec  # W_u⁻¹ y_i, one column per recommended item
+            inverses = self.user_inv_
+            slot = u if self.inv_slot_ is None else int(self.inv_slot_[u])
+            if inverses is not None and slot >= 0:
+                weighted = inverses[slot] @ y_rec  # W_u⁻¹ y_i, one column per recommended item
             else:
                 a, _ = self._user_system(seen_idx, conf)
                 weighted = _solve(a, y_rec.astype(np.float64))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -262,8 +264,40 @@ def read_json(path: Path) -> Any:
         raise BundleError(f"{path}: not valid JSON ({err})") from err
 
 
+#: Paths that a bundle stores once elsewhere (model file -> shared file), and the arrays already read from each
+#: shared file, while :func:`linked_arrays` is active.
+_LINKS: ContextVar[tuple[Mapping[Path, Path], dict[Path, np.ndarray]] | None] = ContextVar("_LINKS", default=None)
+
+
+@contextmanager
+def linked_arrays(links: Mapping[Path, Path]) -> Iterator[None]:
+    """Within the block, :func:`load_array` reads ``links[path]`` for a ``path`` stored once elsewhere.
+
+    A bundle keeps an array that several of its models hold byte for byte (the training interactions of the
+    model and its fallbacks) once, under ``shared/`` (:mod:`tastebud.registry.bundle`). Every model that reads
+    it within one block gets the same read-only array, so it is held in memory once too.
+    """
+    token = _LINKS.set(({Path(k): Path(v) for k, v in links.items()}, {}))
+    try:
+        yield
+    finally:
+        _LINKS.reset(token)
+
+
 def load_array(path: Path) -> np.ndarray:
     """Load a ``.npy`` array without pickle, with a clear error naming the file."""
+    active = _LINKS.get()
+    if active is not None and Path(path) in active[0]:
+        target = active[0][Path(path)]
+        if target not in active[1]:
+            arr = _read_array(target)
+            arr.flags.writeable = False  # one array for several models: none may change it for the others
+            active[1][target] = arr
+        return active[1][target]
+    return _read_array(path)
+
+
+def _read_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError as err:

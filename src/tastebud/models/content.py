@@ -72,8 +72,11 @@ class ContentRecommender(Recommender):
     """TF-IDF content model: cosine between a user's weighted profile and item vectors.
 
     Learned state: ``item_vectors_`` (items x tokens CSR, rows L2-normalised or empty), ``vocabulary_``
-    (token per column), ``idf_``, ``user_profiles_`` (users x tokens CSR, rows L2-normalised), ``weights_``
-    (users x items CSR of profile weights; its pattern is what each user interacted with).
+    (token per column), ``idf_``, ``weights_`` (users x items CSR of profile weights; its pattern is what each
+    user interacted with, ``seen_``). A user's profile (``weights_`` row times ``item_vectors_``, L2-normalised) is
+    built when the user is scored, not at fit: profiles of every user are as large as the interactions
+    themselves and cost more to build than the rest of the fit, while serving scores a few users at a time.
+    ``user_profiles_`` holds them only for a model loaded from a bundle that stored them.
     """
 
     name = "content"
@@ -97,9 +100,8 @@ class ContentRecommender(Recommender):
         """
         vectors, vocabulary, idf = item_vectors(dataset.item_meta, self.config)
         weights = _profile_weights(dataset, self.config.weighting)
-        profiles = _l2_rows(sp.csr_matrix(weights @ vectors))
         self.item_vectors_, self.vocabulary_, self.idf_ = vectors, vocabulary, idf
-        self.user_profiles_, self.weights_ = profiles, weights
+        self.user_profiles_, self.weights_ = None, weights
         self.seen_ = _pattern(weights)
         self.users_, self.items_ = dataset.users, dataset.items
         empty = int((np.diff(vectors.indptr) == 0).sum())
@@ -197,22 +199,28 @@ class ContentRecommender(Recommender):
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:
-        """Write the TF-IDF matrix, profiles and weights as CSR arrays and the vocabulary as JSON."""
+        """Write the TF-IDF matrix and weights as CSR arrays and the vocabulary as JSON.
+
+        The seen matrix is the pattern of the weights and profiles are built from the weights, so neither is
+        written (``model.json`` records ``"seen": {"pattern_of": "weights"}``).
+        """
         self.check_fitted()
         assert self.idf_ is not None and self.item_vectors_ is not None
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        extra = {
-            name: sc.save_csr(directory, name, getattr(self, f"{name}_"))
-            for name in ("item_vectors", "user_profiles", "weights")
-        }
-        sc.save_state(self, directory, {"matrices": extra, "n_tokens": len(self.vocabulary_)})
+        extra = {name: sc.save_csr(directory, name, getattr(self, f"{name}_")) for name in ("item_vectors", "weights")}
+        sc.save_state(
+            self, directory, {"matrices": extra, "n_tokens": len(self.vocabulary_)}, seen={"pattern_of": "weights"}
+        )
         np.save(directory / "idf.npy", self.idf_, allow_pickle=False)
         write_json(directory / "vocabulary.json", self.vocabulary_)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        """Read a model written by :meth:`save` (no re-vectorisation: the TF-IDF matrix is stored)."""
+        """Read a model written by :meth:`save` (no re-vectorisation: the TF-IDF matrix is stored).
+
+        A model saved with its profiles and seen matrix (bundles written before they were derived) loads them.
+        """
         directory = Path(directory)
         model, meta = sc.load_state(cls, directory)
         assert model.users_ is not None and model.items_ is not None
@@ -220,22 +228,29 @@ class ContentRecommender(Recommender):
         if not isinstance(vocabulary, list) or len(vocabulary) != meta.get("n_tokens"):
             raise BundleError(f"{directory}/vocabulary.json: expected {meta.get('n_tokens')} tokens")
         n_users, n_items, n_tokens = len(model.users_), len(model.items_), len(vocabulary)
-        shapes = {
-            "item_vectors": (n_items, n_tokens),
-            "user_profiles": (n_users, n_tokens),
-            "weights": (n_users, n_items),
-        }
+        shapes = {"item_vectors": (n_items, n_tokens), "weights": (n_users, n_items)}
+        if "user_profiles" in meta.get("matrices", {}):
+            shapes["user_profiles"] = (n_users, n_tokens)
         for name, shape in shapes.items():
             setattr(model, f"{name}_", sc.load_csr(directory, name, shape))
+        if model.seen_ is None:
+            model.seen_ = _pattern(model.weights_)
         model.vocabulary_ = [str(t) for t in vocabulary]
         model.idf_ = sc.load_checked(directory / "idf.npy", (n_tokens,), np.floating)
         return model
 
     def _score(self, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
         """Cosine between the profiles of ``rows`` (user indices) and the vectors of ``cols`` (or all)."""
-        assert self.user_profiles_ is not None and self.item_vectors_ is not None
+        assert self.item_vectors_ is not None
         vectors = self.item_vectors_ if cols is None else self.item_vectors_[cols]
-        return (self.user_profiles_[rows] @ vectors.T).toarray()
+        return (self._profiles(rows) @ vectors.T).toarray()
+
+    def _profiles(self, rows: np.ndarray) -> sp.csr_matrix:
+        """L2-normalised profiles of the users at ``rows``: their weights times the item vectors."""
+        if self.user_profiles_ is not None:
+            return self.user_profiles_[rows]
+        assert self.weights_ is not None and self.item_vectors_ is not None
+        return _l2_rows(sp.csr_matrix(self.weights_[rows] @ self.item_vectors_))
 
     def check_fitted(self) -> None:
         if self.item_vectors_ is None:
@@ -344,10 +359,12 @@ def _profile_weights(dataset: Dataset, weighting: str) -> sp.csr_matrix:
 
 
 def _pattern(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """Binary CSR with the same stored entries as ``matrix`` (explicit zeros included)."""
-    out = sp.csr_matrix(matrix, copy=True)
-    out.data = np.ones_like(out.data, dtype=np.float32)
-    return out
+    """Binary CSR with the same stored entries as ``matrix`` (explicit zeros included).
+
+    It shares ``matrix``'s index arrays (neither is changed in place), so the pattern costs only its data.
+    """
+    data = np.ones(matrix.nnz, dtype=np.float32)
+    return sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
 
 
 def _l2_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:

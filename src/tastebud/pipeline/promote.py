@@ -36,9 +36,9 @@ class PromotionResult:
         return self.decision.action in ("promoted", "forced")
 
 
-def _eval_key(manifest: dict[str, Any]) -> tuple[Any, Any]:
+def _eval_key(manifest: dict[str, Any]) -> tuple[Any, Any, Any]:
     ev = manifest.get("extra", {}).get("evaluation", {})
-    return ev.get("eval_snapshot_id"), ev.get("k")
+    return ev.get("eval_snapshot_id"), ev.get("k"), ev.get("max_users")
 
 
 def _primary(manifest: dict[str, Any]) -> str:
@@ -116,7 +116,7 @@ def _reevaluate(
 ) -> GateResult:
     """Evaluate both bundles on the candidate's validation split and run the gate on those numbers."""
     from tastebud.evaluation.protocol import evaluate
-    from tastebud.pipeline.train import rebuild_split, report_metrics
+    from tastebud.pipeline.train import rebuild_split, recorded_max_users, report_metrics
 
     logger.info("validation snapshots differ: re-evaluating both", extra={"model": candidate.name})
     split = rebuild_split(cand_manifest, settings)
@@ -125,7 +125,10 @@ def _reevaluate(
     metrics = []
     for mv in (candidate, champion):
         bundle = load_bundle(registry.bundle_path(mv), verifier=registry.verifier)
-        metrics.append(report_metrics(evaluate(bundle.model, split, part="validation", k=k, seed=seed)))
+        max_users = recorded_max_users(cand_manifest)
+        metrics.append(
+            report_metrics(evaluate(bundle.model, split, part="validation", k=k, seed=seed, max_users=max_users))
+        )
     result = check_gate(metrics[0], metrics[1], settings.registry, primary=primary, baseline=baseline)
     result.reevaluated = True
     return result

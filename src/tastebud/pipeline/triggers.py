@@ -22,9 +22,9 @@ a retrain which left the champion in place fires again only on events that arriv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -379,7 +379,9 @@ class TriggerChecker:
         registry: a model registry (``get_alias``, ``get``, ``bundle_path``, ``manifest``; default the real one).
         store: an open event store (default: one opened and closed per check).
         reference_loader: builds the champion's training data for drift (default :func:`champion_reference`).
-        state_path: where the last attempt is remembered across processes (default ``<home>/pipeline/triggers.json``).
+        state_path: where earlier versions remembered the last attempt (default ``<home>/pipeline/triggers.json``);
+            it is now remembered in the store (``trigger_state``), shared by every process and machine, and such a
+            file is imported once and renamed ``triggers.json.imported``.
     """
 
     def __init__(
@@ -493,29 +495,51 @@ class TriggerChecker:
         champion = self._champion
         if champion is None:
             return
-        state = {
-            "model_name": self.model_name, "champion_version": champion.version,
-            "through_id": int(through_id if through_id is not None else self.last_event_id),
-            "at": datetime.now(UTC).isoformat(),
-        }  # fmt: skip
-        path = self.state_path
+        through = int(through_id if through_id is not None else self.last_event_id)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as err:  # losing the memory costs one repeated retrain, never a wrong model
-            logger.warning("could not record the retrain attempt", extra={"path": str(path), "error": str(err)})
+            store, owned = self._open_store()
+            try:
+                store.put_trigger_state(self.model_name, champion_version=champion.version, through_id=through)
+            finally:
+                if owned:
+                    store.close()
+        except TastebudError as err:  # losing the memory costs one repeated retrain, never a wrong model
+            logger.warning("could not record the retrain attempt", extra={"error": str(err)})
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            store, owned = self._open_store()
+            try:
+                self._import_state_file(store)
+                state = store.get_trigger_state(self.model_name)
+            finally:
+                if owned:
+                    store.close()
+        except TastebudError as err:
+            logger.warning("unreadable trigger state, ignored", extra={"error": str(err)})
             return {}
-        except (OSError, ValueError) as err:
-            logger.warning("unreadable trigger state, ignored", extra={"path": str(self.state_path), "error": str(err)})
-            return {}
-        return state if isinstance(state, dict) else {}
+        return {"model_name": self.model_name, **state} if state else {}
+
+    def _import_state_file(self, store: Any) -> None:
+        """Import the ``triggers.json`` of an earlier version (one model's state) unless the store has that model's
+        state already, then rename it ``triggers.json.imported``."""
+        path = self.state_path
+        if not path.is_file():
+            return
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            name, version, through = state["model_name"], int(state["champion_version"]), int(state["through_id"])
+        except FileNotFoundError:  # another process imported it just now
+            return
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            logger.warning("unreadable trigger state file, not imported", extra={"path": str(path), "error": str(err)})
+            name = None
+        if name is not None and store.get_trigger_state(name) is None:
+            store.put_trigger_state(name, champion_version=version, through_id=through)
+        target = path.with_name(path.name + ".imported")
+        with contextlib.suppress(FileNotFoundError):
+            path.rename(target)
+            logger.warning("retrain trigger state moved into the store; %s is kept as %s, no longer read", path, target)
 
     def _open_store(self) -> tuple[Any, bool]:
         if self._store is not None:

@@ -27,7 +27,7 @@ from tastebud.config import Settings
 from tastebud.errors import BundleError, RegistryError
 from tastebud.registry.bundle import MANIFEST, check_model_arrays, parse_manifest, verify_bundle
 from tastebud.registry.signing import SIGNATURE, Verifier, verifier_from_settings
-from tastebud.registry.tracking import log_run, make_client, tracking_uri, with_retries
+from tastebud.registry.tracking import log_artifact_dir, log_run, make_client, tracking_uri, with_retries
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion as MlflowModelVersion
@@ -163,7 +163,8 @@ class ModelRegistry:
                 client=client,
             ).run_id
         elif not with_retries(lambda: client.list_artifacts(run_id, "bundle"), "list artifacts"):
-            with_retries(lambda: client.log_artifacts(run_id, str(bundle_dir), "bundle"), "log bundle")
+            uri = with_retries(lambda: client.get_run(run_id), "get run").info.artifact_uri
+            log_artifact_dir(client, run_id, bundle_dir, "bundle", artifact_uri=str(uri))
         run = with_retries(lambda: client.get_run(run_id), "get run")
         source = f"{run.info.artifact_uri.rstrip('/')}/bundle"
         with contextlib.suppress(MlflowException):  # it exists already
@@ -259,7 +260,7 @@ class ModelRegistry:
         target = self.cache_dir / mv.name / str(mv.version)
         if (target / MANIFEST).is_file():
             try:
-                verify_bundle(target)
+                verify_bundle(target, verifier=self.verifier)
                 return target
             except BundleError:
                 logger.warning("cached bundle is corrupt; downloading again", extra={"path": str(target)})
@@ -324,6 +325,9 @@ class ModelRegistry:
         return target
 
     def _download(self, source: str, target: Path) -> None:
+        """Download a bundle into ``target``: into a temporary sibling first, verified there (signature when a key
+        is configured, then every checksum), and only then moved into place, so the cache never holds a bundle that
+        was altered in the artifact store or truncated on the way."""
         import mlflow.artifacts
 
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +340,12 @@ class ModelRegistry:
                 "download bundle",
             )
             got = tmp / "bundle" if (tmp / "bundle" / MANIFEST).is_file() else tmp
-            verify_bundle(got)
+            try:
+                verify_bundle(got, verifier=self.verifier)
+            except BundleError as err:  # name the artifact, not the temporary directory it was checked in
+                raise BundleError(
+                    f"{source}: downloaded bundle refused: {str(err).replace(str(got), 'bundle')}"
+                ) from err
             if target.exists():
                 shutil.rmtree(target)
             got.rename(target)

@@ -13,8 +13,18 @@ Layout::
     model/                 the main model (Recommender.save)
     fallback/popular/      always
     fallback/content/      when the training data has item metadata
+    shared/                arrays that several models hold byte for byte, stored once (schema version 2)
     items.json             item metadata aligned with the model's item ids
     signature.json         signature of manifest.json (only when signing is configured; not in the manifest)
+
+Shared arrays: the main model and its fallbacks are fitted on the same training data, so each saves the same
+user x item matrix of what users have seen (``seen_indices.npy``, ``seen_indptr.npy``, often ``seen_data.npy``).
+:func:`write_bundle` keeps one copy of every ``.npy`` array of at least :data:`SHARE_MIN_BYTES` that several
+parts hold byte for byte, as ``shared/<sha256 prefix>.npy``, and the manifest's ``shared`` field maps each
+model path to it (``{"model/seen_indices.npy": "shared/3fa1....npy", ...}``). The shared file is listed in
+``files`` like every other, so its checksum (and the signature over the manifest) covers it. Loading resolves the
+links, and the models that share an array share it in memory too. A bundle with shared arrays has schema version
+2; one without (every small bundle, and every bundle written before) keeps version 1 and loads as before.
 """
 
 from __future__ import annotations
@@ -36,16 +46,23 @@ from tastebud.data.dataset import Dataset
 from tastebud.data.io import atomic_dir
 from tastebud.errors import BundleError
 from tastebud.models import MODELS, model_class
-from tastebud.models.base import Recommender, read_json
+from tastebud.models.base import Recommender, linked_arrays, read_json
 from tastebud.registry.signing import SIGNATURE
 
 if TYPE_CHECKING:
     from tastebud.registry.signing import Signer, Verifier
 
-#: Version of the bundle layout and manifest; a loader refuses any other.
+#: Version of the bundle layout and manifest when every model holds its own arrays.
 BUNDLE_SCHEMA_VERSION: int = 1
+#: Version of a bundle that stores arrays shared by several models once (``shared/`` and ``manifest["shared"]``).
+SHARED_SCHEMA_VERSION: int = 2
+#: Versions a loader accepts; it refuses any other.
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (BUNDLE_SCHEMA_VERSION, SHARED_SCHEMA_VERSION)
 MANIFEST = "manifest.json"
 ITEMS_FILE = "items.json"
+SHARED_DIR = "shared"
+#: Arrays at least this large that several models of a bundle hold byte for byte are stored once.
+SHARE_MIN_BYTES: int = 1 << 20
 _CHUNK = 1 << 20
 #: Elements checked for NaN/inf at a time (bounds the temporary mask of a large memory-mapped array).
 _BLOCK = 1 << 22
@@ -143,6 +160,7 @@ def write_bundle(
     fallback: dict[str, Recommender] | None = None,
     extra: dict[str, Any] | None = None,
     signer: Signer | None = None,
+    share_min_bytes: int | None = SHARE_MIN_BYTES,
 ) -> Path:
     """Write a fitted model, its fallbacks and item metadata as a bundle directory, atomically.
 
@@ -156,6 +174,8 @@ def write_bundle(
         extra: more JSON-able provenance (how to rebuild the data, split parameters, timings).
         signer: signs the manifest (``signature.json``) when given
             (:func:`~tastebud.registry.signing.signer_from_settings`).
+        share_min_bytes: arrays of at least this many bytes that several models hold byte for byte are stored
+            once under ``shared/`` (``None``: never; every model keeps its own copy, schema version 1).
 
     Returns:
         The bundle directory.
@@ -177,8 +197,9 @@ def write_bundle(
             _check_arrays(tmp / "fallback" / name, f"fallback {name!r}")
         _write_items(tmp / ITEMS_FILE, model, train)
         files = {_rel(p, tmp): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        shared = {} if share_min_bytes is None else _share_duplicates(tmp, files, share_min_bytes)
         manifest = {
-            "schema_version": BUNDLE_SCHEMA_VERSION,
+            "schema_version": SHARED_SCHEMA_VERSION if shared else BUNDLE_SCHEMA_VERSION,
             "model": {"name": model.name, "class": MODELS[model.name], "params": model.params()},
             "created_at": utc_now(),
             "package_version": package_version(),
@@ -195,6 +216,7 @@ def write_bundle(
             "metrics": clean_metrics,
             "fallback": sorted(fallback),
             "files": files,
+            **({"shared": shared} if shared else {}),
             "extra": _json_safe({k: v for k, v in (extra or {}).items() if k != "split"}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
@@ -205,6 +227,65 @@ def write_bundle(
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def _share_duplicates(root: Path, files: dict[str, str], min_bytes: int) -> dict[str, str]:
+    """Keep one copy of each model array that several parts of the bundle at ``root`` hold byte for byte.
+
+    Every group of ``.npy`` files under ``model/`` and ``fallback/`` of at least ``min_bytes`` with one sha256 is
+    replaced by ``shared/<sha256 prefix>.npy``; ``files`` (path -> sha256) is updated in place.
+
+    Returns:
+        Each replaced path -> its shared file, both relative to ``root``.
+    """
+    groups: dict[str, list[str]] = {}
+    for rel, digest in files.items():
+        in_model = rel.endswith(".npy") and rel.split("/", 1)[0] in ("model", "fallback")
+        if in_model and (root / rel).stat().st_size >= min_bytes:
+            groups.setdefault(digest, []).append(rel)
+    links: dict[str, str] = {}
+    for digest, rels in sorted(groups.items()):
+        if len(rels) < 2:
+            continue
+        target = f"{SHARED_DIR}/{digest[:32]}.npy"
+        (root / SHARED_DIR).mkdir(exist_ok=True)
+        os.replace(root / rels[0], root / target)
+        for rel in rels[1:]:
+            (root / rel).unlink()
+        for rel in rels:
+            del files[rel]
+            links[rel] = target
+        files[target] = digest
+    return dict(sorted(links.items()))
+
+
+def shared_links(directory: Path, manifest: dict[str, Any]) -> dict[Path, Path]:
+    """The manifest's ``shared`` field as absolute paths: model file -> the shared file holding its bytes.
+
+    Raises:
+        BundleError: the field is not a mapping of model paths to files under ``shared/`` listed in ``files``.
+    """
+    directory = Path(directory)
+    raw = manifest.get("shared", {})
+    where = directory / MANIFEST
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: field 'shared' is not a mapping of model file to shared file")
+    listed = manifest.get("files", {})
+    links: dict[Path, Path] = {}
+    for rel, target in raw.items():
+        if not (isinstance(rel, str) and isinstance(target, str)):
+            raise BundleError(f"{where}: field 'shared' maps {rel!r} to {target!r}; expected file paths")
+        if rel.split("/", 1)[0] not in ("model", "fallback") or ".." in rel.split("/"):
+            raise BundleError(f"{where}: shared entry {rel!r} is not a file of a model of the bundle")
+        if not target.startswith(f"{SHARED_DIR}/") or ".." in target.split("/") or target not in listed:
+            raise BundleError(
+                f"{where}: shared entry {rel!r} points to {target!r}, which is not a file under {SHARED_DIR}/ "
+                "listed in the manifest's files"
+            )
+        if rel in listed:
+            raise BundleError(f"{where}: {rel!r} is both a file of the bundle and a link to {target!r}")
+        links[directory / rel] = directory / target
+    return links
 
 
 def _check_fitted(model: Recommender, what: str) -> None:
@@ -236,7 +317,14 @@ def _count_nonfinite(arr: np.ndarray) -> int:
     return sum(int((~np.isfinite(flat[i : i + _BLOCK])).sum()) for i in range(0, flat.size, _BLOCK))
 
 
-def _check_arrays(directory: Path, what: str, *, action: str = "bundle", root: Path | None = None) -> None:
+def _check_arrays(
+    directory: Path,
+    what: str,
+    *,
+    action: str = "bundle",
+    root: Path | None = None,
+    links: Mapping[Path, Path] | None = None,
+) -> None:
     """Refuse empty models: no arrays, an empty or all-zero parameter matrix, or any NaN/inf value.
 
     Parameter matrices (float arrays of two or more dimensions: factors, weights) can never legitimately be
@@ -248,12 +336,15 @@ def _check_arrays(directory: Path, what: str, *, action: str = "bundle", root: P
         what: the model named in the error.
         action: the verb of the error (``bundle``, ``load``, ``register``).
         root: files are named relative to it (default: by their name alone).
+        links: the bundle's shared arrays (:func:`shared_links`); those of this model are checked too.
     """
-    arrays = sorted(directory.rglob("*.npy"))
+    stored = [(path, path) for path in directory.rglob("*.npy")]
+    linked = [(path, target) for path, target in (links or {}).items() if path.is_relative_to(directory)]
+    arrays = sorted(stored + linked)
     total = 0
-    for path in arrays:
-        arr = _map_array(path)
-        label = _rel(path, root) if root is not None else path.name
+    for path, source in arrays:
+        arr = _map_array(source)
+        label = _rel(source, root) if root is not None else path.name
         total += arr.size
         if not np.issubdtype(arr.dtype, np.floating):
             continue
@@ -275,11 +366,12 @@ def check_model_arrays(directory: Path, manifest: dict[str, Any], *, action: str
         BundleError: naming the file (relative to the bundle) and the model.
     """
     directory = Path(directory)
-    _check_arrays(
-        directory / "model", f"model {manifest['model'].get('name')!r} of {directory}", action=action, root=directory
-    )
+    links = shared_links(directory, manifest)
+    what = f"model {manifest['model'].get('name')!r} of {directory}"
+    _check_arrays(directory / "model", what, action=action, root=directory, links=links)
     for fb in manifest.get("fallback", []):
-        _check_arrays(directory / "fallback" / fb, f"fallback {fb!r} of {directory}", action=action, root=directory)
+        what = f"fallback {fb!r} of {directory}"
+        _check_arrays(directory / "fallback" / fb, what, action=action, root=directory, links=links)
 
 
 def _check_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -349,9 +441,12 @@ def parse_manifest(directory: Path, manifest: Any) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{directory / MANIFEST}: expected a JSON object")
     version = manifest.get("schema_version")
-    if version != BUNDLE_SCHEMA_VERSION:
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        expected = " or ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
+        raise BundleError(f"{directory / MANIFEST}: schema_version {version!r} is not supported (expected {expected})")
+    if manifest.get("shared") and version != SHARED_SCHEMA_VERSION:
         raise BundleError(
-            f"{directory / MANIFEST}: schema_version {version!r} is not supported (expected {BUNDLE_SCHEMA_VERSION})"
+            f"{directory / MANIFEST}: field 'shared' needs schema_version {SHARED_SCHEMA_VERSION}, found {version!r}"
         )
     for key in ("model", "data", "files", "metrics", "created_at"):
         if key not in manifest:
@@ -403,6 +498,7 @@ def check_bundle(directory: Path, *, verifier: Verifier | None = None) -> tuple[
                 f"{directory / rel}: sha256 mismatch (file truncated or altered; "
                 f"expected {expected[:12]}..., got {actual[:12]}...)"
             )
+    shared_links(directory, manifest)  # every link points to a shared file checked above
     return manifest, status
 
 
@@ -438,11 +534,12 @@ def load_bundle(directory: Path, *, verify: bool = True, verifier: Verifier | No
             f"model {model_info.get('name')!r}"
         )
     check_model_arrays(directory, manifest, action="load")
-    model = _load_model(model_info["name"], directory / "model", directory / MANIFEST)
-    fallback = {
-        name: _load_model(name, directory / "fallback" / name, directory / MANIFEST)
-        for name in manifest.get("fallback", [])
-    }
+    with linked_arrays(shared_links(directory, manifest)):
+        model = _load_model(model_info["name"], directory / "model", directory / MANIFEST)
+        fallback = {
+            name: _load_model(name, directory / "fallback" / name, directory / MANIFEST)
+            for name in manifest.get("fallback", [])
+        }
     item_meta = _read_items(directory / ITEMS_FILE)
     return Bundle(
         path=directory, manifest=manifest, model=model, fallback=fallback, item_meta=item_meta, signature=signature
@@ -476,6 +573,8 @@ def bundle_size(directory: Path) -> int:
 
 __all__ = [
     "BUNDLE_SCHEMA_VERSION",
+    "SHARED_SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
     "Bundle",
     "check_bundle",
     "check_model_arrays",
@@ -484,6 +583,7 @@ __all__ = [
     "package_version",
     "parse_manifest",
     "read_manifest",
+    "shared_links",
     "verify_bundle",
     "write_bundle",
 ]

@@ -141,7 +141,7 @@ def log_run(
             lambda: client.log_batch(run_id, metrics=metric_rows, params=param_rows, tags=tag_rows), "log batch"
         )
         for name, directory in (artifacts or {}).items():
-            with_retries(functools.partial(client.log_artifacts, run_id, str(directory), name), f"log {name}")
+            log_artifact_dir(client, run_id, Path(directory), name, artifact_uri=str(run.info.artifact_uri))
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
@@ -151,6 +151,46 @@ def log_run(
         artifact_uri=str(run.info.artifact_uri),
         tracking_uri=tracking_uri(settings),
     )
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The local directory behind a ``file:`` (or scheme-less) artifact URI; ``None`` for any remote store."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):  # a plain path
+        return Path(artifact_uri)
+    return None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not supported: a real copy
+        import shutil
+
+        shutil.copy2(src, dst)
+
+
+def log_artifact_dir(client: MlflowClient, run_id: str, directory: Path, name: str, *, artifact_uri: str) -> None:
+    """Log ``directory`` as the run's artifact directory ``name``.
+
+    In a local artifact store (the embedded default) the files are hard-linked instead of copied: a bundle is
+    never changed in place (:func:`~tastebud.registry.bundle.write_bundle` replaces a directory by renaming a new
+    one), so the registered copy and the bundle written by training can share their bytes on disk, and every
+    load still verifies each file's checksum. Where a link cannot be made (another file system) the file is
+    copied; a remote store gets the files through MLflow as usual.
+    """
+    local = local_artifact_dir(artifact_uri)
+    if local is None:
+        with_retries(functools.partial(client.log_artifacts, run_id, str(directory), name), f"log {name}")
+        return
+    import shutil
+
+    shutil.copytree(directory, local / name, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
 def flat_params(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +204,8 @@ __all__ = [
     "ensure_experiment",
     "flat_params",
     "is_embedded",
+    "local_artifact_dir",
+    "log_artifact_dir",
     "log_run",
     "make_client",
     "tracking_uri",

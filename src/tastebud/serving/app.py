@@ -259,6 +259,17 @@ def _default_request_log(settings: Settings, metrics_: ServingMetrics) -> tuple[
     except Exception as err:  # serving goes on without a request log rather than not at all
         logger.error("request log disabled: cannot open the store (%s)", err)
         return None, None
+    if settings.stream.bootstrap_servers and settings.stream.publish_served:
+        # Kafka mode: records go out as recommendation_served events; the ingest consumer writes them to the store,
+        # which this process still opens for /trace and the real-time follower.
+        from tastebud.stream.served import ServedPublisher
+
+        publisher = ServedPublisher.from_settings(settings, metrics=metrics_)
+        publisher.start()
+        logger.info(
+            "request log published to %s on %s", settings.stream.served_topic, settings.stream.bootstrap_servers
+        )
+        return store, publisher
     writer = RequestLogWriter(
         store,
         maxsize=settings.serving.request_log_queue,

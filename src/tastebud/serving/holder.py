@@ -275,8 +275,13 @@ class ModelHolder:
         try:
             mv = self.registry.resolve(self.name, ref)
             path = self.registry.bundle_path(mv)
-        except TastebudError:
+        except TastebudError as err:
             self.metrics.model_switches.labels(trigger=trigger, outcome="failed").inc()
+            if isinstance(err, BundleError):  # e.g. a download that failed its checks: /health shows why
+                self.last_error = redact_paths(str(err))
+                keep = self._current
+                logger.error("refused %s %s: %s; still serving version %s", self.name, ref, err,
+                             keep.version if keep else None)  # fmt: skip
             raise
         served = self.load_path(path, version=int(mv.version), alias=alias, trigger=trigger)
         if alias == self.alias:

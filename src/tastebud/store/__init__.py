@@ -1,9 +1,10 @@
-"""The event store and request log: the only package that speaks SQL.
+"""The event store, request log, experiments, retrain locks and history, and the registry's decision log: the only
+package that speaks SQL.
 
 SQLite (WAL mode) in the home directory by default, PostgreSQL when ``settings.store.url`` names one::
 
     store = create_store(settings)
-    store.init_schema()
+    store.init_schema()  # upgrades the schema to the newest migration (tastebud.store.migrate)
     writer = RequestLogWriter(store, maxsize=settings.serving.request_log_queue)
     writer.start()
     writer.submit({"request_id": "...", "timestamp": datetime.now(UTC), "endpoint": "recommend", ...})
@@ -14,6 +15,7 @@ SQLite (WAL mode) in the home directory by default, PostgreSQL when ``settings.s
 from tastebud.store.schema import (
     RequestLogRecord,
     dead_letters,
+    decisions,
     events,
     experiment_changes,
     experiments,
@@ -21,6 +23,7 @@ from tastebud.store.schema import (
     metadata,
     request_logs,
     retrains,
+    trigger_state,
 )
 from tastebud.store.sql import SUPPORTED_BACKENDS, Store, create_store
 from tastebud.store.writer import RequestLogWriter
@@ -32,6 +35,7 @@ __all__ = [
     "Store",
     "create_store",
     "dead_letters",
+    "decisions",
     "events",
     "experiment_changes",
     "experiments",
@@ -39,4 +43,5 @@ __all__ = [
     "metadata",
     "request_logs",
     "retrains",
+    "trigger_state",
 ]

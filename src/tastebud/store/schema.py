@@ -1,5 +1,5 @@
-"""The store's tables, as SQLAlchemy Core: the request log, interaction events, dead letters, locks, retrains and
-experiments.
+"""The store's tables, as SQLAlchemy Core: the request log, interaction events, dead letters, locks, retrains,
+experiments and the registry's decision log.
 
 One :data:`metadata` serves SQLite and PostgreSQL alike: JSON columns use SQLAlchemy's portable ``JSON`` type and
 every timestamp goes through :class:`UTCDateTime`, so a timezone-aware datetime goes in and a UTC-aware one comes
@@ -19,7 +19,8 @@ from sqlalchemy.engine import Dialect
 
 from tastebud.errors import DataValidationError
 
-#: Table definitions of the store; :meth:`Store.init_schema` creates whatever is missing.
+#: Table definitions of the store, as the newest migration leaves them (``tastebud/store/migrations/versions``);
+#: :meth:`Store.init_schema` upgrades a database to them. A change here needs a new revision there.
 metadata = sa.MetaData()
 
 # SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a 64-bit identity.
@@ -203,6 +204,38 @@ experiment_changes = sa.Table(
     sa.Column("action", sa.String(32), nullable=False),
     sa.Column("details", _json(), nullable=True),
     sa.Index("ix_experiment_changes_experiment", "experiment", "id"),
+)
+
+#: The registry's decision log (promotions, refusals, forced promotions, rollbacks, abandoned retrains), in the
+#: order made (``id``); see :mod:`tastebud.registry.decisions`. ``import_key`` is set on rows imported from a
+#: ``decisions.jsonl`` of an earlier version (a hash of the line's number and decision): a second import adds nothing.
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("time", UTCDateTime(), nullable=False),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("previous", sa.Integer(), nullable=True),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("numbers", _json(), nullable=False),
+    sa.Column("trigger", sa.String(64), nullable=True),
+    sa.Column("import_key", sa.String(64), nullable=True),
+    sa.Index("ix_decisions_model_name_id", "model_name", "id"),
+    sa.Index("uq_decisions_import_key", "import_key", unique=True),
+)
+
+#: What the retrain triggers remember per model: the last retrain attempt counted events through ``through_id``
+#: while ``champion_version`` was the champion, so a refused retrain is not repeated on the same events.
+trigger_state = sa.Table(
+    "trigger_state",
+    metadata,
+    sa.Column("model_name", sa.String(255), primary_key=True),
+    sa.Column("champion_version", sa.Integer(), nullable=False),
+    sa.Column("through_id", sa.BigInteger(), nullable=False),
+    sa.Column("attempted_at", UTCDateTime(), nullable=False),
 )
 
 #: Column names of each table, in declaration order (what a read returns as dict keys).

@@ -1,5 +1,6 @@
-"""The :class:`Store`: request log, events, dead letters, locks, retrain history and experiments over SQLAlchemy
-(SQLite in WAL mode, or PostgreSQL).
+"""The :class:`Store`: request log, events, dead letters, locks, retrain history, experiments, the registry's
+decision log and the retrain triggers' state over SQLAlchemy (SQLite in WAL mode, or PostgreSQL); the schema is
+upgraded by Alembic migrations (:mod:`tastebud.store.migrate`).
 
 Every write is one transaction and idempotent on its natural key (``request_id``, ``event_id``) through
 ``INSERT .. ON CONFLICT DO NOTHING``, which both dialects speak; a lock is taken by one conditional upsert.
@@ -31,23 +32,23 @@ from sqlalchemy.pool import StaticPool
 from tastebud.config import Settings, get_settings
 from tastebud.errors import DataValidationError, StoreError
 from tastebud.store.schema import (
-    DROPPED_INDEXES,
     EXPERIMENT_COLUMNS,
     RETRAIN_COLUMNS,
     RequestLogRecord,
     dead_letter_row,
     dead_letters,
+    decisions,
     event_row,
     events,
     experiment_changes,
     experiments,
     locks,
-    metadata,
     request_log_row,
     request_logs,
     retrains,
     row_dict,
     to_utc,
+    trigger_state,
     validated_event_row,
 )
 
@@ -69,7 +70,7 @@ def create_store(
 ) -> Store:
     """Open the store at ``url``, else at ``settings.store_url`` (SQLite in the home unless ``store.url`` is set).
 
-    Nothing is connected yet; call :meth:`Store.init_schema` once to create the tables.
+    Nothing is connected yet; call :meth:`Store.init_schema` once to create or upgrade the tables.
 
     Args:
         settings: settings to read the URL from; :func:`get_settings` when omitted.
@@ -130,25 +131,23 @@ class Store:
     # --- schema --------------------------------------------------------------------------------------------------
 
     def init_schema(self) -> None:
-        """Create every missing table and index; running it again changes nothing.
+        """Upgrade the database to the newest schema revision (Alembic, see :mod:`tastebud.store.migrate`); running
+        it again changes nothing. A database made before migrations is recognised and stamped at the baseline first.
 
         Raises:
             StoreError: when the database cannot be reached or refuses the DDL.
         """
+        from tastebud.store import migrate
+
         attempts = 5
         for attempt in range(1, attempts + 1):
             try:
-                with self._begin("schema creation") as conn:
-                    metadata.create_all(conn)
-                    _add_missing_columns(conn)
-                    _add_missing_indexes(conn)
-                    for name in DROPPED_INDEXES:
-                        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+                migrate.upgrade(self)
                 return
             except StoreError as err:
-                # Processes creating the schema at once (the workers of one server): a loser sees "already
-                # exists" (SQLite: an OperationalError) and tries again; a later pass finds every table. On SQLite
-                # in WAL mode a pass that read the schema before another process wrote it cannot upgrade its stale
+                # Migrations are serialised between processes (an advisory lock, a file lock beside a SQLite file);
+                # where that cannot hold (no flock), a loser sees "already exists" and tries again. On SQLite in WAL
+                # mode a pass that read the schema before another process wrote it cannot upgrade its stale
                 # snapshot to a write ("database is locked" at once, without waiting): that is a race lost too.
                 cause = err.__cause__
                 raced = isinstance(cause, sa.exc.IntegrityError | sa.exc.ProgrammingError) or (
@@ -228,6 +227,110 @@ class Store:
         order = (request_logs.c.timestamp, request_logs.c.request_id)
         query = query.order_by(*(c.desc() for c in order) if newest_first else order)
         return self._fetch(_limited(query, limit), "request log read")
+
+    def request_log_summary(self, *, since: datetime, until: datetime, bucket_s: int) -> list[dict[str, Any]]:
+        """Traffic, outcomes and latency percentiles of the requests with ``since <= timestamp < until``, in one
+        aggregate query (no record leaves the database).
+
+        Success is :func:`tastebud.monitoring.kpis.success`'s rule: a 2xx status, no ``provenance.error``, as many
+        scores as items and no null (non-finite) score. Percentiles interpolate linearly between the closest ranks,
+        as :func:`numpy.percentile` does.
+
+        Args:
+            since: inclusive lower bound (timezone-aware).
+            until: exclusive upper bound (timezone-aware).
+            bucket_s: width of the time buckets in seconds (aligned on the Unix epoch).
+
+        Returns:
+            One row per group: ``level`` (``"all"``: the whole window; ``"version"``: per ``model_name:version``,
+            ``none``/``-`` for a missing one; ``"bucket"``: per time bucket; ``"minute"``: only the minutes with a
+            failed request), ``key`` (the version, or the bucket's start in epoch seconds; ``""`` for ``all``),
+            ``requests``, ``successful``, ``fallbacks`` (successful fallback answers), ``server_errors`` (5xx),
+            ``client_errors`` (4xx), and ``p50``, ``p95``, ``p99`` latency in ms (``None`` for minutes). No rows
+            without traffic.
+
+        Raises:
+            ParameterError: ``until`` is not after ``since``, or ``bucket_s`` is not positive.
+            StoreError: the database cannot be read.
+        """
+        from tastebud.errors import ParameterError
+
+        if until <= since:
+            raise ParameterError(f"request log summary: until {until.isoformat()} is not after {since.isoformat()}")
+        if int(bucket_s) < 1:
+            raise ParameterError(f"request log summary: bucket_s must be a positive number of seconds, got {bucket_s}")
+        if self.backend == "sqlite":
+            # whole seconds of the stored text (strftime alone rounds to milliseconds: 59.9999 would be the next s)
+            epoch = "CAST(strftime('%s', substr(timestamp, 1, 19)) AS INTEGER)"
+            error = "json_extract(provenance, '$.error')"
+            falsy = "('', 0, '[]', '{}')"
+            as_text, floor = "CAST({} AS TEXT)", "CAST({} AS INTEGER)"  # (n - 1) * p >= 0: the cast truncates
+            scores = "scores"
+        else:
+            epoch = "CAST(FLOOR(EXTRACT(EPOCH FROM timestamp)) AS BIGINT)"
+            error = "(provenance ->> 'error')"
+            falsy = "('', 'false', '0', '0.0', '[]', '{}')"
+            as_text, floor = "CAST({} AS TEXT)", "CAST(FLOOR({}) AS BIGINT)"
+            scores = "CAST(scores AS TEXT)"
+
+        def percentile(p: float) -> str:
+            low = floor.format(f"(n - 1) * {p}")
+            at = f"MAX(CASE WHEN i = {low} THEN lat END)"
+            above = f"COALESCE(MAX(CASE WHEN i = {low} + 1 THEN lat END), {at})"
+            frac = f"((MAX(n) - 1) * {p} - {floor.format(f'(MAX(n) - 1) * {p}')})"
+            return f"{at} + {frac} * ({above} - {at})"
+
+        counts = (
+            "COUNT(*) AS requests, SUM(ok) AS successful, SUM(ok * fb) AS fallbacks, "
+            "SUM(CASE WHEN status_code >= 500 THEN 1 ELSE 0 END) AS server_errors, "
+            "SUM(CASE WHEN status_code BETWEEN 400 AND 499 THEN 1 ELSE 0 END) AS client_errors"
+        )
+        # A JSON array of numbers holds the word null only where a score was not finite.
+        ok = (
+            f"CASE WHEN status_code BETWEEN 200 AND 299 AND ({error} IS NULL OR {error} IN {falsy}) "
+            f"AND json_array_length(item_ids) = json_array_length(scores) AND {scores} NOT LIKE '%null%' "
+            "THEN 1 ELSE 0 END"
+        )
+        version = (
+            f"COALESCE(model_name, 'none') || ':' || COALESCE({as_text.format('model_version')}, '-')"
+        )  # fmt: skip
+        rest = "lat, ok, fb, status_code FROM r"
+        sql = f"""
+            WITH r AS (
+                SELECT latency_ms AS lat, status_code, {epoch} AS epoch, model_name, model_version,
+                       {ok} AS ok, CASE WHEN is_fallback THEN 1 ELSE 0 END AS fb
+                FROM request_logs WHERE timestamp >= :since AND timestamp < :until
+            ), g AS (
+                SELECT 'all' AS level, '' AS key, {rest}
+                UNION ALL SELECT 'version', {version}, {rest}
+                UNION ALL SELECT 'bucket', {as_text.format("epoch / :bucket * :bucket")}, {rest}
+            ), ranked AS (
+                SELECT level, key, {rest.removesuffix(" FROM r")},
+                       ROW_NUMBER() OVER (PARTITION BY level, key ORDER BY lat) - 1 AS i,
+                       COUNT(*) OVER (PARTITION BY level, key) AS n
+                FROM g
+            )
+            SELECT level, key, {counts},
+                   {percentile(0.5)} AS p50, {percentile(0.95)} AS p95, {percentile(0.99)} AS p99
+            FROM ranked GROUP BY level, key
+            UNION ALL
+            SELECT 'minute', {as_text.format("epoch / 60 * 60")}, {counts}, NULL, NULL, NULL
+            FROM r GROUP BY epoch / 60 HAVING SUM(ok) < COUNT(*)
+        """
+        query = sa.text(sql).bindparams(
+            sa.bindparam("since", type_=request_logs.c.timestamp.type),
+            sa.bindparam("until", type_=request_logs.c.timestamp.type),
+            sa.bindparam("bucket", type_=sa.BigInteger()),
+        )
+        params = {"since": since, "until": until, "bucket": int(bucket_s)}
+        with self._begin("request log summary") as conn:
+            rows = [row_dict(row) for row in conn.execute(query, params)]
+        for row in rows:
+            for name in ("requests", "successful", "fallbacks", "server_errors", "client_errors"):
+                row[name] = int(row[name] or 0)
+            for name in ("p50", "p95", "p99"):
+                row[name] = None if row[name] is None else float(row[name])
+        return rows
 
     # --- events --------------------------------------------------------------------------------------------------
 
@@ -672,6 +775,73 @@ class Store:
         if name is not None:
             query = query.where(experiment_changes.c.experiment == name)
         return self._fetch(_limited(query.order_by(experiment_changes.c.id), limit), "experiment change read")
+
+    # --- decision log --------------------------------------------------------------------------------------------
+
+    def append_decision(self, row: Mapping[str, Any]) -> int:
+        """Append one decision (the :data:`~tastebud.store.schema.decisions` columns but ``id``); returns its id.
+
+        The registry validates decisions (:mod:`tastebud.registry.decisions`); ``time`` must be timezone-aware.
+
+        Raises:
+            StoreError: when the database cannot be reached or refuses the row.
+        """
+        values = {**row, "time": to_utc(row["time"], where="decision time")}
+        with self._begin("decision log write") as conn:
+            return int(conn.execute(sa.insert(decisions).returning(decisions.c.id), values).scalar_one())
+
+    def import_decisions(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Add decisions made elsewhere, each with its ``import_key``, in one transaction; a row whose key is
+        stored already is skipped. Returns how many were new."""
+        if not rows:
+            return 0
+        for row in rows:
+            if not row.get("import_key"):
+                raise DataValidationError("an imported decision needs an import_key")
+        values = [{**r, "time": to_utc(r["time"], where=f"decision {r['import_key']} time")} for r in rows]
+        return self._insert_new(decisions, "import_key", values, "decision log import")
+
+    def read_decisions(self, model_name: str | None = None) -> list[dict[str, Any]]:
+        """Decisions in the order they were made (by ``id``), optionally of one model."""
+        query = sa.select(decisions)
+        if model_name is not None:
+            query = query.where(decisions.c.model_name == model_name)
+        return self._fetch(query.order_by(decisions.c.id), "decision log read")
+
+    def decision_log_version(self) -> tuple[int, int]:
+        """``(number of decisions, largest id)``: changes whenever a decision is appended (a cheap cache key)."""
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(decisions.c.id), 0))
+        with self._begin("decision log read") as conn:
+            count, last = conn.execute(query).one()
+        return int(count), int(last)
+
+    # --- retrain trigger state -----------------------------------------------------------------------------------
+
+    def get_trigger_state(self, model_name: str) -> dict[str, Any] | None:
+        """What the retrain triggers of ``model_name`` remember (``champion_version``, ``through_id``,
+        ``attempted_at``), or None."""
+        query = sa.select(trigger_state).where(trigger_state.c.model_name == model_name)
+        rows = self._fetch(query, "trigger state read")
+        return rows[0] if rows else None
+
+    def put_trigger_state(
+        self, model_name: str, *, champion_version: int, through_id: int, attempted_at: datetime | None = None
+    ) -> None:
+        """Remember (replacing what was remembered) a retrain attempt of ``model_name``."""
+        values = {
+            "model_name": model_name,
+            "champion_version": int(champion_version),
+            "through_id": int(through_id),
+            "attempted_at": to_utc(attempted_at or datetime.now(UTC), where="attempted_at"),
+        }
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        stmt = dialect_insert(trigger_state).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["model_name"],
+            set_={k: stmt.excluded[k] for k in ("champion_version", "through_id", "attempted_at")},
+        )
+        with self._begin("trigger state write") as conn:
+            conn.execute(stmt)
 
     def close(self) -> None:
         """Close every pooled connection; the store can be used again afterwards (it reconnects)."""
@@ -1183,41 +1353,6 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
             cursor.close()
 
     return engine
-
-
-def _add_missing_columns(conn: Connection) -> None:
-    """Add the nullable columns that later versions declared to tables created by earlier ones.
-
-    ``create_all`` creates missing tables but never alters existing ones; the columns added since (all nullable,
-    such as ``request_logs.experiment``) are added here, so a store written by an older version keeps working.
-    """
-    inspector = sa.inspect(conn)
-    existing = set(inspector.get_table_names())
-    for table in metadata.sorted_tables:
-        if table.name not in existing:
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            if not column.nullable:  # pragma: no cover - every added column is nullable by design
-                raise StoreError(f"table {table.name} lacks the column {column.name}, which cannot be added")
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-
-
-def _add_missing_indexes(conn: Connection) -> None:
-    """Create the indexes that later versions declared on tables created by earlier ones (``create_all`` creates
-    the indexes of the tables it creates only), such as the unique dead-letter key on the columns just added."""
-    inspector = sa.inspect(conn)
-    existing = set(inspector.get_table_names())
-    for table in metadata.sorted_tables:
-        if table.name not in existing:
-            continue
-        present = {i["name"] for i in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in present:
-                index.create(conn, checkfirst=True)
 
 
 def _postgres_engine(url: URL, connect_timeout_s: float) -> Engine:

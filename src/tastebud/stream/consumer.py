@@ -7,12 +7,19 @@ the dead-letter topic with its reason and original bytes (to the store's dead-le
 take it). A broker that is unreachable at start or lost mid-run is retried with exponential backoff; each change of
 state is logged once (not per message) and exported as ``tastebud_stream_consumer_state``.
 
-This module only moves bytes; validation is :func:`tastebud.stream.handlers.handle_messages`.
+With ``served_topic`` set it also consumes the ``recommendation_served`` events that serving publishes in Kafka
+mode (:mod:`tastebud.stream.served`) into the store's request log, in the same batch transaction discipline: the
+store skips a ``request_id`` it holds already, so a redelivered message adds no row, and a malformed one is
+dead-lettered with its reason like a bad event.
+
+This module only moves bytes; validation is :func:`tastebud.stream.handlers.handle_messages` (events) and
+:func:`tastebud.stream.served.handle_served_messages` (served records).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -26,6 +33,7 @@ from tastebud.stream.ingest import EventStore, count_rejected, write_dead_letter
 from tastebud.stream.metrics import StreamMetrics
 from tastebud.stream.producer import EventProducer
 from tastebud.stream.schemas import SchemaSet, default_schemas
+from tastebud.stream.served import handle_served_messages
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,9 @@ class ConsumerStats:
     dead_lettered: int = 0
     dead_letters_to_table: int = 0
     commit_failures: int = 0
+    #: request-log records (served events) newly written, and the ones the store held already
+    served_inserted: int = 0
+    served_duplicates: int = 0
 
 
 @dataclass
@@ -99,6 +110,8 @@ class EventConsumer:
         lag_interval_s: how often to refresh the consumer-lag gauges, seconds.
         dead_letter_timeout: longest wait for the dead-letter topic to take a batch's bad messages, seconds.
         commit_async: commit offsets without waiting for the broker (the last ones synchronously at close).
+        served_topic: topic of ``recommendation_served`` events to write to the store's request log (subscribed
+            besides ``topics``); ``None``: none.
     """
 
     def __init__(
@@ -121,14 +134,16 @@ class EventConsumer:
         lag_interval_s: float = 5.0,
         dead_letter_timeout: float = 5.0,
         commit_async: bool = True,
+        served_topic: str | None = None,
     ) -> None:
         from confluent_kafka import Consumer  # Kafka is optional: imported only when a consumer is built
 
-        if not topics:
+        if not topics and not served_topic:
             raise StreamError("the consumer needs at least one topic")
         self.store = store
         self.bootstrap_servers = bootstrap_servers
-        self.topics = list(topics)
+        self.served_topic = served_topic
+        self.topics = list(dict.fromkeys([*topics, *([served_topic] if served_topic else [])]))
         self.dead_letter_topic = dead_letter_topic
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
@@ -176,6 +191,7 @@ class EventConsumer:
         if not stream.bootstrap_servers:
             raise StreamError("no Kafka broker configured: set TASTEBUD_STREAM__BOOTSTRAP_SERVERS (host:port)")
         kwargs.setdefault("topics", [stream.ratings_topic, stream.interactions_topic])
+        kwargs.setdefault("served_topic", stream.served_topic if getattr(stream, "publish_served", False) else None)
         kwargs.setdefault("rules", EventRules.from_settings(settings))
         return cls(
             store,
@@ -247,11 +263,18 @@ class EventConsumer:
     def process(self, messages: Sequence[Any]) -> BatchResult:
         """Handle a batch of Kafka messages: store, dead-letter, commit, then call ``on_events``."""
         started = time.perf_counter()
+        served_bad: list[tuple[Any, Rejected]] = []
+        if self.served_topic is not None and any(m.topic() == self.served_topic for m in messages):
+            served = [m for m in messages if m.topic() == self.served_topic]
+            served_bad = self._served(served)
+            event_messages = [m for m in messages if m.topic() != self.served_topic]
+        else:
+            event_messages = list(messages)
         events, rejected = handle_messages(
-            [m.value() for m in messages], source="kafka", rules=self.rules, schemas=self.schemas
+            [m.value() for m in event_messages], source="kafka", rules=self.rules, schemas=self.schemas
         )
         inserted, duplicates, store_rejected = self._retry(lambda: self._write(events), "store write")
-        bad = [(messages[i], r) for i, r in rejected] + store_rejected
+        bad = [(event_messages[i], r) for i, r in rejected] + store_rejected + served_bad
         if bad:
             self._retry(lambda: self._dead_letter(bad), "dead-letter write")
         committed = self._commit(messages)
@@ -285,6 +308,31 @@ class EventConsumer:
             self._dlq.flush(self.dead_letter_timeout)
 
     # ------------------------------------------------------------------------------------------------ batch steps
+    def _served(self, messages: Sequence[Any]) -> list[tuple[Any, Rejected]]:
+        """Write the served events of a batch to the request log (retried while the store is down); the bad ones."""
+        good, rejected = handle_served_messages([m.value() for m in messages], rules=self.rules, schemas=self.schemas)
+        bad = [(messages[i], r) for i, r in rejected]
+        if not good:
+            return bad
+        store: Any = self.store
+        written = len(good)
+        try:
+            inserted = self._retry(lambda: store.write_request_logs([r for _, r in good]), "request log write")
+        except DataValidationError:  # the store refused one record the handler let through: isolate it
+            inserted = 0
+            for i, record in good:
+                try:
+                    inserted += self._retry(functools.partial(store.write_request_logs, [record]), "request log write")
+                except DataValidationError as err:
+                    written -= 1
+                    bad.append((messages[i], Rejected(str(err), messages[i].value(), "store_rejected")))
+        self.stats.served_inserted += inserted
+        self.stats.served_duplicates += written - inserted
+        self.metrics.ingested.labels("kafka", "recommendation_served").inc(written)
+        if written > inserted:
+            self.metrics.duplicates.labels("kafka").inc(written - inserted)
+        return bad
+
     def _write(self, events: list[Event]) -> tuple[int, int, list[tuple[Any, Rejected]]]:
         try:
             inserted, duplicates = write_events(self.store, events, source="kafka", metrics=self.metrics)

@@ -85,12 +85,12 @@ def versions(name: str) -> list[ModelVersion]:
     """The registered versions of ``name`` (a listing through MLflow), cached for :data:`VERSIONS_TTL` seconds per
     home, name and version of the decision log (every promotion or rollback, from any process, logs a decision, so
     alias moves show at once); callers get their own copy."""
-    from tastebud.registry.decisions import decisions_path
+    from tastebud.errors import TastebudError
+    from tastebud.registry.decisions import decision_log_version
 
     try:
-        stat = decisions_path(settings()).stat()
-        log_version = (stat.st_size, stat.st_mtime_ns)
-    except OSError:
+        log_version = decision_log_version(settings())
+    except TastebudError:
         log_version = (-1, 0)
     return _versions(str(settings().home), name, log_version)
 

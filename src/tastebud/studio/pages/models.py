@@ -1,7 +1,7 @@
 """Models: registered versions with metrics and aliases, offline comparison with 95% intervals, the decision log,
 drift reports, and promote / roll back through the API's admin routes: the promotion gate, the registry's champion
 alias and the decision log, as ``tastebud models promote|rollback``, then the API serves the new champion (the
-server checks the admin token)."""
+server checks the admin token). Each tab runs only when it is open (``st.tabs(on_change="rerun")``)."""
 
 from __future__ import annotations
 
@@ -30,16 +30,23 @@ def render() -> None:
         return
     st.caption(f"Model **{name}** · {len(versions)} version(s)"
                + (f" · the API serves version {srv.version}" if srv is not None else ""))  # fmt: skip
-    overview, decisions, drift, admin = st.tabs(["Versions", "Decisions", "Drift", "Promote / roll back"])
+    # Only the open tab runs: the first paint is the versions and their comparison.
+    overview, decisions, drift, admin = st.tabs(
+        ["Versions", "Decisions", "Drift", "Promote / roll back"], key="models_tab", on_change="rerun"
+    )
     with overview:
-        version_table(versions, srv)
-        comparison(versions)
+        if overview.open:
+            version_table(versions, srv)
+            comparison(versions)
     with decisions:
-        decision_log(name)
+        if decisions.open:
+            decision_log(name)
     with drift:
-        drift_report()
+        if drift.open:
+            drift_report()
     with admin:
-        switch_panel(versions, srv, name)
+        if admin.open:
+            switch_panel(versions, srv, name)
 
 
 def version_table(versions: list[Any], srv: resources.Served | None) -> None:
@@ -53,9 +60,16 @@ def version_table(versions: list[Any], srv: resources.Served | None) -> None:
             "created": mv.created_at,
             "snapshot": mv.snapshot_id,
         }
-        row.update({key: mv.metrics.get(key) for key in ("ndcg_at_10", "recall_at_10", "coverage", "novelty")})
+        row.update(
+            {key: _rounded(mv.metrics.get(key)) for key in ("ndcg_at_10", "recall_at_10", "coverage", "novelty")}
+        )
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    # A static table: a few rows, drawn at once (an interactive grid costs the browser more than the rest of the tab).
+    st.table(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def _rounded(value: Any, digits: int = 4) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def comparison_rows(versions: list[Any], metric: str) -> list[dict[str, Any]]:

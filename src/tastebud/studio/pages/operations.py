@@ -1,6 +1,10 @@
 """Operations: health, traffic, latency percentiles, error ratio, fallback rate and availability over a chosen
-window (the store's request log through :mod:`tastebud.monitoring.kpis`), the timeline of model switches,
-decisions and retrains, and the running experiments with their lift intervals (the API's analysis)."""
+window (one aggregate query of the store's request log, :meth:`tastebud.store.Store.request_log_summary`, with the
+success rule of :mod:`tastebud.monitoring.kpis`), the timeline of model switches, decisions and retrains, and the
+running experiments with their lift intervals (the API's analysis).
+
+Only the open tab runs (``st.tabs(on_change="rerun")``): the first paint carries the health row, the figures and
+the two charts; the timeline reads the request log and the experiments ask the API when their tab is opened."""
 
 from __future__ import annotations
 
@@ -11,21 +15,25 @@ import pandas as pd
 import polars as pl
 import streamlit as st
 
-from tastebud.monitoring.kpis import availability, compute_kpis, model_switches, request_frame, success
+from tastebud.monitoring.kpis import model_switches, request_frame
 from tastebud.studio import charts, resources
 
-#: Selectable windows: label -> (length, chart bucket).
-WINDOWS: dict[str, tuple[timedelta, str]] = {
-    "15 minutes": (timedelta(minutes=15), "1m"),
-    "1 hour": (timedelta(hours=1), "2m"),
-    "24 hours": (timedelta(days=1), "30m"),
-    "7 days": (timedelta(days=7), "3h"),
-    "30 days": (timedelta(days=30), "12h"),
+#: Selectable windows: label -> (length, chart bucket in seconds).
+WINDOWS: dict[str, tuple[timedelta, int]] = {
+    "15 minutes": (timedelta(minutes=15), 60),
+    "1 hour": (timedelta(hours=1), 120),
+    "24 hours": (timedelta(days=1), 1800),
+    "7 days": (timedelta(days=7), 3 * 3600),
+    "30 days": (timedelta(days=30), 12 * 3600),
 }
-#: Most request-log records read for one window.
+#: Most request-log records the timeline reads for one window.
 MAX_RECORDS = 200_000
 #: Seconds the experiments' listing and analyses are reused (two API calls per visit otherwise).
 EXPERIMENTS_TTL = 10
+#: Seconds a window's request-log summary and the API's health are reused (visits and reruns within it share them).
+SUMMARY_TTL = 5
+#: Availability objective: a window or minute below it breaches (as :func:`tastebud.monitoring.kpis.availability`).
+OBJECTIVE = 0.999
 
 
 def render() -> None:
@@ -34,19 +42,27 @@ def render() -> None:
     if srv is not None:
         health_row(name)
     window = st.segmented_control("Window", list(WINDOWS), default="24 hours", key="ops_window") or "24 hours"
-    frame = requests(window)
-    traffic, timeline, experiments = st.tabs(["Traffic and latency", "Timeline", "Experiments"])
+    traffic, timeline, experiments = st.tabs(
+        ["Traffic and latency", "Timeline", "Experiments"], key="ops_tab", on_change="rerun"
+    )
     with traffic:
-        if frame is not None:
-            service_kpis(frame, window)
+        if traffic.open:
+            service_kpis(window)
     with timeline:
-        switch_timeline(name, frame)
+        if timeline.open:
+            switch_timeline(name, requests(window))
     with experiments:
-        experiment_panel()
+        if experiments.open:
+            experiment_panel()
+
+
+@st.cache_data(ttl=SUMMARY_TTL, show_spinner=False)
+def _health(url: str) -> dict[str, Any]:
+    return resources.client().health()
 
 
 def health_row(name: str) -> None:
-    health = resources.attempt(lambda: resources.client().health(), "read the API's health")
+    health = resources.attempt(lambda: _health(resources.api_url()), "read the API's health")
     if health is None:
         return
     model = health.get("model") or {}
@@ -73,70 +89,89 @@ def requests(window: str) -> pl.DataFrame | None:
     return None if records is None else request_frame(records)
 
 
-def service_kpis(frame: pl.DataFrame, window: str) -> None:
-    span, bucket = WINDOWS[window]
-    if frame.height == 0:
+@st.cache_data(ttl=SUMMARY_TTL, show_spinner=False, max_entries=32)
+def _summary(store_url: str, window: str) -> list[dict[str, Any]]:
+    store = resources.store()
+    if store is None:
+        return []
+    span, bucket_s = WINDOWS[window]
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    return store.request_log_summary(since=end - span, until=end, bucket_s=bucket_s)
+
+
+def summary(window: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """The window's request-log summary as ``{level: {key: row}}`` (cached :data:`SUMMARY_TTL` seconds per store
+    and window), or ``None`` with a note or banner when there is no store or it cannot be read."""
+    if resources.store() is None:
+        st.info("No store yet: the request log appears once the API has answered requests.")
+        return None
+    rows = resources.attempt(lambda: _summary(resources.settings().store_url, window), "read the request log")
+    if rows is None:
+        return None
+    out: dict[str, dict[str, dict[str, Any]]] = {"all": {}, "version": {}, "bucket": {}, "minute": {}}
+    for row in rows:
+        out.setdefault(row["level"], {})[row["key"]] = row
+    return out
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def service_kpis(window: str) -> None:
+    levels = summary(window)
+    if levels is None:
+        return
+    overall = levels["all"].get("")
+    if overall is None:
         st.info(f"No requests in the last {window}.")
         return
-    kpis = compute_kpis(frame)  # once: the overall figures and the per-version table
-    overall = kpis["overall"]
-    end = datetime.now(UTC)
-    avail = availability(frame, end - span, end + timedelta(seconds=1))
-    lat = overall["latency_ms"]
+    n, ok = overall["requests"], overall["successful"]
+    ratio = _ratio(ok, n)
+    fallback = _ratio(overall["fallbacks"], ok)
     cols = st.columns(7)
-    cols[0].metric("Requests", f"{overall['requests']:,}")
-    cols[1].metric("p50", f"{lat['p50']:.1f} ms")
-    cols[2].metric("p95", f"{lat['p95']:.1f} ms")
-    cols[3].metric("p99", f"{lat['p99']:.1f} ms")
-    cols[4].metric("Error ratio", f"{overall['error_ratio']:.2%}")
-    fallback = overall.get("fallback_rate")
+    cols[0].metric("Requests", f"{n:,}")
+    cols[1].metric("p50", f"{overall['p50']:.1f} ms")
+    cols[2].metric("p95", f"{overall['p95']:.1f} ms")
+    cols[3].metric("p99", f"{overall['p99']:.1f} ms")
+    cols[4].metric("Error ratio", f"{1 - ok / n:.2%}")
     cols[5].metric("Fallback rate", "-" if fallback is None else f"{fallback:.1%}")
-    ratio = avail.ratio
-    met = ratio is not None and ratio >= avail.objective
+    met = ratio is not None and ratio >= OBJECTIVE
     cols[6].metric(
         "Availability",
         "-" if ratio is None else f"{ratio:.2%}",
-        None if ratio is None else ("meets " if met else "below ") + f"{avail.objective:.1%}",
+        None if ratio is None else ("meets " if met else "below ") + f"{OBJECTIVE:.1%}",
         delta_color="normal" if met else "inverse",
         delta_arrow="off",
     )
     # The charts' place comes before the table, but they are drawn after it: the figures first, the charts last.
     left, right = st.columns(2)
-    by_version = kpis["by_model_version"]
-    st.dataframe(pd.DataFrame([
-        {"model": key, "requests": v["requests"], "p95 ms": v.get("latency_ms", {}).get("p95"),
-         "error ratio": v.get("error_ratio"), "fallback rate": v.get("fallback_rate")}
-        for key, v in by_version.items()
+    # A static table: a few rows, drawn at once (an interactive grid costs the browser more than the figures).
+    st.table(pd.DataFrame([
+        {"model": key, "requests": v["requests"], "p95 ms": f"{v['p95']:.1f}",
+         "error ratio": f"{1 - v['successful'] / v['requests']:.2%}",
+         "fallback rate": "-" if not v["successful"] else f"{v['fallbacks'] / v['successful']:.1%}"}
+        for key, v in sorted(levels["version"].items())
     ]), hide_index=True, width="stretch")  # fmt: skip
-    if avail.breached_minutes:
-        st.warning(f"{len(avail.breached_minutes)} minute(s) below the {avail.objective:.1%} objective.")
-    traffic_rows, latency_rows = buckets(frame, bucket)
+    breached = [m for m in levels["minute"].values() if m["successful"] / m["requests"] < OBJECTIVE]
+    if breached:
+        st.warning(f"{len(breached)} minute(s) below the {OBJECTIVE:.1%} objective.")
+    traffic_rows, latency_rows = buckets(levels["bucket"])
     left.altair_chart(charts.traffic(traffic_rows), width="stretch")
     right.altair_chart(charts.latency(latency_rows), width="stretch")
 
 
-def buckets(frame: pl.DataFrame, every: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Requests per bucket by outcome (ok, fallback, error) and latency percentiles per bucket."""
-    grouped = (
-        frame.with_columns(
-            success().alias("ok"), pl.col("timestamp").dt.truncate(every).dt.replace_time_zone(None).alias("time")
-        )
-        .group_by("time")
-        .agg(
-            (pl.col("ok") & ~pl.col("is_fallback")).sum().alias("ok_n"),
-            (pl.col("ok") & pl.col("is_fallback")).sum().alias("fallback_n"),
-            (~pl.col("ok")).sum().alias("error_n"),
-            pl.col("latency_ms").quantile(0.5).alias("p50"),
-            pl.col("latency_ms").quantile(0.95).alias("p95"),
-            pl.col("latency_ms").quantile(0.99).alias("p99"),
-        )
-        .sort("time")
-    )
+def buckets(rows: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Requests per bucket by outcome (ok, fallback, error) and latency percentiles per bucket, oldest first, from
+    the summary's ``bucket`` rows (keyed by the bucket's start in epoch seconds)."""
     traffic, latency = [], []
-    for row in grouped.iter_rows(named=True):
-        bucket = row["time"].strftime("%m-%d %H:%M")
-        for outcome in ("ok", "fallback", "error"):
-            traffic.append({"bucket": bucket, "outcome": outcome, "requests": int(row[f"{outcome}_n"])})
+    for key in sorted(rows, key=int):
+        row = rows[key]
+        bucket = datetime.fromtimestamp(int(key), UTC).strftime("%m-%d %H:%M")
+        counts = {"ok": row["successful"] - row["fallbacks"], "fallback": row["fallbacks"],
+                  "error": row["requests"] - row["successful"]}  # fmt: skip
+        for outcome, count in counts.items():
+            traffic.append({"bucket": bucket, "outcome": outcome, "requests": int(count)})
         for p in ("p50", "p95", "p99"):
             latency.append({"bucket": bucket, "percentile": p, "ms": float(row[p])})
     return traffic, latency

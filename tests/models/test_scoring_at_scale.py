@@ -1,0 +1,152 @@
+"""The one-user serving path at catalog sizes where its shortcuts apply, against the plain computation.
+
+``rank_one`` finds the top k of a large score vector through a block-maximum bound instead of one
+``argpartition``; ALS keeps the inverses ``W_u⁻¹`` of its longest histories when not every user's fits the
+explanation cache. Both must give what the unoptimised path gives: the same items in the same order (ties aside)
+and the same explanations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from tastebud.data.dataset import IdMap
+from tastebud.models import _scoring as sc
+from tastebud.models.als import ALSRecommender
+from tastebud.serving.engine import Engine
+
+
+def _plain_rank_one(scores: np.ndarray, k: int, seen: np.ndarray, cands: np.ndarray | None) -> list[int]:
+    """The reference: mask the seen items, sort every score (best first, the lower index on ties)."""
+    scores = scores.astype(np.float64)
+    if cands is None:
+        scores[seen] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [int(i) for i in order if scores[i] > -np.inf]
+    keep = ~np.isin(cands, seen)
+    masked = np.where(keep, scores, -np.inf)
+    order = np.argsort(-masked, kind="stable")[:k]
+    return [int(cands[i]) for i in order if masked[i] > -np.inf]
+
+
+@pytest.mark.parametrize("n", [50, 5_000, 20_000, 60_001])
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_top_positions_is_the_argpartition_set(n: int, k: int) -> None:
+    rng = np.random.default_rng(n + k)
+    scores = rng.normal(size=n).astype(np.float32)
+    scores[rng.choice(n, n // 3, replace=False)] = -np.inf  # seen items
+    kk = min(k, n)
+    got = sc.top_positions(scores.copy(), kk)
+    want = np.argpartition(scores, n - kk)[n - kk :]
+    assert len(got) == kk
+    assert sorted(got.tolist()) == sorted(want.tolist())
+
+
+def test_top_positions_when_the_best_items_share_one_block() -> None:
+    """The k best all in one block (the bound then comes from other blocks' maxima) and in the tail."""
+    n, k = 10_000 + 37, 10
+    scores = np.zeros(n, dtype=np.float32)
+    scores[256 : 256 + k] = np.arange(100, 100 + k)
+    assert sorted(sc.top_positions(scores, k).tolist()) == list(range(256, 256 + k))
+    scores = np.zeros(n, dtype=np.float32)
+    scores[-5:] = 50.0  # past the last whole block
+    scores[3] = 40.0
+    assert set(sc.top_positions(scores, 6).tolist()) == {3, *range(n - 5, n)}
+
+
+def test_top_positions_with_fewer_finite_scores_than_k() -> None:
+    scores = np.full(20_000, -np.inf, dtype=np.float32)
+    scores[[5, 9_000]] = [1.0, 2.0]
+    idx, val = sc.rank_one(scores, 10, np.empty(0, dtype=np.int64), None)
+    assert idx.tolist() == [9_000, 5]
+    assert val.tolist() == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("n_items", [60_000, 9_000])
+def test_rank_one_ranks_like_a_full_sort(n_items: int) -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        scores = rng.normal(size=n_items).astype(np.float32)
+        seen = np.sort(rng.choice(n_items, rng.integers(0, 3_000), replace=False))
+        cands = None if trial % 2 else np.sort(rng.choice(n_items, n_items // 2, replace=False))
+        k = [10, 100, 1][trial % 3]
+        want = _plain_rank_one(scores if cands is None else scores[cands], k, seen, cands)
+        got, values = sc.rank_one((scores if cands is None else scores[cands]).copy(), k, seen, cands)
+        assert got.tolist() == want
+        assert values.tolist() == scores[got].tolist()
+
+
+@pytest.fixture(scope="module")
+def long_tail_als() -> ALSRecommender:
+    """ALS from factors: 400 users (histories of 3 to 600 items, log-normal), 12,000 items, d=8."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, d = 400, 12_000, 8
+    lengths = np.clip(rng.lognormal(3.0, 1.3, n_users), 3, 600).astype(np.int64)
+    lengths[0] = 600
+    rows, cols = [], []
+    for u, n in enumerate(lengths.tolist()):
+        rows += [u] * n
+        cols += rng.choice(n_items, n, replace=False).tolist()
+    values = rng.integers(1, 6, len(rows)).astype(np.float32)
+    seen = sp.csr_matrix((values, (rows, cols)), shape=(n_users, n_items))
+    users = IdMap([f"u{u:04d}" for u in range(n_users)])
+    items = IdMap([f"i{i:05d}" for i in range(n_items)])
+    x = rng.normal(size=(n_users, d)).astype(np.float32)
+    y = rng.normal(size=(n_items, d)).astype(np.float32) * 0.3
+    return ALSRecommender.from_factors(x, y, seen, users, items, factors=d, alpha=4.0, regularization=2.0)
+
+
+def test_partial_inverse_cache_explains_like_a_solve_per_request(
+    long_tail_als: ALSRecommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 50 inverses, the 50 longest histories get one; every explanation is the per-request one."""
+    from tastebud.models import als
+
+    model = long_tail_als
+    d = model.n_dims
+    monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", 0)
+    model._cache_explanations()
+    assert model.explain_rows_ is None and model.user_inv_ is None and model.inv_slot_ is None
+    users = list(range(0, 400, 7))  # user 0 has the longest history
+    reference = {u: model.recommend_row(u, 10, explain=True) for u in users}
+
+    monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", 50 * d * d * 4)
+    model._cache_explanations()
+    assert model.explain_rows_ is None and model.user_inv_ is not None and model.inv_slot_ is not None
+    lengths = np.diff(model.seen_.indptr)
+    cached = np.flatnonzero(model.inv_slot_ >= 0)
+    assert len(cached) == 50 == len(model.user_inv_)
+    assert lengths[cached].min() >= np.sort(lengths)[-50]  # the longest histories
+    assert model.inv_slot_[0] >= 0
+    for u in users:
+        got = model.recommend_row(u, 10, explain=True)
+        assert got.items.tolist() == reference[u].items.tolist()
+        assert got.because == reference[u].because, f"user {u} (history {lengths[u]})"
+
+
+def test_partial_cache_leaves_short_histories_out(long_tail_als: ALSRecommender, monkeypatch) -> None:
+    """A slot goes only to a history longer than the factor count (shorter ones solve as cheaply per request)."""
+    from tastebud.models import als
+
+    model = long_tail_als
+    monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", len(model.users_) * model.n_dims**2 * 4 - 1)
+    model._cache_explanations()
+    assert model.inv_slot_ is not None
+    lengths = np.diff(model.seen_.indptr)
+    assert ((model.inv_slot_ >= 0) == (lengths > model.n_dims)).all()
+
+
+def test_engine_lists_match_full_scoring(long_tail_als: ALSRecommender) -> None:
+    """Served lists (Engine, exclusions and top-k shortcut) equal scoring every item and sorting."""
+    model = long_tail_als
+    meta = pl.DataFrame({"item_id": model.items_.ids.tolist()})
+    engine = Engine(model, {}, meta, result_cache_size=0)
+    for u in range(0, 400, 9):
+        user = str(model.users_.ids[u])
+        served = [it["item_id"] for it in engine.recommend(user, 20, explain=True).items]
+        lo, hi = model.seen_.indptr[u], model.seen_.indptr[u + 1]
+        want = _plain_rank_one(model.item_factors_ @ model.user_factors_[u], 20, model.seen_.indices[lo:hi], None)
+        assert served == model.items_.ids[want].tolist()
