@@ -11,6 +11,11 @@ Sections (printed as Markdown tables; ``--record`` appends them to ``bench/RESUL
 
     .venv/bin/python bench/bench_stream.py                     # 200,000 events, batches of 500 and 2,000
     .venv/bin/python bench/bench_stream.py --events 50000 --record
+    .venv/bin/python bench/bench_stream.py --postgres          # the same into PostgreSQL (a throw-away server)
+
+With ``--postgres`` every store is a fresh database on a PostgreSQL server started for the run in a temporary
+directory (``initdb`` + ``pg_ctl`` from ``scripts/ensure-postgres.sh``'s packages, durability settings as in the
+tests: ``synchronous_commit=off``), or on ``--postgres-url`` (a role that may create databases).
 """
 
 from __future__ import annotations
@@ -68,7 +73,28 @@ def make_events(n: int, tag: str) -> list[Event]:
     return events
 
 
-def end_to_end(bootstrap: str, events: list[Event], batch_size: int, workdir: Path) -> list[object]:
+class Stores:
+    """Fresh stores for the runs: SQLite files in the work directory, or new databases on one PostgreSQL server."""
+
+    def __init__(self, workdir: Path, postgres_url: str | None) -> None:
+        self.workdir = workdir
+        self.postgres_url = postgres_url
+        self.label = "PostgreSQL" if postgres_url else "SQLite"
+
+    def url(self, name: str) -> str:
+        if self.postgres_url is None:
+            return f"sqlite:///{self.workdir / f'{name}.db'}"
+        import sqlalchemy as sa
+
+        database = "b_" + uuid.uuid4().hex[:12]
+        admin = sa.create_engine(self.postgres_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {database}")
+        admin.dispose()
+        return sa.engine.make_url(self.postgres_url).set(database=database).render_as_string(hide_password=False)
+
+
+def end_to_end(bootstrap: str, events: list[Event], batch_size: int, stores: Stores) -> list[object]:
     tag = uuid.uuid4().hex[:6]
     ratings, interactions, dlq = f"r-{tag}", f"i-{tag}", f"dlq-{tag}"
     ensure_topics(bootstrap, [ratings, interactions, dlq], partitions=2)
@@ -78,7 +104,7 @@ def end_to_end(bootstrap: str, events: list[Event], batch_size: int, workdir: Pa
     assert producer.flush(60) == 0 and not producer.take_failures()
     produce_s = time.perf_counter() - t0
 
-    store = create_store(url=f"sqlite:///{workdir / f'events-{tag}.db'}")
+    store = create_store(url=stores.url(f"events-{tag}"))
     store.init_schema()
     marks: list[float] = []
     unique = len({e.event_id for e in events})
@@ -128,7 +154,7 @@ def end_to_end(bootstrap: str, events: list[Event], batch_size: int, workdir: Pa
     ]
 
 
-def components(events: list[Event], batch_size: int, workdir: Path) -> list[object]:
+def components(events: list[Event], batch_size: int, stores: Stores) -> list[object]:
     payloads = [encode_event(e)[1] for e in events]
     t0 = time.perf_counter()
     for i in range(0, len(payloads), batch_size):
@@ -137,7 +163,7 @@ def components(events: list[Event], batch_size: int, workdir: Path) -> list[obje
     records = [e.to_record() for e in events]
     rates = []
     for validated in (False, True):  # the store's own per-row checks, then the fast path the stream uses
-        store = create_store(url=f"sqlite:///{workdir / f'components-{batch_size}-{validated}.db'}")
+        store = create_store(url=stores.url(f"components-{batch_size}-{validated}"))
         store.init_schema()
         t0 = time.perf_counter()
         for i in range(0, len(records), batch_size):
@@ -152,21 +178,42 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch-sizes", default="500,2000")
     parser.add_argument("--record", action="store_true", help="Append the tables to bench/RESULTS.md.")
+    parser.add_argument("--postgres", action="store_true", help="Store into PostgreSQL (a server started for the run).")
+    parser.add_argument("--postgres-url", help="With --postgres: an existing server's URL instead (may create DBs).")
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     events = make_events(args.events, "bench")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        proc, bootstrap = start_tansu(workdir)
-        try:
-            e2e = [end_to_end(bootstrap, events, b, workdir) for b in sizes]
-        finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        parts = [components(events, b, workdir) for b in sizes]
+    server = None
+    postgres_url = args.postgres_url
+    if args.postgres and postgres_url is None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from servers import TempPostgres, pg_bin_dir
+
+        bin_dir = pg_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("PostgreSQL server binaries not found: run scripts/ensure-postgres.sh")
+        server = TempPostgres(bin_dir)
+        postgres_url = server.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            stores = Stores(workdir, postgres_url if args.postgres else None)
+            proc, bootstrap = start_tansu(workdir)
+            try:
+                e2e = [end_to_end(bootstrap, events, b, stores) for b in sizes]
+            finally:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            parts = [components(events, b, stores) for b in sizes]
+    finally:
+        if server is not None:
+            server.stop()
+    label = stores.label
     text = (
         table(
-            "End to end: Kafka -> decode -> validate -> SQLite (idempotent) -> commit",
+            f"End to end: Kafka -> decode -> validate -> {label} (idempotent) -> commit",
             [
                 "events",
                 "batch",
@@ -190,7 +237,7 @@ def main() -> None:
     print(text)
     print(machine_note())
     if args.record:
-        append_results("## Streaming ingest\n\n" + text + "\n" + machine_note() + "\n")
+        append_results(f"## Streaming ingest ({label})\n\n" + text + "\n" + machine_note() + "\n")
 
 
 if __name__ == "__main__":
