@@ -242,3 +242,28 @@ def test_a_full_buffer_drops_and_counts_and_a_timed_out_record_is_counted_failed
     assert metrics.stream.produce_errors.labels("t")._value.get() == 5
     assert metrics.request_log_dropped._value.get() == 5  # the 7 refused ones are counted by the caller
     assert publisher.close(1) is True
+
+
+@pytest.mark.parametrize("create_topic", [True, False])
+def test_the_publisher_creates_a_missing_served_topic(broker: Broker, create_topic: bool) -> None:
+    """A broker that does not create topics on first use (``auto.create.topics.enable=false``) would hold every
+    record until it times out, and a consumer subscribed before the topic existed may never see it; the publisher
+    creates its topic from the delivery thread (off the request path) as soon as it starts, before any record."""
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"served-missing-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    publisher = ServedPublisher(broker.bootstrap, topic=topic, timeout_s=30.0, create_topic=create_topic)
+    publisher.start()
+    try:
+        deadline = time.monotonic() + (15.0 if create_topic else 3.0)
+        while topic not in admin.list_topics(timeout=5).topics and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (topic in admin.list_topics(timeout=5).topics) is create_topic
+        assert publisher.submitted == 0  # created by the publisher itself, not by a produce request
+        if create_topic:
+            assert all(publisher.submit(_record(f"m-{i}")) for i in range(5))
+            assert publisher.flush(15.0)
+            assert (publisher.delivered, publisher.failed) == (5, 0)
+    finally:
+        publisher.close(0.5)

@@ -46,6 +46,8 @@ SCHEMA = "recommendation_served"
 _WARN_INTERVAL_S = 10.0
 #: How often the delivery thread serves librdkafka's callbacks when idle, seconds.
 _POLL_S = 0.2
+#: seconds between attempts to create a missing served topic while the broker cannot be reached
+_TOPIC_RETRY_S = 10.0
 
 
 def served_message(record: Any) -> dict[str, Any]:
@@ -308,6 +310,7 @@ class ServedPublisher:
         config: Mapping[str, Any] | None = None,
         metrics: Any = None,
         schemas: SchemaSet | None = None,
+        create_topic: bool = True,
     ) -> None:
         from confluent_kafka import Producer  # Kafka is optional: imported only when a publisher is built
 
@@ -363,6 +366,9 @@ class ServedPublisher:
         self._stop = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        #: whether the delivery thread still has to make sure the topic exists (a broker that does not create
+        #: topics on first use would otherwise hold every record until it times out)
+        self._topic_pending = create_topic
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> ServedPublisher:
@@ -430,9 +436,27 @@ class ServedPublisher:
 
     # --- internals -----------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        next_try = 0.0
         while not self._stop.is_set():
+            if self._topic_pending and time.monotonic() >= next_try:
+                self._ensure_topic()
+                next_try = time.monotonic() + _TOPIC_RETRY_S
             self._producer.poll(_POLL_S)
             self._count_delivered()
+
+    def _ensure_topic(self) -> None:
+        """Create the served topic when it is missing (off the request path; retried while the broker is away)."""
+        from tastebud.stream.producer import ensure_topics
+
+        try:
+            created = ensure_topics(self.bootstrap_servers, [self.topic], timeout=3.0)
+        except StreamError as err:
+            # its own line every _TOPIC_RETRY_S at most (not through _warn, whose interval the buffer shares)
+            log.warning("served topic %s not checked yet (%s); retrying in %.0f s", self.topic, err, _TOPIC_RETRY_S)
+            return
+        self._topic_pending = False
+        if created:
+            log.info("created the served topic %s on %s", self.topic, self.bootstrap_servers)
 
     def _count_delivered(self) -> None:
         """Count the records acknowledged since the last call: submitted, not failed, no longer queued."""
