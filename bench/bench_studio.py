@@ -46,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import _common as common
-from tastebud.studio.screenshots import PAGES, Browser, Capture, Page, prepare_home, serve_studio, wait_for_studio
+from tastebud.studio.screenshots import (
+    PAGES,
+    Browser,
+    Capture,
+    Page,
+    prepare_home,
+    serve_studio,
+    stop_process,
+    wait_for_studio,
+)
 
 #: The target: every page complete (main content, tables and charts drawn) within this many ms (warm median).
 TARGET_MS = 1000.0
@@ -95,12 +104,7 @@ def baseline_studio(src: Path, home: Path, api: str) -> Iterator[str]:
         warm_up(url, proc, timeout=120)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def _checked(capture: Capture) -> Capture:

@@ -101,6 +101,12 @@ def top_positions(scores: np.ndarray, kk: int) -> np.ndarray:
     return np.argpartition(scores, n - kk)[n - kk :]
 
 
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (an all-zero row stays zero): cosine similarity as a dot product."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
 def resolve_candidates(items: IdMap, candidates: Sequence[str] | None) -> np.ndarray | None:
     """Sorted unique item indices of ``candidates`` (``None`` stays ``None``).
 

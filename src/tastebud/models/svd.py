@@ -210,7 +210,7 @@ class SVDRecommender(Recommender):
         scores = [np.clip(s, low, high).astype(np.float32) for s in scores]
         explanations = None
         if explain:
-            normed = _l2_normalise(self.item_factors_)
+            normed = sc.l2_normalise(self.item_factors_)
             explanations = sc.explain_linear(self.seen_, rows, idx, self.items_, lambda h, r: normed[h] @ normed[r].T)
         return sc.build_recommendations(list(user_ids), idx, scores, self.items_, explanations)
 
@@ -220,7 +220,7 @@ class SVDRecommender(Recommender):
         assert self.items_ is not None and self.item_factors_ is not None
         k = sc.check_k(k)
         rows = self.items_.index(item_ids, kind="item")
-        normed = _l2_normalise(self.item_factors_)
+        normed = sc.l2_normalise(self.item_factors_)
         idx, scores = sc.rank(
             lambda r, c: normed[r] @ (normed if c is None else normed[c]).T,
             rows,
@@ -392,9 +392,3 @@ def _fit_truncated(
         p = np.hstack([p, np.zeros((n_users, cfg.factors - n_comp))])
         q = np.hstack([q, np.zeros((n_items, cfg.factors - n_comp))])
     return bu, bi, p, q
-
-
-# ---------------------------------------------------------------------- helpers
-def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)

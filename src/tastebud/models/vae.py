@@ -293,9 +293,7 @@ class MultVAERecommender(Recommender):
         assert self.items_ is not None and self.weights_ is not None
         k = sc.check_k(k)
         rows = self.items_.index(item_ids, kind="item")
-        vectors = self.weights_["dec_w2"].T.astype(np.float64)
-        norms = np.linalg.norm(vectors, axis=1)
-        unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
+        unit = sc.l2_normalise(self.weights_["dec_w2"].T.astype(np.float64))
         idx, scores = sc.rank(
             lambda r, c: unit[r] @ (unit if c is None else unit[c]).T,
             rows,

@@ -177,9 +177,9 @@ def _opened(settings: Settings) -> Iterator[Store]:
         store = _stores.get(key)
         try:
             if store is None:
-                store = _stores[key] = create_store(url=url)
-            # at the newest revision this is one cheap look (a database made anew since is upgraded too)
-            store.init_schema()
+                store = create_store(url=url)
+                store.init_schema()  # once per store and process, not on every read or append
+                _stores[key] = store
         except StoreError as err:
             raise RegistryError(f"cannot open the decision log: {err}") from err
     try:

@@ -493,7 +493,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a started studio or API process, killing it when it does not stop within 15 s."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -521,7 +522,7 @@ def serve_studio(home: Path, model: str, *, traffic: int = 40, timeout: float = 
     with contextlib.ExitStack() as stack:
         api_log = stack.enter_context((home / "studio-api.log").open("ab"))
         api = subprocess.Popen(cmd, env=env, stdout=api_log, stderr=subprocess.STDOUT)
-        stack.callback(_stop, api)
+        stack.callback(stop_process, api)
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(httpx.HTTPError):
@@ -535,7 +536,7 @@ def serve_studio(home: Path, model: str, *, traffic: int = 40, timeout: float = 
         studio = launch(
             studio_port, api_url, home=home, stdout=studio_log.fileno(), stderr=subprocess.STDOUT, warm=False
         )
-        stack.callback(_stop, studio)
+        stack.callback(stop_process, studio)
         wait_for_studio(studio_url, timeout=timeout)
         warm_up(studio_url, studio, timeout=timeout)  # as `tastebud studio` does in the background; here, waited for
         yield api_url, studio_url
@@ -624,5 +625,6 @@ __all__ = [
     "main",
     "prepare_home",
     "serve_studio",
+    "stop_process",
     "wait_for_studio",
 ]
