@@ -137,7 +137,10 @@ def test_discover_similar_items_and_top_charts(
     top = api.get("/popular?k=1").json()["recommendations"][0]
     assert api.post("/events", json=like_events("trend-setter", [top["item_id"]])).status_code == 200
     at = open_app(monkeypatch, api.url, studio_home)
+    assert charts(at) == 0  # lazy tabs: the top charts run when their tab is opened
+    open_tab(at, "discover_tab", "Top charts")
     assert charts(at) == 3  # overall, per genre, trending (the store's recent events)
+    open_tab(at, "discover_tab", "Similar movies")
     first = top["title"]
     at.text_input(key="similar_query").input(first.split()[0]).run()
     assert not at.exception
@@ -145,6 +148,24 @@ def test_discover_similar_items_and_top_charts(
     assert any(s.startswith("Like ") for s in texts(at, "subheader"))
     at.text_input(key="similar_query").input("no such title, surely").run()
     assert any("No movie title contains" in w for w in texts(at, "warning"))
+
+
+def test_discover_tabs_run_when_opened_and_keep_what_was_typed(
+    monkeypatch: pytest.MonkeyPatch, api: ServerProcess, studio_home: Path
+) -> None:
+    at = open_app(monkeypatch, api.url, studio_home)
+    assert [t.label for t in at.tabs] == ["For you", "Similar movies", "Top charts"]
+    at.text_input(key="discover_user").input("1").run()
+    at.slider(key="discover_k").set_value(5).run()
+    assert len([m for m in texts(at, "markdown") if m[:1].isdigit()]) == 5
+    open_tab(at, "discover_tab", "Top charts")
+    assert charts(at) == 3
+    assert not [m for m in texts(at, "markdown") if m[:1].isdigit()]  # the closed tab drew nothing
+    assert "discover_user" not in [t.key for t in at.text_input]
+    open_tab(at, "discover_tab", "For you")
+    assert at.text_input(key="discover_user").value == "1"  # typed before the look at the charts
+    assert at.slider(key="discover_k").value == 5
+    assert len([m for m in texts(at, "markdown") if m[:1].isdigit()]) == 5 and charts(at) == 0
 
 
 # ---------------------------------------------------------------------------------------------------- user
@@ -184,6 +205,8 @@ def test_models_page_versions_intervals_decisions_drift(
     open_tab(at, "models_tab", "Drift")
     assert any("Overall drift level: **ok**" in s for s in texts(at, "success"))
     assert charts(at) == 1  # drift shares
+    open_tab(at, "models_tab", "Versions")
+    assert at.selectbox(key="models_metric").value == "recall"  # kept while the other tabs were open
 
 
 def test_models_promote_needs_the_admin_token_and_rollback_returns(
@@ -236,8 +259,13 @@ def test_operations_page_kpis_timeline_experiments(
     assert int(metrics["Requests"].replace(",", "")) >= 5
     assert {"p50", "p95", "p99", "Error ratio", "Fallback rate", "Availability"} <= set(metrics)
     assert float(metrics["Availability"].rstrip("%")) > 0
-    assert charts(at) == 2  # traffic, latency; the other tabs run when opened
+    assert charts(at) == 1  # traffic; the other tabs run when opened
     assert f"{MODEL_NAME}:1" in list(at.table[0].value["model"])  # requests per served version
+    open_tab(at, "ops_tab", "Latency")
+    assert charts(at) == 1  # latency percentiles
+    latency = at.table[0].value
+    assert f"{MODEL_NAME}:1" in list(latency["model"]) and {"p50 ms", "p95 ms", "p99 ms"} <= set(latency.columns)
+    assert {"p50", "p95", "p99", "Availability"} <= {m.label for m in at.metric}  # the figures head every tab
     open_tab(at, "ops_tab", "Timeline")
     assert charts(at) == 1 and "decision" in list(at.dataframe[0].value["kind"])
     open_tab(at, "ops_tab", "Experiments")
@@ -343,4 +371,5 @@ def test_music_has_artists_and_no_genre_or_year_controls(
     assert [s.label for s in at.slider] == ["How many"]  # no year range
     assert "discover_genres" not in [m.key for m in at.multiselect]  # no genres
     assert any(m.startswith("1. **Artist 0**") for m in texts(at, "markdown"))
+    open_tab(at, "discover_tab", "Top charts")
     assert any("have no tags" in c for c in texts(at, "caption"))  # the per-tag chart says why it is empty

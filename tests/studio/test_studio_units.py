@@ -146,6 +146,62 @@ def test_warm_up_runs_the_script_once_through_the_health_check_route() -> None:
     assert not warm_up(f"http://127.0.0.1:{free_port()}", timeout=1)  # nobody listening: gives up, never raises
 
 
+def test_freeze_heap_takes_the_warm_process_out_of_later_collections() -> None:
+    import gc
+    import weakref
+
+    from tastebud.studio.app import freeze_heap
+
+    was_frozen = gc.get_freeze_count()
+    tracked = len(gc.get_objects())
+    try:
+        frozen = freeze_heap()
+        assert frozen >= tracked // 2 and gc.get_freeze_count() == was_frozen + frozen
+        assert len(gc.get_objects()) < tracked - frozen // 2  # a collection no longer scans them
+
+        class Node:
+            other: object = None
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made after the freeze is still collected
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+    finally:
+        if not was_frozen:  # leave the test process as it was (an earlier freeze, e.g. a served app's, stays)
+            gc.unfreeze()
+
+
+def test_keep_widget_state_survives_a_run_without_the_widget(tmp_path: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    script = tmp_path / "tabs.py"
+    script.write_text(
+        "import streamlit as st\n"
+        "from tastebud.studio.resources import keep_widget_state\n"
+        "a, b = st.tabs(['A', 'B'], key='tab', on_change='rerun')\n"
+        "if not a.open and st.session_state.get('keep'):\n"
+        "    keep_widget_state('user', 'never-set')\n"
+        "with a:\n"
+        "    if a.open:\n"
+        "        st.text_input('User', key='user')\n",
+        encoding="utf-8",
+    )
+    for keep, expected in ((True, "196"), (False, "")):
+        at = AppTest.from_file(str(script))
+        at.session_state["keep"] = keep
+        at.run()
+        at.text_input(key="user").input("196").run()
+        at.session_state["tab"] = "B"
+        at.run()
+        assert not at.text_input and "never-set" not in at.session_state
+        at.session_state["tab"] = "A"
+        at.run()
+        assert not at.exception
+        assert at.text_input(key="user").value == expected  # without it, Streamlit forgets the value
+
+
 def test_cli_registers_studio() -> None:
     from typer.testing import CliRunner
 

@@ -7,6 +7,7 @@ home (registry and store of the operator pages) from ``TASTEBUD_HOME``.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import threading
@@ -66,6 +67,22 @@ def warm_caches() -> bool:
     return True
 
 
+def freeze_heap() -> int:
+    """Collect once, then move every object the process holds (modules, caches) out of the cyclic garbage
+    collector's reach (``gc.freeze``); returns how many objects that froze.
+
+    Streamlit collects all generations after every script run (``runner.postScriptGC``), holding the GIL while the
+    page's last elements wait to be sent: with pandas, Altair, polars and MLflow imported that scans some 270,000
+    objects, about 150 ms per page load, for objects that live as long as the process. Frozen, a collection scans
+    only what was made since (a few ms). Objects still go when nothing refers to them; only reference cycles among
+    frozen objects are never collected.
+    """
+    before = gc.get_freeze_count()
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count() - before
+
+
 def main() -> None:
     st.set_page_config(page_title="Tastebud Studio", page_icon="🍓", layout="wide")
     warm = warm_state()
@@ -78,6 +95,7 @@ def main() -> None:
         if warming:  # this session warms the process, after its own page (also when the page stopped or reran)
             try:
                 warm_caches()
+                freeze_heap()
             finally:
                 warm.done.set()
 

@@ -126,6 +126,19 @@ def version_bundle(name: str, version: int) -> Bundle:
     return _bundle(str(settings().home), name, int(version))
 
 
+# ---------------------------------------------------------------------------------------------------- lazy tabs
+def keep_widget_state(*keys: str) -> None:
+    """Keep the values of widgets that this run does not draw (those of a closed lazy tab).
+
+    Streamlit forgets a widget's value after a run that did not create the widget, so a user id typed in one tab of
+    ``st.tabs(..., on_change="rerun")`` would be gone after a look at another tab. Set again through Session State
+    (before the widget is created in this run, which it is not), the value stays until the widget is drawn again.
+    """
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 # ---------------------------------------------------------------------------------------------------- banners
 def attempt(action: Callable[[], T], what: str) -> T | None:
     """Run ``action``; on failure show one ``st.error`` banner saying what failed and why, and return ``None``."""
@@ -417,6 +430,7 @@ __all__ = [
     "evaluation_of",
     "full_catalogue",
     "item",
+    "keep_widget_state",
     "known_users",
     "label",
     "popularity",

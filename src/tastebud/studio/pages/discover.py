@@ -1,5 +1,6 @@
 """Discover: find a user or start fresh, recommendations with their reasons, moods, surprises, similar items and
-top charts, all through the HTTP API (new users' picks go in as events: cold start through the real-time path)."""
+top charts, all through the HTTP API (new users' picks go in as events: cold start through the real-time path).
+Each tab runs only when it is open (``st.tabs(on_change="rerun")``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from tastebud.studio.ranking import catalogue_facets, surprise
 
 #: How far back "trending" looks in the store's events.
 TRENDING_WINDOW = timedelta(days=7)
+#: The widgets of each tab (their values are kept while another tab is open).
+FOR_YOU_KEYS = ("discover_mode", "discover_user", "discover_picks", "discover_k", "discover_mood",
+                "discover_surprise", "discover_genres", "discover_years")  # fmt: skip
+SIMILAR_KEYS = ("similar_query", "similar_pick")
+TOP_CHARTS_KEYS = ("chart_genre",)
 
 
 def render() -> None:
@@ -26,13 +32,23 @@ def render() -> None:
         st.stop()
     assert srv is not None
     st.caption(f"Served: **{srv.name}** version {srv.version} ({srv.family}) · {srv.items_word}")
-    you, similar, top = st.tabs(["For you", f"Similar {srv.items_word}", "Top charts"])
+    # Only the open tab runs and is drawn (the top charts' three charts and API calls when that tab is opened); the
+    # other tabs' inputs keep their values meanwhile.
+    you, similar, top = st.tabs(
+        ["For you", f"Similar {srv.items_word}", "Top charts"], key="discover_tab", on_change="rerun"
+    )
+    for tab, keys in ((you, FOR_YOU_KEYS), (similar, SIMILAR_KEYS), (top, TOP_CHARTS_KEYS)):
+        if not tab.open:
+            resources.keep_widget_state(*keys)
     with you:
-        for_you(srv)
+        if you.open:
+            for_you(srv)
     with similar:
-        similar_items(srv)
+        if similar.open:
+            similar_items(srv)
     with top:
-        top_charts(srv)
+        if top.open:
+            top_charts(srv)
 
 
 # ---------------------------------------------------------------------------------------------------- for you

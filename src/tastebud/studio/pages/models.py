@@ -34,6 +34,11 @@ def render() -> None:
     overview, decisions, drift, admin = st.tabs(
         ["Versions", "Decisions", "Drift", "Promote / roll back"], key="models_tab", on_change="rerun"
     )
+    # The other tabs' choices stay while one is open (never the admin token: it goes when its tab is left).
+    for tab, keys in ((overview, ("models_metric",)), (drift, ("drift_report", "drift_signal")),
+                      (admin, ("promote_version", "promote_force"))):  # fmt: skip
+        if not tab.open:
+            resources.keep_widget_state(*keys)
     with overview:
         if overview.open:
             version_table(versions, srv)

@@ -3,8 +3,9 @@ window (one aggregate query of the store's request log, :meth:`tastebud.store.St
 success rule of :mod:`tastebud.monitoring.kpis`), the timeline of model switches, decisions and retrains, and the
 running experiments with their lift intervals (the API's analysis).
 
-Only the open tab runs (``st.tabs(on_change="rerun")``): the first paint carries the health row, the figures and
-the two charts; the timeline reads the request log and the experiments ask the API when their tab is opened."""
+The health row and the window's figures head the page; below them only the open tab runs (``st.tabs(on_change=
+"rerun")``): the first paint carries the traffic chart and the requests per version; the latency chart, the timeline
+(which reads the request log) and the experiments (which ask the API) run when their tab is opened."""
 
 from __future__ import annotations
 
@@ -42,12 +43,19 @@ def render() -> None:
     if srv is not None:
         health_row(name)
     window = st.segmented_control("Window", list(WINDOWS), default="24 hours", key="ops_window") or "24 hours"
-    traffic, timeline, experiments = st.tabs(
-        ["Traffic and latency", "Timeline", "Experiments"], key="ops_tab", on_change="rerun"
+    levels = service_kpis(window)
+    # One chart on the first paint: each Vega view adds about a quarter of a second of browser work to a page load.
+    traffic, latency, timeline, experiments = st.tabs(
+        ["Traffic", "Latency", "Timeline", "Experiments"], key="ops_tab", on_change="rerun"
     )
+    if not experiments.open:
+        resources.keep_widget_state("ops_experiment")  # the chosen experiment stays while another tab is open
     with traffic:
-        if traffic.open:
-            service_kpis(window)
+        if traffic.open and levels is not None:
+            traffic_panel(levels)
+    with latency:
+        if latency.open and levels is not None:
+            latency_panel(levels)
     with timeline:
         if timeline.open:
             switch_timeline(name, requests(window))
@@ -118,14 +126,16 @@ def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def service_kpis(window: str) -> None:
+def service_kpis(window: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """The window's figures (requests, latency percentiles, error ratio, fallback rate, availability) and the minutes
+    below the objective; returns the summary's levels for the tabs (``None``, with a note, when there is nothing)."""
     levels = summary(window)
     if levels is None:
-        return
+        return None
     overall = levels["all"].get("")
     if overall is None:
         st.info(f"No requests in the last {window}.")
-        return
+        return None
     n, ok = overall["requests"], overall["successful"]
     ratio = _ratio(ok, n)
     fallback = _ratio(overall["fallbacks"], ok)
@@ -144,8 +154,15 @@ def service_kpis(window: str) -> None:
         delta_color="normal" if met else "inverse",
         delta_arrow="off",
     )
-    # The charts' place comes before the table, but they are drawn after it: the figures first, the charts last.
-    left, right = st.columns(2)
+    breached = [m for m in levels["minute"].values() if m["successful"] / m["requests"] < OBJECTIVE]
+    if breached:
+        st.warning(f"{len(breached)} minute(s) below the {OBJECTIVE:.1%} objective.")
+    return levels
+
+
+def traffic_panel(levels: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Requests per time bucket by outcome, and requests, error ratio and fallback rate per served version."""
+    chart = st.empty()  # the chart's place comes before the table, but it is drawn after it: the table first
     # A static table: a few rows, drawn at once (an interactive grid costs the browser more than the figures).
     st.table(pd.DataFrame([
         {"model": key, "requests": v["requests"], "p95 ms": f"{v['p95']:.1f}",
@@ -153,12 +170,18 @@ def service_kpis(window: str) -> None:
          "fallback rate": "-" if not v["successful"] else f"{v['fallbacks'] / v['successful']:.1%}"}
         for key, v in sorted(levels["version"].items())
     ]), hide_index=True, width="stretch")  # fmt: skip
-    breached = [m for m in levels["minute"].values() if m["successful"] / m["requests"] < OBJECTIVE]
-    if breached:
-        st.warning(f"{len(breached)} minute(s) below the {OBJECTIVE:.1%} objective.")
-    traffic_rows, latency_rows = buckets(levels["bucket"])
-    left.altair_chart(charts.traffic(traffic_rows), width="stretch")
-    right.altair_chart(charts.latency(latency_rows), width="stretch")
+    chart.altair_chart(charts.traffic(buckets(levels["bucket"])[0]), width="stretch")
+
+
+def latency_panel(levels: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Latency percentiles per time bucket, and per served version."""
+    chart = st.empty()
+    st.table(pd.DataFrame([
+        {"model": key, "requests": v["requests"], "p50 ms": f"{v['p50']:.1f}", "p95 ms": f"{v['p95']:.1f}",
+         "p99 ms": f"{v['p99']:.1f}"}
+        for key, v in sorted(levels["version"].items())
+    ]), hide_index=True, width="stretch")  # fmt: skip
+    chart.altair_chart(charts.latency(buckets(levels["bucket"])[1]), width="stretch")
 
 
 def buckets(rows: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
