@@ -24,6 +24,10 @@ Run (from the repository root):
 - ``.venv/bin/python bench/bench_serving.py engine [--sizes 5m 25m]``: in process, ``Engine.recommend``'s CPU time
   per request on those synthetic sizes, the current code against the same code with ``argpartition`` top-k and no
   partial explanation cache (the serving path before the ML-25M work).
+- ``.venv/bin/python bench/bench_serving.py batch [--sizes 25m] [--batch-sizes 1 8 16 32]``: in process, CPU time per
+  request of one scoring batch (``Engine.recommend_rows``, what ``serving.batch_max`` lets a worker do) by batch
+  size, against one ``Engine.recommend`` per request, and how many batched lists equal the one-request lists.
+  ``scale --batch-max 1 32`` serves each size once per value (1: batching off) in the same run.
 
 The servers run ``bench_app`` below (``uvicorn bench_serving:bench_app --factory``): the production app from the
 environment plus the ``/_floor`` route, which exists only in this benchmark's app. The synthetic catalogues of
@@ -165,7 +169,17 @@ def bench_app() -> Any:
     async def floor() -> ORJSONResponse:
         return ORJSONResponse({"ok": True})
 
+    async def batching() -> ORJSONResponse:  # this worker's scoring batches so far (serving.batch_max)
+        batcher = app.state.batcher
+        return ORJSONResponse({"pid": os.getpid(), **(batcher.stats() if batcher is not None else {})})
+
+    async def worker_ready() -> ORJSONResponse:  # this worker's pid, 503 until its model is loaded
+        ready = app.state.holder.current is not None
+        return ORJSONResponse({"pid": os.getpid(), "ready": ready}, status_code=200 if ready else 503)
+
     app.add_api_route("/_floor", floor, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/_worker_ready", worker_ready, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/_batching", batching, methods=["GET"], include_in_schema=False)
     return app
 
 
@@ -219,20 +233,20 @@ class Server:
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
         # Workers share the socket and load their models independently: one ready answer may come from the first
-        # worker while another still loads (and answers 503), so with several workers wait for a run of them.
-        needed, in_a_row = 1 if self.workers == 1 else 20 * self.workers, 0
+        # worker while another still loads (and answers 503), so wait until every worker (by pid) has said ready.
+        ready_pids: set[int] = set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health/ready", timeout=2) as resp:
-                    in_a_row = in_a_row + 1 if resp.status == 200 else 0
-                    if in_a_row >= needed:
+                with urllib.request.urlopen(f"{self.url}/_worker_ready", timeout=2) as resp:
+                    ready_pids.add(int(json.loads(resp.read())["pid"]))
+                    if len(ready_pids) >= self.workers:
                         return self
                     continue
             except OSError:
-                in_a_row = 0
-            time.sleep(0.5)
+                pass
+            time.sleep(0.05)
         self.__exit__()
         raise RuntimeError(f"server not ready after {self.ready_timeout} s; see {self.log}")
 
@@ -640,7 +654,11 @@ def bench_scale(args: argparse.Namespace) -> str:
         users = [ids[i] for i in rng.choice(n_users, min(n_users, 100_000), replace=False).tolist()]
         paths = {"floor": ["/_floor"], "recommend": [f"/recommend/{u}" for u in users],
                  "recommend_noexplain": [f"/recommend/{u}?explain=false" for u in users]}  # fmt: skip
-        for workers in args.workers:
+        if args.offload_ms is not None:
+            env["TASTEBUD_SERVING__OFFLOAD_MS"] = str(args.offload_ms)
+        for workers, batch_max in [(w, b) for w in args.workers for b in args.batch_max or [None]]:
+            if batch_max is not None:
+                env["TASTEBUD_SERVING__BATCH_MAX"] = str(batch_max)
             t0 = time.perf_counter()
             with Server(env, workers, args.port, log) as server:
                 ready_s = time.perf_counter() - t0
@@ -651,12 +669,15 @@ def bench_scale(args: argparse.Namespace) -> str:
                     for name, p in paths.items():
                         res = run_wrk(server.url, p, args.duration, seed=rep + 1)
                         runs[name].append(res)
-                        print(f"scale {size} workers={workers} {name} #{rep + 1}: {_fmt(res)}", flush=True)
+                        print(f"scale {size} workers={workers} batch_max={batch_max} {name} #{rep + 1}: {_fmt(res)}",
+                              flush=True)  # fmt: skip
                 rss = server.worker_rss_mb()
+                batches = _batch_sizes(server.url, workers)
             floor = _median(runs["floor"], "rps")
             rec, plain = runs["recommend"], runs["recommend_noexplain"]
             rows.append([
-                f"{n_inter / 1e6:g}M ({nnz:,})", f"{n_users:,} x {n_items:,}", workers, f"{floor:,.0f}",
+                f"{n_inter / 1e6:g}M ({nnz:,})", f"{n_users:,} x {n_items:,}", workers,
+                "default" if batch_max is None else batch_max, batches, f"{floor:,.0f}",
                 f"{_median(rec, 'rps'):,.0f} ({_median(rec, 'rps') / floor:.0%})",
                 f"{_median(rec, 'p50_us') / 1000:.2f}", f"**{_median(rec, 'p99_us') / 1000:.2f}**",
                 f"{_median(plain, 'rps'):,.0f} ({_median(plain, 'rps') / floor:.0%})",
@@ -668,14 +689,32 @@ def bench_scale(args: argparse.Namespace) -> str:
     title = (f"How serving cost grows with the data: synthetic ALS (d=64), random users, every request scored "
              f"(result cache off); wrk -t2 -c32, {args.repeats} alternating {args.duration} s runs per endpoint "
              f"(medians)")  # fmt: skip
-    headers = ["interactions (stored)", "users x items", "workers", "floor req/s", "`/recommend` req/s (of floor)",
+    headers = ["interactions (stored)", "users x items", "workers", "batch_max", "mean batch (largest)",
+               "floor req/s", "`/recommend` req/s (of floor)",
                "p50 ms", "p99 ms", "`explain=false` req/s (of floor)", "`explain=false` p99 ms",
                "RSS per worker MiB", "ready s", "errors", "load before each `/recommend` run"]  # fmt: skip
     return (
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py scale --sizes {' '.join(args.sizes)} --workers "
-        + f"{' '.join(map(str, args.workers))} --repeats {args.repeats}`. Machine: {machine_note()}.\n"
+        + f"{' '.join(map(str, args.workers))} --repeats {args.repeats}"
+        + (f" --batch-max {' '.join(map(str, args.batch_max))}" if args.batch_max else "")
+        + (f" --offload-ms {args.offload_ms:g}" if args.offload_ms is not None else "")
+        + f"`. Machine: {machine_note()}.\n"
     )
+
+
+def _batch_sizes(url: str, workers: int) -> str:
+    """Each worker's mean (largest) scoring batch so far, read from the benchmark app's ``/_batching``."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(40 * workers):
+        with urllib.request.urlopen(f"{url}/_batching", timeout=5) as resp:
+            stats = json.loads(resp.read())
+        seen[stats["pid"]] = stats
+        if len(seen) >= workers:
+            break
+    if not any("batches" in x for x in seen.values()):
+        return "off"
+    return " / ".join(f"{x['mean_size']:.1f} ({x['largest']})" for x in seen.values())
 
 
 def bench_engine(args: argparse.Namespace) -> str:
@@ -742,6 +781,89 @@ def bench_engine(args: argparse.Namespace) -> str:
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py engine --sizes {' '.join(args.sizes)} --queries "
         + f"{args.queries} --repeats {args.repeats}`. Machine: {machine_note()}.\n"
+    )
+
+
+def bench_batch(args: argparse.Namespace) -> str:
+    """In process: CPU per request of ``Engine.recommend_rows`` (a serving batch) by batch size, and list agreement.
+
+    Batch size 1 is a plain ``Engine.recommend`` per user (what every request cost before batching). Every size
+    scores the same users, in passes alternating between sizes. Agreement: each user's batched list (the largest
+    size) against the one-request list: identical, or differing only where scores are within 1e-5 relative.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from tastebud.serving.engine import Engine, Filters
+
+    no_filters = Filters()
+    rows = []
+    notes = []
+    for size in args.sizes:
+        n_users, n_items, n_inter = SCALES[size]
+        model = load_synth_model(synth_model_file(n_users, n_items, n_inter))
+        engine = Engine(model, {}, synth_item_meta(model), result_cache_size=0)
+        ids = synth_ids("u", n_users)
+        picked = np.random.default_rng(5).choice(n_users, min(n_users, args.queries), replace=False)
+        users = [ids[i] for i in picked.tolist()]
+
+        def timed(engine: Engine, users: list[str], batch: int, explain: bool) -> np.ndarray:
+            """CPU ms per request, one figure per batch (per request for size 1)."""
+            out = []
+            for start in range(0, len(users) - batch + 1, batch):
+                chunk = users[start : start + batch]
+                t0 = time.thread_time()
+                if batch == 1:
+                    engine.recommend(chunk[0], 10, explain=explain)
+                else:
+                    plain = [engine.plain_request(u, 10, True, no_filters, explain) for u in chunk]
+                    engine.recommend_rows(plain)  # type: ignore[arg-type]
+                out.append((time.thread_time() - t0) / batch)
+            return np.array(out) * 1000
+
+        runs: dict[tuple[int, bool], list[np.ndarray]] = {}
+        with threadpool_limits(1, "blas"):
+            for _ in range(args.repeats):
+                for batch in args.batch_sizes:
+                    for explain in (True, False):
+                        runs.setdefault((batch, explain), []).append(timed(engine, users, batch, explain))
+            largest = max(args.batch_sizes)
+            same = close = 0
+            for start in range(0, len(users) - largest + 1, largest):
+                chunk = users[start : start + largest]
+                batched = engine.recommend_rows([engine.plain_request(u, 10, True, no_filters, False) for u in chunk])
+                for user, got in zip(chunk, batched, strict=True):
+                    alone = engine.recommend(user, 10, explain=False)
+                    a = [(it["item_id"], it["score"]) for it in alone.items]
+                    b = [(it["item_id"], it["score"]) for it in got.items]  # type: ignore[union-attr]
+                    if [x for x, _ in a] == [x for x, _ in b]:
+                        same += 1
+                    elif np.allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-7):
+                        close += 1
+        base = {e: statistics.median(float(np.mean(r)) for r in runs[(1, e)]) for e in (True, False)}
+        for (batch, explain), r in sorted(runs.items(), key=lambda kv: (not kv[0][1], kv[0][0])):
+            mean = statistics.median(float(np.mean(x)) for x in r)
+            rows.append([
+                f"{n_inter / 1e6:g}M", f"{n_users:,} x {n_items:,}", "on" if explain else "off",
+                "1 (`Engine.recommend`)" if batch == 1 else batch, f"{mean:.3f}",
+                f"{statistics.median(float(np.percentile(x, 50)) for x in r):.3f}",
+                f"x{base[explain] / mean:.2f}",
+            ])  # fmt: skip
+        checked = (len(users) // largest) * largest
+        notes.append(f"{size}: of {checked:,} users, batches of {largest} gave the one-request list for {same:,}, "
+                     f"the same scores within 1e-5 relative (near-tied items in another order) for {close:,}, and "
+                     f"a different list for {checked - same - close:,}")  # fmt: skip
+    title = (f"`Engine.recommend_rows` (one scoring batch) in process, CPU ms per request (`time.thread_time`, BLAS 1 "
+             f"thread), {args.queries:,} random users, k=10; medians of {args.repeats} alternating passes")  # fmt: skip
+    headers = ["interactions", "users x items", "explanations", "batch size", "mean", "p50 (per batch)",
+               "speed-up vs 1"]  # fmt: skip
+    return (
+        table(title, headers, rows)
+        + "\nList agreement: "
+        + "; ".join(notes)
+        + ".\n"
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py batch --sizes {' '.join(args.sizes)} --batch-sizes "
+        + f"{' '.join(map(str, args.batch_sizes))} --queries {args.queries} --repeats {args.repeats}`. "
+        + f"Machine: {machine_note()}.\n"
     )
 
 
@@ -856,7 +978,7 @@ def _cache_flag(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine"))
+    parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine", "batch"))
     parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home whose champion is served")
     parser.add_argument("--model-name", default="movielens-100k")
     parser.add_argument("--dir", type=Path, default=OUT_DIR / "ann1m", help="cache of the 1M bundle")
@@ -884,12 +1006,21 @@ def main() -> None:
                         help="zipf: exponent of the request distribution over users")  # fmt: skip
     parser.add_argument("--served-recall", type=int, default=500,
                         help="ann: users whose served lists (over HTTP) are compared with exact scoring")  # fmt: skip
+    parser.add_argument("--batch-max", type=int, nargs="+", default=None,
+                        help="scale: serving.batch_max of the servers, one server per value (default: the "
+                             "setting's default; 1 disables batching)")  # fmt: skip
+    parser.add_argument("--offload-ms", type=float, default=None,
+                        help="scale: serving.offload_ms of the servers (a huge value keeps scoring, batches "
+                             "included, on the event loop)")  # fmt: skip
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32],
+                        help="batch: batch sizes compared in process")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     if args.part == "ann-build":
         build_ann_bundle(args.dir, args.items, args.users, args.dim)
         return
-    parts = {"http": bench_http, "ann": bench_ann, "zipf": bench_zipf, "scale": bench_scale, "engine": bench_engine}
+    parts = {"http": bench_http, "ann": bench_ann, "zipf": bench_zipf, "scale": bench_scale, "engine": bench_engine,
+             "batch": bench_batch}  # fmt: skip
     if args.workers is None:
         args.workers = {"zipf": [2], "scale": [1]}.get(args.part, [1, 2])
     text = parts[args.part](args)

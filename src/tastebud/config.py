@@ -183,6 +183,15 @@ class ServingSettings(BaseModel):
         "(health checks, cheap requests) of the process; cheaper ones run inline, sparing the thread hand-off "
         "(about 0.05-0.1 ms). 0 sends every request to a thread; a huge value keeps every request inline.",
     )
+    batch_max: int = Field(
+        32,
+        ge=1,
+        description="Most plain GET/POST /recommend requests (known user, no filters, no real-time events, no "
+        "experiment, result-cache miss) one worker scores together in one batch: the requests waiting at the same "
+        "time share one matrix-matrix product over the item factors instead of one product each. A batch runs as "
+        "soon as the event loop is free (no timer: an idle server answers a lone request at once), in a worker "
+        "thread when offload_ms says the model's requests leave the loop. 1 disables batching.",
+    )
 
 
 class StreamSettings(BaseModel):

@@ -304,3 +304,23 @@ def test_speed_on_movielens_sized_data() -> None:
     report = evaluate(model, split, k=10)
     assert report.n_users == n_users
     assert report.eval_seconds - report.score_seconds < 1.5  # target 0.5 s; slack for shared machines
+
+
+def test_bootstrap_cis_equal_one_bootstrap_ci_per_metric() -> None:
+    from tastebud.evaluation.protocol import bootstrap_ci, bootstrap_cis
+
+    rng = np.random.default_rng(4)
+    values = {
+        "a": rng.random(3_000),
+        "b": rng.random(3_000),
+        "with_nan": np.where(rng.random(3_000) < 0.1, np.nan, rng.random(3_000)),
+        "empty": np.full(4, np.nan),
+        "small": rng.random(3),
+    }
+    together = bootstrap_cis(values, n_boot=1_500, seed=9)
+    assert list(together) == list(values)
+    for name, vals in values.items():
+        alone = bootstrap_ci(vals, n_boot=1_500, seed=9)
+        np.testing.assert_array_equal(np.array(together[name]), np.array(alone))
+    with pytest.raises(ParameterError):
+        bootstrap_cis(values, n_boot=0)

@@ -156,3 +156,61 @@ def test_tags_are_used_when_present() -> None:
     model = ContentRecommender().fit(Dataset.from_frame(frame, items=items))
     assert "tag_dark_comedy" in model.vocabulary_
     assert model.similar_items(["x"], k=1).item_ids[0] == ["z"]
+
+
+# ---------------------------------------------------------------------- profile weights without grouping
+def _grouped_weights(dataset: Dataset, weighting: str) -> Any:
+    """Profile weights computed by grouping the rows per (user, item) pair: the general path."""
+    import scipy.sparse as sp
+
+    inter = dataset.interactions
+    column = {"rating": pl.col("rating").mean(), "value": pl.col("value").sum(), "binary": pl.lit(1.0)}
+    pairs = inter.group_by("user_idx", "item_idx").agg(column[weighting].cast(pl.Float64).alias("w"))
+    if weighting == "rating":
+        pairs = pairs.with_columns((pl.col("w") - pl.col("w").mean().over("user_idx")).alias("w"))
+        flat = pl.col("w").abs().max().over("user_idx") < 1e-9
+        pairs = pairs.with_columns(pl.when(flat).then(1.0).otherwise(pl.col("w")).alias("w"))
+    weights = sp.csr_matrix(
+        (pairs["w"].to_numpy(), (pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy())),
+        shape=dataset.shape,
+        dtype=np.float32,
+    )
+    weights.sort_indices()
+    return weights
+
+
+@pytest.mark.parametrize("weighting", ["rating", "value", "binary"])
+def test_profile_weights_of_unique_pairs_equal_the_grouped_ones(weighting: str) -> None:
+    from tastebud.data.synthetic import generate_synthetic
+    from tastebud.models.content import _profile_weights, _weights_of_unique_pairs
+
+    ds = generate_synthetic(n_users=400, n_items=300, n_interactions=12_000, seed=8)
+    inter = ds.interactions
+    # half-star ratings, a user whose ratings are all equal, values other than 1
+    inter = inter.with_columns(
+        pl.when(pl.col("user_idx") == 0)
+        .then(3.5)
+        .otherwise(pl.col("rating") - 0.5 * (pl.col("item_idx") % 2))
+        .cast(pl.Float32)
+        .alias("rating"),
+        (pl.col("item_idx") % 5 + 0.25).cast(pl.Float32).alias("value"),
+    )
+    ds = ds.with_interactions(inter.sample(fraction=1.0, shuffle=True, seed=2))
+    fast = _weights_of_unique_pairs(ds, weighting)
+    assert fast is not None
+    plain = _grouped_weights(ds, weighting)
+    assert fast.dtype == plain.dtype and fast.has_sorted_indices
+    np.testing.assert_array_equal(fast.indptr, plain.indptr)
+    np.testing.assert_array_equal(fast.indices, plain.indices)
+    np.testing.assert_array_equal(fast.data, plain.data)
+    assert _profile_weights(ds, weighting).nnz == plain.nnz
+    if weighting == "rating":
+        lo, hi = fast.indptr[0], fast.indptr[1]
+        assert hi > lo and np.all(fast.data[lo:hi] == 1.0)  # the flat user
+    # repeated pairs take the grouped path
+    twice = ds.with_interactions(pl.concat([ds.interactions, ds.interactions.head(40)]))
+    assert _weights_of_unique_pairs(twice, weighting) is None
+    repeated = _profile_weights(twice, weighting)
+    expected = _grouped_weights(twice, weighting)
+    np.testing.assert_array_equal(repeated.indices, expected.indices)
+    np.testing.assert_allclose(repeated.data, expected.data, rtol=1e-6)

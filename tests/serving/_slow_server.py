@@ -1,8 +1,9 @@
 """The API under uvicorn with a deliberately slow model: ``python _slow_server.py config.json``.
 
-Every personal scoring call of the served model sleeps ``slow_s`` seconds first (a stand-in for exact scoring of a
-huge catalog or a wide HNSW search: work that releases the GIL, as NumPy and FAISS do). ``offload_ms`` is
-``serving.offload_ms`` (a huge value keeps scoring on the event loop: the behaviour before the fix).
+Every personal scoring call of the served model (one request, or a batch of them) sleeps ``slow_s`` seconds first
+(a stand-in for exact scoring of a huge catalog or a wide HNSW search: work that releases the GIL, as NumPy and
+FAISS do). ``offload_ms`` is ``serving.offload_ms`` (a huge value keeps scoring on the event loop: the behaviour
+before the fix).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def main() -> None:
             time.sleep(slow_s)
             return fast(*args, **kwargs)
 
+        fast_rows = model.recommend_rows
+
+        def recommend_rows(*args: Any, **kwargs: Any) -> Any:  # a scoring batch: slow once for the batch
+            time.sleep(slow_s)
+            return fast_rows(*args, **kwargs)
+
         model.recommend_row = recommend_row
+        model.recommend_rows = recommend_rows
         return bundle
 
     settings = build_settings(

@@ -42,6 +42,26 @@ def _sorted_by_time(inter: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _sorted_if_unique(inter: pl.DataFrame) -> pl.DataFrame | None:
+    """The rows in (user, item) order when no (user, item) pair repeats, else ``None``.
+
+    One sort on a single 64-bit pair key: with unique pairs it is the order :func:`_sorted_by_time` gives (its
+    later keys only break ties within a pair), at a fraction of the cost of sorting on four columns.
+    """
+    if inter.height < 2:
+        return None
+    users = inter["user_idx"].to_numpy()
+    items = inter["item_idx"].to_numpy()
+    if users.min() < 0 or items.min() < 0:
+        return None
+    key = users.astype(np.int64) * (int(items.max()) + 1) + items
+    order = np.argsort(key)
+    ranked = key[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        return None
+    return inter[order]
+
+
 def dedupe(ds: Dataset, keep: DedupeMode = "latest") -> Dataset:
     """Merge duplicate (user, item) pairs into one interaction each.
 
@@ -61,6 +81,18 @@ def dedupe(ds: Dataset, keep: DedupeMode = "latest") -> Dataset:
     if keep not in get_args(DedupeMode):
         raise ParameterError(f"dedupe: unknown keep mode {keep!r}; expected one of {list(get_args(DedupeMode))}")
     inter = ds.interactions
+    unique = _sorted_if_unique(inter)
+    if unique is not None:
+        # no pair repeats: every mode keeps each row as it is, in (user, item) order
+        logger.info("dedupe", extra={"dataset": ds.name, "keep": keep, "rows_merged": 0})
+        n = inter.height
+        step = {"step": "dedupe", "keep": keep, "rows_before": n, "rows_after": n, "rows_merged": 0}
+        deduped = _record(ds, unique, step)
+        if "snapshot_id" in ds.__dict__:
+            # the same rows in another order, over the same vocabularies and metadata: the order-independent
+            # content hash is the same, so it is not computed again over every row
+            deduped.__dict__["snapshot_id"] = ds.__dict__["snapshot_id"]
+        return deduped
     ordered = _sorted_by_time(inter)
     # Rows are sorted by pair, so groups are runs: their bounds come from where the pair changes, and
     # aggregates are segment reductions (no hashing, linear time).

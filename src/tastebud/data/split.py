@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from tastebud.data.dataset import Dataset
-from tastebud.data.snapshot import _mix
+from tastebud.data.snapshot import _CHUNK, _mix_into, digest_of_rows, row_hashes, snapshot_id_of_digest
 from tastebud.errors import DataWarning, ParameterError, SplitError
 
 logger = logging.getLogger(__name__)
@@ -298,11 +298,25 @@ def _round_half_up(x: float) -> int:
 
 
 def _pair_hash(users: np.ndarray, items: np.ndarray, salt: int) -> np.ndarray:
-    """A 63-bit pseudo-random key per (user, item, salt), identical on every machine."""
+    """A 63-bit pseudo-random key per (user, item, salt), identical on every machine.
+
+    ``_mix(((user << 32) | item) ^ salt_word) >> 1``, computed in cache-sized chunks.
+    """
     salt_word = np.uint64(int(hashlib.sha256(str(salt).encode()).hexdigest()[:16], 16))
-    with np.errstate(over="ignore"):
-        pairs = (users.astype(np.uint64) << np.uint64(32)) | items.astype(np.uint64)
-        return (_mix(pairs ^ salt_word) >> np.uint64(1)).astype(np.int64)
+    n = len(users)
+    out = np.empty(n, dtype=np.uint64)
+    scratch = np.empty(min(n, _CHUNK), dtype=np.uint64)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        h, tmp = out[start:stop], scratch[: stop - start]
+        h[:] = users[start:stop].astype(np.uint64)
+        np.left_shift(h, np.uint64(32), out=h)
+        tmp[:] = items[start:stop].astype(np.uint64)
+        np.bitwise_or(h, tmp, out=h)
+        np.bitwise_xor(h, salt_word, out=h)
+        _mix_into(h, tmp)
+        np.right_shift(h, np.uint64(1), out=h)
+    return out.view(np.int64)
 
 
 def _time_keys(ds: Dataset) -> list[pl.Series]:
@@ -313,8 +327,33 @@ def _time_keys(ds: Dataset) -> list[pl.Series]:
 
 def _order(ds: Dataset, keys: list[pl.Series]) -> np.ndarray:
     """Row order sorted by user, then ``keys``, then row (polars sorts on several threads)."""
+    if len(keys) == 1 and keys[0].dtype == pl.Int64:
+        order = _order_by_packed_key(ds.interactions["user_idx"].to_numpy(), keys[0].to_numpy(), ds.n_users)
+        if order is not None:
+            return order
     frame = pl.DataFrame([ds.interactions["user_idx"], *[k.alias(f"_k{i}") for i, k in enumerate(keys)]])
     return frame.select(pl.arg_sort_by(frame.columns, maintain_order=True)).to_series().to_numpy()
+
+
+def _order_by_packed_key(users: np.ndarray, key: np.ndarray, n_users: int) -> np.ndarray | None:
+    """:func:`_order` for one non-negative 63-bit key by sorting one 64-bit word, or ``None`` where it cannot tell.
+
+    The word holds the user in its high bits and the key's leading bits below, so it orders rows by user, then
+    key. When no two rows share a word, that order is strict, hence the one :func:`_order` gives (the row only
+    breaks ties); when some do (rows of one user whose keys agree in their leading bits, or repeat), ``None``.
+    """
+    if len(users) < 2 or n_users < 1:
+        return None
+    user_bits = max(1, int(n_users - 1).bit_length())
+    if user_bits > 62 or users.min() < 0 or users.max() >= n_users or key.min() < 0:
+        return None
+    key_bits = 63 - user_bits  # the word stays below 2**63: a non-negative int64
+    word = (users.astype(np.int64) << np.int64(key_bits)) | (key >> np.int64(63 - key_bits))
+    order = np.argsort(word)
+    ranked = word[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        return None
+    return order
 
 
 def _positions(
@@ -322,14 +361,22 @@ def _positions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Position of every row within its user (in ``order``), and the count of rows per user."""
     counts = np.bincount(users, minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sorted_users = users[order]
-    pos_sorted = np.arange(len(users)) - starts[sorted_users]
-    if from_end:
-        pos_sorted = counts[sorted_users] - 1 - pos_sorted
     pos = np.empty(len(users), dtype=np.int64)
-    pos[order] = pos_sorted
+    pos[order] = _sorted_positions(counts, from_end=from_end)
     return pos, counts
+
+
+def _sorted_positions(counts: np.ndarray, *, from_end: bool = False) -> np.ndarray:
+    """Position of every row within its user, rows in :func:`_order` (users ascending, ``counts`` rows each)."""
+    starts = np.cumsum(counts) - counts
+    # ``order`` sorts by user first, so the users of the sorted rows are each user repeated ``counts`` times
+    base = starts + counts - 1 if from_end else starts
+    pos_sorted = np.repeat(base, counts)
+    if from_end:
+        np.subtract(pos_sorted, np.arange(len(pos_sorted)), out=pos_sorted)
+    else:
+        np.subtract(np.arange(len(pos_sorted)), pos_sorted, out=pos_sorted)
+    return pos_sorted
 
 
 def _per_user_parts(
@@ -341,7 +388,7 @@ def _per_user_parts(
     min_user_interactions: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Part of every row when the last rows of each user (in ``order``) are held out; and too-few users."""
-    pos, counts = _positions(users, order, n_users, from_end=True)
+    counts = np.bincount(users, minlength=n_users)
     eligible = counts >= min_user_interactions
     n_test = np.maximum(1, np.floor(test_fraction * counts + 0.5)).astype(np.int64)
     n_test = np.where(eligible, np.minimum(n_test, counts - 1), 0)
@@ -349,9 +396,13 @@ def _per_user_parts(
     if validation_fraction > 0:
         n_val = np.maximum(1, np.floor(validation_fraction * counts + 0.5)).astype(np.int64)
         n_val = np.where(eligible, np.clip(n_val, 0, counts - n_test - 1), 0)
-    part = np.full(len(users), TRAIN, dtype=np.int8)
-    part[pos < n_test[users] + n_val[users]] = VALIDATION
-    part[pos < n_test[users]] = TEST
+    # in the order of ``order`` (users ascending), then put back in row order
+    pos = _sorted_positions(counts, from_end=True)
+    part_sorted = np.full(len(users), TRAIN, dtype=np.int8)
+    part_sorted[pos < np.repeat(n_test + n_val, counts)] = VALIDATION
+    part_sorted[pos < np.repeat(n_test, counts)] = TEST
+    part = np.empty(len(users), dtype=np.int8)
+    part[order] = part_sorted
     too_few = np.flatnonzero((counts > 0) & ~eligible)
     return part, too_few
 
@@ -396,10 +447,16 @@ def _build(
     """Turn per-row parts into a :class:`Split` (datasets sharing the parent vocabulary) with its meta."""
     has_validation = params.get("validation_fraction", 0) > 0 or params.get("validation") is True
     series = pl.Series(part)
+    # One pass of row hashes gives the snapshot ids of every part (and of the parent when not known yet): the
+    # digest is a sum over rows, so a part's is the sum over its rows.
+    hashes = row_hashes(ds.interactions)
+    if "snapshot_id" not in ds.__dict__:
+        ds.__dict__["snapshot_id"] = snapshot_id_of_digest(digest_of_rows(hashes), ds.users, ds.items, ds.item_meta)
     parts: dict[str, Dataset] = {}
     for code, name in enumerate(_PART_NAMES):
         if name == "validation" and not has_validation:
             continue
+        mask = part == code
         rows = ds.interactions.filter(series == code)
         if rows.height == 0:
             raise SplitError(
@@ -407,6 +464,8 @@ def _build(
                 f"{ds.n_users} users) leaves the {name} part empty; use other parameters or more data"
             )
         parts[name] = ds.with_interactions(rows, split={"method": method, "part": name})
+        digest = digest_of_rows(hashes[mask])
+        parts[name].__dict__["snapshot_id"] = snapshot_id_of_digest(digest, ds.users, ds.items, ds.item_meta)
     meta: dict[str, Any] = {
         "method": method,
         "params": params,

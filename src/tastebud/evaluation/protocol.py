@@ -172,6 +172,43 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, *, level
     return (float(low), float(high))
 
 
+def bootstrap_cis(
+    values: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0, *, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_ci` of every array in ``values``, each the same as its own call gives.
+
+    Arrays with the same number of values (after dropping ``nan``) are resampled with the same index draws, since
+    their own calls would draw the same ones from the same seed; drawing them once per chunk instead of once per
+    metric is most of the cost saved.
+    """
+    if n_boot < 1:
+        raise ParameterError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ParameterError(f"level must be in (0, 1), got {level}")
+    kept = {}
+    for name, vals in values.items():
+        v = np.asarray(vals, dtype=np.float64).ravel()
+        kept[name] = v[~np.isnan(v)]
+    out: dict[str, tuple[float, float]] = {}
+    alpha = (1 - level) / 2
+    for size in dict.fromkeys(v.size for v in kept.values()):
+        group = [name for name, v in kept.items() if v.size == size]
+        if size == 0:
+            out.update({name: (float("nan"), float("nan")) for name in group})
+            continue
+        rng = np.random.default_rng(seed)
+        chunk = max(1, 4_000_000 // size)
+        means: dict[str, list[np.ndarray]] = {name: [] for name in group}
+        for start in range(0, n_boot, chunk):
+            idx = rng.integers(0, size, size=(min(chunk, n_boot - start), size))
+            for name in group:
+                means[name].append(kept[name][idx].mean(axis=1))
+        for name in group:
+            low, high = np.quantile(np.concatenate(means[name]), [alpha, 1 - alpha])
+            out[name] = (float(low), float(high))
+    return {name: out[name] for name in values}
+
+
 def relevance_matrix(part: Dataset) -> tuple[sp.csr_matrix, bool]:
     """Users x items CSR of relevance grades of a held-out part, and whether the grades are ratings.
 
@@ -370,7 +407,7 @@ def evaluate(
     per_user["novelty"] = m.novelty(recs, popularity, n_train_users)
     per_user["popularity"] = m.popularity_bias(recs, popularity)
     means = {name: m.mean(vals) for name, vals in per_user.items()}
-    ci = {name: bootstrap_ci(vals, n_boot=n_boot, seed=seed) for name, vals in per_user.items()}
+    ci = bootstrap_cis(per_user, n_boot=n_boot, seed=seed)
     catalog_pop = m.catalog_mean_popularity(popularity)
 
     rmse = mae = None

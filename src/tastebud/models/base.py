@@ -158,6 +158,31 @@ class Recommender(ABC):
             because = [[lookup[j] for j in names] for names in recs.explanations[0]]
         return RankedRow(items, np.asarray(recs.scores[0], dtype=np.float64), because)
 
+    def recommend_rows(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        k: int | Sequence[int] = 10,
+        *,
+        exclude_seen: bool | Sequence[bool] = True,
+        explain: bool | Sequence[bool] = False,
+    ) -> list[RankedRow]:
+        """Top-``k`` of several users at once (a serving batch): one :class:`RankedRow` per entry of ``rows``.
+
+        Entry ``i`` is :meth:`recommend_row` of ``rows[i]`` with the same arguments; ``k``, ``exclude_seen`` and
+        ``explain`` are one value for every row or one per row. This default loops over :meth:`recommend_row`;
+        models that can share the scoring override it (the factor models score the whole batch with one
+        matrix-matrix product, reading the item factors once instead of once per user).
+
+        Raises:
+            ParameterError: a row outside ``users_``, or per-row arguments of another length than ``rows``.
+        """
+        assert self.users_ is not None
+        rows_, ks, excl, expl = per_row_args(rows, len(self.users_), k, exclude_seen, explain)
+        return [
+            self.recommend_row(u, kk, exclude_seen=e, explain=x)
+            for u, kk, e, x in zip(rows_.tolist(), ks, excl, expl, strict=True)
+        ]
+
     # ------------------------------------------------------------------ scoring a history
     #: True when the model scores arbitrary histories (:meth:`recommend_history`).
     history_scoring: ClassVar[bool] = False
@@ -306,20 +331,120 @@ def _read_array(path: Path) -> np.ndarray:
         raise BundleError(f"{path}: unreadable array ({err})") from err
 
 
+def per_row_args(
+    rows: Sequence[int] | np.ndarray,
+    n_users: int,
+    k: int | Sequence[int],
+    exclude_seen: bool | Sequence[bool],
+    explain: bool | Sequence[bool],
+) -> tuple[np.ndarray, list[int], list[bool], list[bool]]:
+    """:meth:`Recommender.recommend_rows`' arguments as (rows, then one ``k``, ``exclude_seen``, ``explain`` per row).
+
+    Raises:
+        ParameterError: a row outside ``0 .. n_users - 1``, or a per-row list of another length than ``rows``.
+    """
+    arr = np.asarray(rows)
+    if arr.ndim != 1 or (len(arr) and not np.issubdtype(arr.dtype, np.integer)):
+        raise ParameterError(f"rows must be a 1-D sequence of user indices (got shape {arr.shape}, {arr.dtype})")
+    arr = arr.astype(np.int64, copy=False)
+    if len(arr) and (arr.min() < 0 or arr.max() >= n_users):
+        bad = int(arr[(arr < 0) | (arr >= n_users)][0])
+        raise ParameterError(f"user row {bad} is outside 0..{n_users - 1}")
+    n = len(arr)
+
+    def each(value: Any, name: str) -> list[Any]:
+        if isinstance(value, bool | int | np.integer | np.bool_):
+            return [value] * n
+        values = list(value)
+        if len(values) != n:
+            raise ParameterError(f"{name}: {len(values)} values for {n} rows")
+        return values
+
+    excl = [bool(x) for x in each(exclude_seen, "exclude_seen")]
+    return arr, each(k, "k"), excl, [bool(x) for x in each(explain, "explain")]
+
+
+#: Columns per block of :func:`top_k`'s block-maximum bound.
+_TOP_BLOCK = 128
+#: Rows with more than this many times ``k`` blocks whose maximum reaches the bound are ranked by the full partition.
+_TOP_POOL = 4
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-``k`` of a 2-D score array (``-inf`` entries dropped), best first.
 
     Returns (indices, scores), each a 2-D array of shape (rows, min(k, n_cols)); positions with ``-inf``
     score carry index -1.
+
+    On wide arrays (at least ``4 * k`` blocks of 128 columns, e.g. 60,000 items) the ``k``-th largest of the
+    rows' block maxima bounds each row's ``k``-th largest score from below, so only the few scores at or above it
+    are sorted. Rows whose top ``k + 1`` scores are all distinct have one answer, which this gives; rows with a
+    tie among them (whose order :func:`numpy.argpartition` decides), NaN scores, or a pool too large to be worth
+    it take the full partition, so every row is exactly what the full partition gives.
     """
     n = scores.shape[1]
     kk = min(k, n)
     if kk <= 0:
         return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
+    if kk < n and n // _TOP_BLOCK >= 4 * kk and scores.shape[0] and np.issubdtype(scores.dtype, np.floating):
+        return _top_k_bounded(scores, kk)
+    return _top_k_full(scores, kk)
+
+
+def _top_k_full(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` by one :func:`numpy.argpartition` of every row (``0 < kk <= n_cols``)."""
+    n = scores.shape[1]
     part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (scores.shape[0], 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     idx = np.take_along_axis(part, order, axis=1)
     val = np.take_along_axis(part_scores, order, axis=1)
     idx = np.where(np.isneginf(val), -1, idx)
+    return idx, val
+
+
+def _top_k_bounded(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of a wide floating-point array through the block-maximum bound (``kk < n_cols``)."""
+    n_rows, n = scores.shape
+    n_blocks = n // _TOP_BLOCK
+    body = n_blocks * _TOP_BLOCK
+    blocks = scores[:, :body].reshape(n_rows, n_blocks, _TOP_BLOCK)
+    block_max = blocks.max(axis=2)
+    # kk distinct blocks hold kk distinct scores at least this large: every top-kk score is >= the bound, and
+    # lies in a block whose maximum is >= the bound (or in the columns past the last whole block)
+    bound = np.partition(block_max, n_blocks - kk, axis=1)[:, n_blocks - kk]
+    tail = scores[:, body:]
+    bad = np.isnan(block_max).any(axis=1) | np.isnan(tail).any(axis=1) | ~(bound > -np.inf)
+    hit = block_max >= bound[:, None]
+    n_hit = np.count_nonzero(hit, axis=1)
+    bad |= n_hit > _TOP_POOL * kk  # many blocks tie with the bound (near-constant rows): rank those in full
+    hit[bad] = False
+    n_hit[bad] = 0
+    width = int(n_hit.max(initial=0))
+    # each row's hit blocks side by side (rows padded with -inf), then the tail columns
+    pool_val = np.full((n_rows, width, _TOP_BLOCK), -np.inf, dtype=scores.dtype)
+    pool_col = np.full((n_rows, width, _TOP_BLOCK), -1, dtype=np.int64)
+    rows, block = np.nonzero(hit)
+    slot = np.arange(len(rows)) - (np.cumsum(n_hit) - n_hit)[rows]
+    pool_val[rows, slot] = blocks[rows, block]
+    pool_col[rows, slot] = block[:, None] * _TOP_BLOCK + np.arange(_TOP_BLOCK)
+    pool_val = np.concatenate([pool_val.reshape(n_rows, -1), tail], axis=1)
+    pool_col = np.concatenate([pool_col.reshape(n_rows, -1), np.broadcast_to(np.arange(body, n), tail.shape)], axis=1)
+    m = pool_val.shape[1]
+    if m > kk + 1:
+        part = np.argpartition(-pool_val, kk, axis=1)[:, : kk + 1]
+        pool_val = np.take_along_axis(pool_val, part, axis=1)
+        pool_col = np.take_along_axis(pool_col, part, axis=1)
+    order = np.argsort(-pool_val, axis=1, kind="stable")
+    val = np.take_along_axis(pool_val, order, axis=1)
+    idx = np.take_along_axis(pool_col, order, axis=1)
+    # a tie among the top kk + 1 (the padding is -inf, below every top-kk score): argpartition decides its order
+    if val.shape[1] > kk:
+        tied = (val[:, 1 : kk + 1] == val[:, :kk]).any(axis=1)
+    else:
+        tied = (val[:, 1:] == val[:, :-1]).any(axis=1)
+    val, idx = np.ascontiguousarray(val[:, :kk]), np.ascontiguousarray(idx[:, :kk])
+    redo = np.flatnonzero(bad | tied)
+    if len(redo):
+        idx[redo], val[redo] = _top_k_full(scores[redo], kk)
     return idx, val

@@ -23,6 +23,9 @@ from tastebud.models import _scoring as sc
 from tastebud.models.base import ModelConfig, Recommendations, Recommender, read_json, write_json
 
 _SECONDS_PER_DAY = 86_400.0
+#: Catalog positions past ``k + 1`` that :meth:`PopularityRecommender.recommend` looks through for a user's first
+#: unseen items before it scores the whole catalog for that user.
+_PREFIX_MARGIN = 256
 
 
 class PopularityConfig(ModelConfig):
@@ -48,6 +51,7 @@ class PopularityRecommender(Recommender):
         self.popularity_: np.ndarray | None = None
         self.genres_: list[str] | None = None
         self.item_genres_: sp.csr_matrix | None = None
+        self._ranking_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, dataset: Dataset) -> Self:
         """Compute item popularity (and the item x genre incidence); returns self.
@@ -108,16 +112,88 @@ class PopularityRecommender(Recommender):
         k = sc.check_k(k)
         rows = self.users_.index(user_ids, kind="user")
         cands = sc.resolve_candidates(self.items_, candidates)
+        exclude = self.seen_[rows] if exclude_seen else None
+        if cands is None:
+            idx, scores = self._rank_all(rows, k, exclude)
+        else:
+            idx, scores = self._rank_scored(rows, k, exclude, cands)
+        return sc.build_recommendations(list(user_ids), idx, scores, self.items_)
+
+    def _rank_scored(
+        self, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None, cands: np.ndarray | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Top-``k`` of ``rows`` by scoring every item (or candidate) for every row: :func:`_scoring.rank`."""
         pop = self.popularity_
-        idx, scores = sc.rank(
+        assert pop is not None and self.items_ is not None
+        return sc.rank(
             lambda r, c: np.broadcast_to(pop if c is None else pop[c], (len(r), len(pop) if c is None else len(c))),
             rows,
             k,
             n_items=len(self.items_),
-            exclude=self.seen_[rows] if exclude_seen else None,
+            exclude=exclude,
             candidates=cands,
         )
-        return sc.build_recommendations(list(user_ids), idx, scores, self.items_)
+
+    def _rank_all(
+        self, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Top-``k`` of ``rows`` over the whole catalog from one ranking of the items: each row's first unseen.
+
+        Everyone's scores are the same popularity, so a row's list is the first ``k`` items of the catalog's
+        ranking that the row has not seen. Where the first ``k + 1`` of those have distinct popularity the list is
+        the only top ``k`` there is, the one :meth:`_rank_scored` returns; rows with a tie among them (whose order
+        the partition of :meth:`_rank_scored` decides), or with fewer than ``k + 1`` unseen items among the
+        catalog's first ``k + 1 +`` :data:`_PREFIX_MARGIN`, are ranked by :meth:`_rank_scored`, so every row is
+        exactly what it returns.
+        """
+        pop = self.popularity_
+        assert pop is not None
+        n_items = len(pop)
+        kk = min(k, n_items)
+        if len(rows) == 0 or kk + 1 > n_items or np.isnan(pop).any():
+            return self._rank_scored(rows, k, exclude, None)
+        order = self._ranking()
+        prefix = min(n_items, kk + 1 + _PREFIX_MARGIN)
+        seen = np.zeros((len(rows), prefix), dtype=bool)
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
+            position = np.empty(n_items, dtype=np.int64)
+            position[order] = np.arange(n_items)
+            at = position[exclude.indices]
+            r = np.repeat(np.arange(len(rows)), np.diff(exclude.indptr))
+            inside = at < prefix
+            seen[r[inside], at[inside]] = True
+        n_unseen = prefix - np.count_nonzero(seen, axis=1)
+        ok = n_unseen >= kk + 1
+        seen[~ok] = True  # those rows take the scored path: no positions from them
+        r, at = np.nonzero(~seen)
+        first = (np.arange(len(r)) - (np.cumsum(n_unseen * ok) - n_unseen * ok)[r]) < kk + 1
+        items = order[at[first]].reshape(-1, kk + 1)
+        values = pop[items]
+        ok_rows = np.flatnonzero(ok)
+        tied = (values[:, 1:] == values[:, :-1]).any(axis=1)
+        out_idx: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(rows)
+        out_scores: list[np.ndarray] = [np.empty(0, dtype=pop.dtype)] * len(rows)
+        for j, row in enumerate(ok_rows.tolist()):
+            if not tied[j]:
+                out_idx[row], out_scores[row] = items[j, :kk], values[j, :kk]
+        redo = np.concatenate([np.flatnonzero(~ok), ok_rows[tied]])
+        if len(redo):
+            redo.sort()
+            idx, scores = self._rank_scored(rows[redo], k, None if exclude is None else exclude[redo], None)
+            for j, row in enumerate(redo.tolist()):
+                out_idx[row], out_scores[row] = idx[j], scores[j]
+        return out_idx, out_scores
+
+    def _ranking(self) -> np.ndarray:
+        """Item indices by decreasing popularity (computed once per fitted or loaded model)."""
+        pop = self.popularity_
+        assert pop is not None
+        cached = self._ranking_cache
+        if cached is None or cached[0] is not pop:
+            cached = (pop, np.argsort(-pop, kind="stable"))
+            self._ranking_cache = cached
+        return cached[1]
 
     history_scoring = True
 

@@ -20,6 +20,7 @@ from fastapi.responses import ORJSONResponse
 from tastebud.config import Settings, build_settings
 from tastebud.monitoring.metrics import DRIFT_TEXTFILE, RETRAIN_TEXTFILE, ServingMetrics, mark_process_dead
 from tastebud.serving.auth import AuthMiddleware, AuthPolicy, RateLimits, install_openapi_security
+from tastebud.serving.batching import Batcher
 from tastebud.serving.errors import install_error_handlers
 from tastebud.serving.holder import BundleLoader, ModelHolder, settings_loader
 from tastebud.serving.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -140,6 +141,8 @@ def create_app(
     app.state.metrics = metrics_
     app.state.request_log = request_log
     app.state.store = store
+    #: scoring batches of the plain /recommend path (None: every request scored on its own)
+    app.state.batcher = Batcher(cfg.batch_max) if cfg.batch_max > 1 else None
     install_error_handlers(app)
     for module in (recommend, similar, popular, items, health, metrics, trace, models, events, experiments):
         app.include_router(module.router)

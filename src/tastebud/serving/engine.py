@@ -95,6 +95,19 @@ class Result:
         return self._logged  # type: ignore[no-any-return]
 
 
+class PlainRequest(NamedTuple):
+    """A request on the plain personal path (see :meth:`Engine.plain_request`): what a scoring batch needs of it."""
+
+    u: int  # the user's row in the main model
+    user_id: str
+    k: int
+    exclude_seen: bool
+    explain: bool
+
+
+_NO_FILTERS = Filters()
+
+
 class Catalog:
     """Item metadata of one item vocabulary, precomputed for filtering and for responses.
 
@@ -348,22 +361,97 @@ class Engine:
         if overlay is not None or not self.result_cache_size:
             return self._personal(u, user_id, k, exclude_seen, filters, explain, overlay)
         key = (u, k, exclude_seen, explain, filters)
-        cache = self._results
-        hit = cache.get(key)
+        hit = self._cached(key)
         if hit is not None:
-            self.cache_hits += 1
-            if self._on_cache is not None:
-                self._on_cache(True)
             return hit
-        self.cache_misses += 1
-        if self._on_cache is not None:
-            self._on_cache(False)
         result = self._personal(u, user_id, k, exclude_seen, filters, explain, None)
+        self._keep(key, result)
+        return result
+
+    def _cached(self, key: tuple[Any, ...]) -> Result | None:
+        """The result cache's entry for ``key`` (counted as a hit), or ``None`` (counted as a miss)."""
+        hit = self._results.get(key)
+        self._count_cache(hit is not None)
+        return hit
+
+    def _count_cache(self, hit: bool) -> None:
+        if hit:
+            self.cache_hits += 1
+        else:
+            self.cache_misses += 1
+        if self._on_cache is not None:
+            self._on_cache(hit)
+
+    def _keep(self, key: tuple[Any, ...], result: Result) -> None:
+        """Store ``result`` in the result cache, evicting the oldest entry past its size."""
+        cache = self._results
         cache[key] = result
         if len(cache) > self.result_cache_size:
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted it first
                 del cache[next(iter(cache))]
-        return result
+
+    # ------------------------------------------------------------------ batched requests
+    def plain_request(
+        self, user_id: str, k: int, exclude_seen: bool, filters: Filters, explain: bool
+    ) -> PlainRequest | Result | None:
+        """Whether a request can join a scoring batch (:meth:`recommend_rows`); the route's first step when batching.
+
+        Returns the request as a :class:`PlainRequest` when it takes the plain personal path of :meth:`recommend`
+        (a known user, no real-time overlay, no filters, the main model rather than the content fallback, and
+        not in the result cache), the cached :class:`Result` when the cache answers it (a hit, counted as
+        :meth:`recommend` counts it; a miss is counted here too), and ``None`` for every other request, which
+        :meth:`recommend` answers as before.
+        """
+        if filters.active or (self.overlays is not None and self.overlays.get(user_id) is not None):
+            return None
+        u = self.user_lookup.get(user_id)
+        if u is None or self._content_user(u, user_id):
+            return None
+        if self.result_cache_size:
+            hit = self._cached((u, k, exclude_seen, explain, filters))
+            if hit is not None:
+                return hit
+        return PlainRequest(u, user_id, k, exclude_seen, explain)
+
+    def recommend_rows(self, requests: Sequence[PlainRequest]) -> list[Result | Exception]:
+        """The answers to several :meth:`plain_request` requests, scored together (:meth:`Recommender.recommend_rows`).
+
+        Each answer is what :meth:`recommend` returns for that request (the same items and order; scores equal up
+        to the float rounding of the batched product), and is stored in the result cache as it would. When the
+        batched call fails, each request is scored on its own, so a request fails only with the error it raises
+        by itself, which is returned in its place (an exception instance, not raised).
+        """
+        if not requests:
+            return []
+        try:
+            ranked = self.model.recommend_rows(
+                [r.u for r in requests],
+                [r.k for r in requests],
+                exclude_seen=[r.exclude_seen for r in requests],
+                explain=[r.explain for r in requests],
+            )
+            results: list[Result | Exception] = []
+            for r, row in zip(requests, ranked, strict=True):
+                result = Result(self.catalog.rows(row), r.k)
+                if self.result_cache_size:
+                    self._keep((r.u, r.k, r.exclude_seen, r.explain, _NO_FILTERS), result)
+                results.append(result)
+            return results
+        except Exception as err:
+            if len(requests) == 1:  # the request's own error: what recommend raises for it
+                return [err]
+            logger.warning("a batch of %d requests failed (%s); scoring each on its own", len(requests), err)
+        out: list[Result | Exception] = []
+        for r in requests:
+            try:
+                result = self._personal(r.u, r.user_id, r.k, r.exclude_seen, _NO_FILTERS, r.explain, None)
+            except Exception as err:
+                out.append(err)
+                continue
+            if self.result_cache_size:
+                self._keep((r.u, r.k, r.exclude_seen, r.explain, _NO_FILTERS), result)
+            out.append(result)
+        return out
 
     def _personal(
         self,
@@ -377,13 +465,8 @@ class Engine:
     ) -> Result:
         """A known user's list from the main model (or content scores for a short history)."""
         model, catalog, reason = self.model, self.catalog, None
-        if (
-            self.history_len[u] < self.threshold
-            and self.content is not None
-            and self.content_catalog is not None
-            and self.content.users_ is not None
-            and user_id in self.content.users_.lookup
-        ):
+        if self._content_user(u, user_id):
+            assert self.content is not None and self.content_catalog is not None
             model, catalog, reason = self.content, self.content_catalog, SPARSE_HISTORY
         if model is not self.model:
             assert model.users_ is not None
@@ -405,6 +488,16 @@ class Engine:
             items, k, is_fallback=reason is not None, fallback_reason=reason,
             source="content" if reason else "model",
         )  # fmt: skip
+
+    def _content_user(self, u: int, user_id: str) -> bool:
+        """Whether the content model answers user ``u`` (a history shorter than the threshold, and known to it)."""
+        return bool(
+            self.history_len[u] < self.threshold
+            and self.content is not None
+            and self.content_catalog is not None
+            and self.content.users_ is not None
+            and user_id in self.content.users_.lookup
+        )
 
     def popular(self, k: int, filters: Filters | None = None) -> Result:
         """The ``k`` most popular items that pass ``filters``."""

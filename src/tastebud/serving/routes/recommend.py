@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from tastebud.serving.batching import Batcher
 from tastebud.serving.deps import max_k, served_model
 from tastebud.serving.engine import Result
 from tastebud.serving.holder import Served
@@ -98,7 +99,14 @@ async def _answer(
     if route is None:
         engine = served.engine
         filters = engine.parse_filters(*raw_filters)
-        if is_slow(request, engine, "recommend"):  # a large catalog: score in a thread, the loop stays free
+        slow = is_slow(request, engine, "recommend")
+        batcher: Batcher | None = getattr(request.app.state, "batcher", None)
+        plain = engine.plain_request(user_id, k, exclude_seen, filters, explain) if batcher is not None else None
+        if isinstance(plain, Result):  # answered by the result cache
+            result = plain
+        elif plain is not None and batcher is not None:  # plain personal path: scored with the requests waiting
+            result = await batcher.submit(engine, plain, threaded=slow)
+        elif slow:  # a large catalog: score in a thread, the loop stays free
             result = await to_thread(
                 engine.recommend, user_id, k, exclude_seen=exclude_seen, filters=filters, explain=explain
             )

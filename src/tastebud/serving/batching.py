@@ -1,0 +1,161 @@
+"""Dynamic batching of ``/recommend``: the requests of a worker that wait at the same time are scored together.
+
+On a large catalog one scored request is mostly one matrix-vector product over every item factor (60,000 items x 64
+float32: 15 MB read from memory per request). Scoring the requests that are waiting together turns those products
+into one matrix-matrix product that reads the factors once per batch, and shares the per-call Python and NumPy
+overhead (see "Serving at scale" in bench/RESULTS.md).
+
+A route submits a plain personal request (:meth:`Engine.plain_request`: a known user without real-time events, no
+filters, no experiment, not the content fallback, not in the result cache) and awaits its answer. The first
+request of a batch schedules the batch with ``loop.call_soon``: it runs as soon as the event loop is next free, so
+every request whose handler runs before then joins it, and no timer adds latency when the server is idle (a lone
+request is a batch of one, scored as without batching). While more requests join at each turn of the loop, the
+batch waits a few turns more (:data:`MAX_DEFERRALS`). At most ``serving.batch_max`` requests form one batch.
+
+A model whose requests leave the loop (``serving.offload_ms``, :mod:`tastebud.serving.offload`) scores each batch
+in one worker thread: one hand-off per batch instead of one per request. One such batch runs at a time per
+process; the requests arriving meanwhile form the next one, so batches grow with the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from tastebud.serving.engine import Engine, PlainRequest, Result
+from tastebud.serving.offload import to_thread
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Batcher"]
+
+#: Most event-loop turns a batch waits for requests still joining it (see :meth:`Batcher._flush`).
+MAX_DEFERRALS = 4
+
+
+class _Waiting(NamedTuple):
+    engine: Engine
+    request: PlainRequest
+    future: asyncio.Future[Result]
+    threaded: bool
+
+
+class Batcher:
+    """Collects one worker's plain ``/recommend`` requests into scoring batches (one per app, on its event loop).
+
+    Args:
+        max_size: most requests in one batch (at least 2; a larger wave is scored as several batches).
+
+    Attributes:
+        requests: requests submitted so far.
+        batches: batches scored so far (``requests / batches`` is the mean batch size).
+        largest: the largest batch so far.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 2:
+            raise ValueError(f"a batch holds at least 2 requests (got max_size={max_size}); 1 disables batching")
+        self.max_size = max_size
+        self.requests = self.batches = self.largest = 0
+        self._pending: list[_Waiting] = []  # waiting for the next call_soon flush
+        self._queued: list[_Waiting] = []  # threaded requests waiting for the running threaded batch to end
+        self._scheduled = False
+        self._checked = self._deferred = 0  # pending requests at the last look; turns the batch has waited
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, engine: Engine, request: PlainRequest, *, threaded: bool = False) -> asyncio.Future[Result]:
+        """Queue ``request`` for ``engine``'s next batch; the future gets its :class:`Result` (or its error).
+
+        ``threaded``: score the batch in a worker thread (the model's requests are slow enough to leave the loop).
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests run an app on several): nothing of the old one is live
+            self._loop, self._pending, self._queued, self._scheduled, self._worker = loop, [], [], False, None
+        future: asyncio.Future[Result] = loop.create_future()
+        self._pending.append(_Waiting(engine, request, future, threaded))
+        self.requests += 1
+        if not self._scheduled:
+            self._scheduled = True
+            self._checked, self._deferred = len(self._pending), 0
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        """Score what is pending: inline batches now, threaded ones in the worker task (started when idle).
+
+        While requests keep joining (more are pending than at the last look, fewer than ``max_size``), the batch
+        waits one more turn of the event loop, at most :data:`MAX_DEFERRALS` times: under load the requests of one
+        wave reach the route over a few turns (their middleware awaits in between). A lone request, or a wave that
+        stopped growing, is scored at once.
+        """
+        n = len(self._pending)
+        if self._checked < n < self.max_size and self._deferred < MAX_DEFERRALS:
+            self._checked, self._deferred = n, self._deferred + 1
+            asyncio.get_running_loop().call_soon(self._flush)
+            return
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        threaded = [w for w in pending if w.threaded]
+        for batch in self._batches([w for w in pending if not w.threaded]):
+            try:
+                results = batch[0].engine.recommend_rows([w.request for w in batch])
+            except Exception as err:  # recommend_rows returns errors per request; anything else fails the batch
+                results = [err] * len(batch)
+            self._settle(batch, results)
+        if threaded:
+            self._queued.extend(threaded)
+            if self._worker is None:
+                self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Score queued threaded requests, one batch at a time in a worker thread, until none is left."""
+        waiting: list[_Waiting] = []
+        try:
+            while self._queued:
+                waiting, self._queued = self._queued, []  # later arrivals form the next round
+                for batch in self._batches(waiting):
+                    try:
+                        results = await to_thread(batch[0].engine.recommend_rows, [w.request for w in batch])
+                    except Exception as err:
+                        results = [err] * len(batch)
+                    self._settle(batch, results)
+        except asyncio.CancelledError:  # shutdown: nobody waits for the rest
+            self._settle([*waiting, *self._queued], None)  # (those already answered are skipped)
+            self._queued = []
+            raise
+        finally:
+            self._worker = None
+
+    def _batches(self, waiting: Sequence[_Waiting]) -> list[list[_Waiting]]:
+        """``waiting`` split by engine (a model switch can leave two in one flush), in order, ``max_size`` at most."""
+        by_engine: dict[int, list[_Waiting]] = {}
+        for w in waiting:
+            if not w.future.done():  # a request cancelled while it waited (the client went away) is not scored
+                by_engine.setdefault(id(w.engine), []).append(w)
+        out: list[list[_Waiting]] = []
+        for group in by_engine.values():
+            out.extend(group[i : i + self.max_size] for i in range(0, len(group), self.max_size))
+        return out
+
+    def _settle(self, batch: Sequence[_Waiting], results: Sequence[Result | BaseException] | None) -> None:
+        """Hand each waiting request its result or error (``None``: cancel them)."""
+        if results is not None:
+            self.batches += 1
+            self.largest = max(self.largest, len(batch))
+        for i, w in enumerate(batch):
+            if w.future.done():
+                continue
+            if results is None:
+                w.future.cancel()
+            elif isinstance(results[i], BaseException):
+                w.future.set_exception(results[i])  # type: ignore[arg-type]
+            else:
+                w.future.set_result(results[i])  # type: ignore[arg-type]
+
+    def stats(self) -> dict[str, Any]:
+        """Requests, batches, mean and largest batch size so far."""
+        mean = self.requests / self.batches if self.batches else 0.0
+        return {"requests": self.requests, "batches": self.batches, "mean_size": mean, "largest": self.largest}
