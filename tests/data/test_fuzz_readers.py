@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tastebud.data.lastfm import LASTFM_FILE
@@ -83,6 +83,7 @@ def dataset_file(draw: st.DrawFn) -> tuple[str, str, bytes]:
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=dataset_file())
+@example(case=("csv", "ratings.csv", b"0,0,0,0\r\x01\n0,0,0,0\n0,0,0,0\n"))  # a stray CR in the header line
 def test_readers_raise_only_documented_errors(case: tuple[str, str, bytes]) -> None:
     fmt, name, body = case
     with tempfile.TemporaryDirectory() as tmp:

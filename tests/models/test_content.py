@@ -13,7 +13,7 @@ import pytest
 from contracts.recommender import RecommenderContract
 from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
-from tastebud.models.content import ContentConfig, ContentRecommender, item_documents
+from tastebud.models.content import ContentConfig, ContentRecommender, _grouped_weights, item_documents
 
 
 class TestContent(RecommenderContract):
@@ -159,26 +159,6 @@ def test_tags_are_used_when_present() -> None:
 
 
 # ---------------------------------------------------------------------- profile weights without grouping
-def _grouped_weights(dataset: Dataset, weighting: str) -> Any:
-    """Profile weights computed by grouping the rows per (user, item) pair: the general path."""
-    import scipy.sparse as sp
-
-    inter = dataset.interactions
-    column = {"rating": pl.col("rating").mean(), "value": pl.col("value").sum(), "binary": pl.lit(1.0)}
-    pairs = inter.group_by("user_idx", "item_idx").agg(column[weighting].cast(pl.Float64).alias("w"))
-    if weighting == "rating":
-        pairs = pairs.with_columns((pl.col("w") - pl.col("w").mean().over("user_idx")).alias("w"))
-        flat = pl.col("w").abs().max().over("user_idx") < 1e-9
-        pairs = pairs.with_columns(pl.when(flat).then(1.0).otherwise(pl.col("w")).alias("w"))
-    weights = sp.csr_matrix(
-        (pairs["w"].to_numpy(), (pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy())),
-        shape=dataset.shape,
-        dtype=np.float32,
-    )
-    weights.sort_indices()
-    return weights
-
-
 @pytest.mark.parametrize("weighting", ["rating", "value", "binary"])
 def test_profile_weights_of_unique_pairs_equal_the_grouped_ones(weighting: str) -> None:
     from tastebud.data.synthetic import generate_synthetic

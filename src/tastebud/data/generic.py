@@ -57,7 +57,10 @@ def read_header(head: bytes, separator: str, quote_char: str | None) -> list[str
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r")
     if quote_char is None:
         return [c.strip() for c in first.split(separator)]
-    row = next(csv.reader([first], delimiter=separator, quotechar=quote_char), [])
+    try:
+        row = next(csv.reader([first], delimiter=separator, quotechar=quote_char), [])
+    except csv.Error:  # e.g. a stray carriage return inside the line: the names by the separator alone
+        return [c.strip() for c in first.split(separator)]
     return [c.strip() for c in row]
 
 

@@ -344,6 +344,12 @@ def _profile_weights(dataset: Dataset, weighting: str) -> sp.csr_matrix:
     unique = _weights_of_unique_pairs(dataset, weighting)
     if unique is not None:
         return unique
+    return _grouped_weights(dataset, weighting)
+
+
+def _grouped_weights(dataset: Dataset, weighting: str) -> sp.csr_matrix:
+    """:func:`_profile_weights` by grouping the rows per (user, item) pair: the general path (repeated pairs)."""
+    inter = dataset.interactions
     column = {"rating": pl.col("rating").mean(), "value": pl.col("value").sum(), "binary": pl.lit(1.0)}
     pairs = inter.group_by("user_idx", "item_idx").agg(column[weighting].cast(pl.Float64).alias("w"))
     if weighting == "rating":
