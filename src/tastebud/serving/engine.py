@@ -430,13 +430,7 @@ class Engine:
                 exclude_seen=[r.exclude_seen for r in requests],
                 explain=[r.explain for r in requests],
             )
-            results: list[Result | Exception] = []
-            for r, row in zip(requests, ranked, strict=True):
-                result = Result(self.catalog.rows(row), r.k)
-                if self.result_cache_size:
-                    self._keep((r.u, r.k, r.exclude_seen, r.explain, _NO_FILTERS), result)
-                results.append(result)
-            return results
+            return [self._kept(r, Result(self.catalog.rows(row), r.k)) for r, row in zip(requests, ranked, strict=True)]
         except Exception as err:
             if len(requests) == 1:  # the request's own error: what recommend raises for it
                 return [err]
@@ -444,14 +438,19 @@ class Engine:
         out: list[Result | Exception] = []
         for r in requests:
             try:
-                result = self._personal(r.u, r.user_id, r.k, r.exclude_seen, _NO_FILTERS, r.explain, None)
+                out.append(
+                    self._kept(r, self._personal(r.u, r.user_id, r.k, r.exclude_seen, _NO_FILTERS, r.explain, None))
+                )
             except Exception as err:
                 out.append(err)
-                continue
-            if self.result_cache_size:
-                self._keep((r.u, r.k, r.exclude_seen, r.explain, _NO_FILTERS), result)
-            out.append(result)
         return out
+
+    def _kept(self, request: PlainRequest, result: Result) -> Result:
+        """``result``, stored in the result cache under ``request``'s key when the cache is on."""
+        if self.result_cache_size:
+            r = request
+            self._keep((r.u, r.k, r.exclude_seen, r.explain, _NO_FILTERS), result)
+        return result
 
     def _personal(
         self,
