@@ -45,6 +45,10 @@ def test_k_beyond_size_and_ef_search(vectors: np.ndarray) -> None:
     hnsw = FaissIndex(hnsw_threshold=10, ef_search=16).build(vectors[:500])
     ids, _ = hnsw.search(vectors[:3], 40)
     assert ids.shape == (3, 40) and (ids >= 0).all()  # efSearch is raised to k
+    # ... for that search only: a user with a long history must not slow every later search down
+    assert hnsw.ef_search == 16 and hnsw.index_ is not None and hnsw.index_.hnsw.efSearch == 16
+    again, _ = hnsw.search(vectors[:3], 5)
+    assert again.shape == (3, 5) and (again >= 0).all()
 
 
 @pytest.mark.parametrize("threshold", [100_000, 100])

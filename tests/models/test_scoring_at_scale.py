@@ -150,3 +150,61 @@ def test_engine_lists_match_full_scoring(long_tail_als: ALSRecommender) -> None:
         lo, hi = model.seen_.indptr[u], model.seen_.indptr[u + 1]
         want = _plain_rank_one(model.item_factors_ @ model.user_factors_[u], 20, model.seen_.indices[lo:hi], None)
         assert served == model.items_.ids[want].tolist()
+
+
+@pytest.mark.parametrize("n_items", [50, 6_000, 60_001])
+def test_rank_rows_ranks_each_row_like_a_full_sort(n_items: int) -> None:
+    """A batch ranked at once: per row the items and order of a full sort, whatever k and the seen items."""
+    rng = np.random.default_rng(n_items)
+    n_rows = 12
+    scores = rng.normal(size=(n_rows, n_items)).astype(np.float32)
+    scores[0, :20] = 7.0  # exactly tied best items: any of them may come first (rank_one's rule too)
+    ks = [1, 10, 100, 10, 3, 10, 10, 25, 10, 10, 7, 10]
+    seen = [np.sort(rng.choice(n_items, int(m), replace=False)) for m in rng.integers(0, n_items // 3, n_rows)]
+    seen[1] = np.arange(n_items - 4)  # only 4 unseen items: fewer than k
+    seen[2] = np.arange(n_items)  # everything seen
+    seen[3] = np.arange(n_items)[: n_items // 2]  # the best block of items all seen
+    want = [_plain_rank_one(scores[r], ks[r], seen[r], None) for r in range(n_rows)]
+    got = sc.rank_rows(scores.copy(), ks, seen)
+    for r, (idx, val) in enumerate(got):
+        assert np.array_equal(val, scores[r, idx]), f"row {r}"
+        assert val.tolist() == scores[r, want[r]].tolist(), f"row {r}"  # the same scores, best first
+        if r == 0:
+            assert set(idx.tolist()) <= set(range(20)) and len(set(idx.tolist())) == len(idx)
+        else:
+            assert idx.tolist() == want[r], f"row {r}"
+
+
+def test_rank_rows_takes_the_one_row_path_for_nan_rows() -> None:
+    """A row with NaN scores (no usable bound) still gets rank_one's answer; the other rows are unaffected."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(3, 8_000)).astype(np.float32)
+    scores[1, ::2] = np.nan
+    seen = [np.arange(0), np.arange(0), np.arange(10)]
+    got = sc.rank_rows(scores.copy(), [10, 10, 10], seen)
+    for r in range(3):
+        alone = sc.rank_one(scores[r].copy(), 10, seen[r], None)
+        assert sorted(got[r][0].tolist()) == sorted(alone[0].tolist()), f"row {r}"
+
+
+def test_batched_explanations_equal_one_user_at_a_time(
+    long_tail_als: ALSRecommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_explain_rows (stacked solves for uncached users, cached inverses and cached rows) = _explain_row each."""
+    from tastebud.models import als
+
+    model = long_tail_als
+    d = model.n_dims
+    users = list(range(0, 400, 5))
+    recs = [model.recommend_row(u, 10 if u % 3 else 4).items for u in users]  # lists of two lengths
+    for budget in (0, 50 * d * d * 4, 1 << 40):  # nothing cached, the longest 50 inverses, every row
+        monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", budget)
+        model._cache_explanations()
+        batched = model._explain_rows(users, recs)
+        for u, rec, got in zip(users, recs, batched, strict=True):
+            assert got == model._explain_row(u, rec), f"user {u}, budget {budget}"
+            assert len(got) == len(rec) and all(len(b) <= sc.EXPLAIN_TOP for b in got)
+    rows = model.recommend_rows(users, 10, explain=True)
+    for u, row in zip(users, rows, strict=True):
+        alone = model.recommend_row(u, 10, explain=True)
+        assert row.items.tolist() == alone.items.tolist() and row.because == alone.because

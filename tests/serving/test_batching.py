@@ -134,14 +134,14 @@ def test_a_failing_request_fails_alone_with_the_usual_500(
     async def body(client: httpx.AsyncClient) -> tuple[list[httpx.Response], httpx.Response]:
         model = app.state.holder.current.engine.model
         bad_row = model.users_.lookup[bad]
-        explain = model._explain_row
+        explain = model._explain_rows  # what explains a batch, and (a batch of one) a single request
 
-        def failing(u: int, rec: np.ndarray) -> Any:
-            if u == bad_row:
+        def failing(us: list[int], recs: list[np.ndarray]) -> Any:
+            if bad_row in us:
                 raise RuntimeError("model failure for one user")
-            return explain(u, rec)
+            return explain(us, recs)
 
-        model._explain_row = failing
+        model._explain_rows = failing
         responses = list(await asyncio.gather(*(client.get(f"/recommend/{u}?k=6") for u in users)))
         alone = await client.get(f"/recommend/{bad}?k=6")  # a batch of one: the error as without batching
         return responses, alone

@@ -325,7 +325,8 @@ class FactorRecommender(Recommender):
 
         ``X_rows @ Yᵀ`` reads the item factors once per batch instead of once per user, which is what one
         request's cost is mostly made of on a large catalog (60,000 items x 64 float32: 15 MB per product). The
-        rows are then ranked and explained one by one exactly as :meth:`recommend_row` does. The matrix product
+        rows are then ranked together (:func:`~tastebud.models._scoring.rank_rows`) and explained together
+        (:meth:`_explain_rows`), with the lists :meth:`recommend_row` gives each of them. The matrix product
         sums each score's ``d`` terms in another order than the matrix-vector product of :meth:`recommend_row`,
         so a score can differ in its last bits (about 1e-7 relative); only items whose scores are that close can
         change places. Batches of fewer than :data:`GEMM_MIN_ROWS` users, and models answering from a FAISS
@@ -343,12 +344,16 @@ class FactorRecommender(Recommender):
         out: list[RankedRow] = []
         for start in range(0, len(rows_), chunk):
             part = rows_[start : start + chunk]
+            us = part.tolist()
             scores = users[part] @ items_t  # (rows, items), C order: each row is one user's contiguous vector
-            for j, u in enumerate(part.tolist()):
-                i = start + j
-                seen = indices[indptr[u] : indptr[u + 1]] if excl[i] else indices[:0]
-                idx, val = sc.rank_one(scores[j], ks[i], seen, None)
-                out.append(RankedRow(idx, val, self._explain_row(u, idx) if expl[i] else None))
+            seen = [indices[indptr[u] : indptr[u + 1]] if excl[start + j] else indices[:0] for j, u in enumerate(us)]
+            ranked = sc.rank_rows(scores, ks[start : start + len(us)], seen)
+            wanted = [j for j in range(len(us)) if expl[start + j]]
+            because = self._explain_rows([us[j] for j in wanted], [ranked[j][0] for j in wanted])
+            reasons: list[list[list[int]] | None] = [None] * len(us)
+            for j, b in zip(wanted, because, strict=True):
+                reasons[j] = b
+            out.extend(RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True))
         return out
 
     def _items_by_dim(self) -> np.ndarray:
@@ -388,6 +393,10 @@ class FactorRecommender(Recommender):
     def _explain_row(self, u: int, rec: np.ndarray) -> list[list[int]] | None:
         """Per recommended item index, the indices of user ``u``'s items that explain it (``None``: cannot)."""
         return None
+
+    def _explain_rows(self, us: list[int], recs: list[np.ndarray]) -> list[list[list[int]] | None]:
+        """:meth:`_explain_row` for several users (a scoring batch); models that can share work override it."""
+        return [self._explain_row(u, rec) for u, rec in zip(us, recs, strict=True)]
 
     def _fresh_scores(self) -> bool:
         """Whether :meth:`_score` is this class's matrix product (a new array per call), not an override."""
@@ -463,10 +472,16 @@ class FactorRecommender(Recommender):
         x = scipy.linalg.solve(a, b, assume_a="pos").astype(np.float32)
         return self.item_factors_ @ x
 
-    def _user_system(self, idx: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form)."""
+    def _user_system(
+        self, idx: np.ndarray, confidence: np.ndarray, ys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form).
+
+        ``ys``: the item factors of ``idx`` in float64 when the caller has them already.
+        """
         assert self.item_factors_ is not None and self.gram_ is not None
-        ys = self.item_factors_[idx].astype(np.float64)
+        if ys is None:
+            ys = self.item_factors_[idx].astype(np.float64)
         a = ys.T @ (ys * (confidence - 1.0)[:, None])
         a += self.gram_
         a.flat[:: a.shape[0] + 1] += self.config.regularization  # + λI, without building an identity per call

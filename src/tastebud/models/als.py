@@ -318,26 +318,56 @@ class ALSRecommender(FactorRecommender):
         to the score the exact least-squares user vector gives item ``i``. Only the k returned items are
         explained, from the cache of :meth:`_cache_explanations` when it fits (else solved here, ``YᵀY`` cached).
         """
+        because = self._explain_rows([u], [rec])[0]
+        assert because is not None
+        return because
+
+    def _explain_rows(self, us: list[int], recs: list[np.ndarray]) -> list[list[list[int]] | None]:
+        """:meth:`_explain_row` for the users of a scoring batch, the systems of uncached users solved together.
+
+        Users without a cached inverse need ``W_u⁻¹ y_i``: their systems are stacked and solved by one
+        ``np.linalg.solve`` (one LAPACK call per system, as alone, without NumPy's per-call overhead), and each
+        user's gathered item factors serve both the system and the contributions. The same explanations as
+        one user at a time.
+        """
         assert self.item_factors_ is not None
         if not self._inv_cached:
             self._cache_explanations()
         y = self.item_factors_
-        lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
-        seen_idx = self.seen_.indices[lo:hi]
-        y_rec = y[rec].T
-        if self.explain_rows_ is not None:
-            contrib = self.explain_rows_[lo:hi] @ y_rec
-        else:
-            conf = self._confidence(self.seen_.data[lo:hi])
-            inverses = self.user_inv_
-            slot = u if self.inv_slot_ is None else int(self.inv_slot_[u])
+        indptr, indices, data = self.seen_.indptr, self.seen_.indices, self.seen_.data
+        inverses, slots = self.user_inv_, self.inv_slot_
+        contribs: list[np.ndarray | None] = [None] * len(us)
+        pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for j, (u, rec) in enumerate(zip(us, recs, strict=True)):
+            lo, hi = indptr[u], indptr[u + 1]
+            y_rec = y[rec].T
+            if self.explain_rows_ is not None:
+                contribs[j] = self.explain_rows_[lo:hi] @ y_rec
+                continue
+            conf = self._confidence(data[lo:hi])
+            slot = u if slots is None else int(slots[u])
             if inverses is not None and slot >= 0:
                 weighted = inverses[slot] @ y_rec  # W_u⁻¹ y_i, one column per recommended item
+                contribs[j] = (y[indices[lo:hi]] @ weighted) * conf[:, None]
             else:
-                a, _ = self._user_system(seen_idx, conf)
-                weighted = _solve(a, y_rec.astype(np.float64))
-            contrib = (y[seen_idx] @ weighted) * conf[:, None]
-        return sc.top_contributors(contrib, seen_idx)
+                ys = y[indices[lo:hi]].astype(np.float64)
+                pending.append((j, ys, conf, self._user_system(indices[lo:hi], conf, ys)[0], y_rec))
+        if pending:
+            width = max(p[4].shape[1] for p in pending)
+            rhs = np.zeros((len(pending), y.shape[1], width))
+            for i, p in enumerate(pending):
+                rhs[i, :, : p[4].shape[1]] = p[4]
+            try:
+                solved = np.linalg.solve(np.stack([p[3] for p in pending]), rhs)
+            except np.linalg.LinAlgError:  # a singular system (zero regularization): each on its own
+                solved = np.stack([_solve(p[3], rhs[i]) for i, p in enumerate(pending)])
+            for i, (j, ys, conf, _, y_rec) in enumerate(pending):
+                contribs[j] = (ys @ solved[i, :, : y_rec.shape[1]]) * conf[:, None]
+        out: list[list[list[int]] | None] = []
+        for u, c in zip(us, contribs, strict=True):
+            assert c is not None
+            out.append(sc.top_contributors(c, indices[indptr[u] : indptr[u + 1]]))
+        return out
 
     def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
         """:meth:`_explain` for a history that is not a training row (``recommend_history``)."""

@@ -106,10 +106,13 @@ class FaissIndex:
         kk = min(int(k), index.ntotal)
         if kk < 1 or len(queries) == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+        params = None
         if isinstance(index, faiss.IndexHNSW) and index.hnsw.efSearch < kk:
-            # a candidate list shorter than k would cap the results at efSearch
-            index.hnsw.efSearch = kk
-        scores, ids = index.search(queries, kk)
+            # a candidate list shorter than k would cap the results at efSearch: this search only gets a longer
+            # one (setting the index's own efSearch would raise it for every later search too)
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = kk
+        scores, ids = index.search(queries, kk, params=params)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         return ids.astype(np.int64), scores
 
