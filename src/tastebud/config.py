@@ -190,7 +190,16 @@ class ServingSettings(BaseModel):
         "experiment, result-cache miss) one worker scores together in one batch: the requests waiting at the same "
         "time share one matrix-matrix product over the item factors instead of one product each. A batch runs as "
         "soon as the event loop is free (no timer: an idle server answers a lone request at once), in a worker "
-        "thread when offload_ms says the model's requests leave the loop. 1 disables batching.",
+        "thread when offload_ms says the model's requests leave the loop (see batch_inline_ms). 1 disables "
+        "batching.",
+    )
+    batch_inline_ms: float = Field(
+        20.0,
+        ge=0.0,
+        description="A batch of requests that offload_ms sends to a thread is scored on the event loop instead when "
+        "the requests' calibrated costs sum to at most this many milliseconds (a batch costs less than that: "
+        "batched requests are cheaper each): the loop pauses at most about this long, and the thread's hand-offs, "
+        "which cost more than they spare on a busy worker, are avoided. 0 sends every such batch to the thread.",
     )
 
 

@@ -329,3 +329,34 @@ def test_a_batch_waits_while_requests_keep_joining_but_a_lone_request_does_not()
     engine.batches.clear()
     asyncio.run(trickle(MAX_DEFERRALS + 6))  # the wait is bounded
     assert len(engine.batches) > 1 and len(engine.batches[0]) == MAX_DEFERRALS + 2
+
+
+def test_a_slow_models_batch_stays_on_the_loop_when_it_costs_little_in_all() -> None:
+    """``inline_ms``: n x the calibrated cost within the budget runs on the loop's thread, past it in a worker."""
+    import threading
+
+    from tastebud.serving.engine import PlainRequest
+
+    class Timed(StubEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cost_ms = {"recommend": 5.0}  # slow enough for the thread on its own (offload_ms 1)
+            self.threads: list[int] = []
+
+        def recommend_rows(self, requests: list[Any]) -> list[Any]:
+            self.threads.append(threading.get_ident())
+            return super().recommend_rows(requests)
+
+    async def wave(batcher: Batcher, engine: Timed, n: int) -> tuple[list[Any], int]:
+        futures = [
+            batcher.submit(engine, PlainRequest(i, f"u{i}", 5, True, False), threaded=True)  # type: ignore[arg-type]
+            for i in range(n)
+        ]
+        return list(await asyncio.gather(*futures)), threading.get_ident()
+
+    for n, budget, on_loop in [(4, 20.0, True), (5, 20.0, False), (2, 0.0, False), (1, 5.0, True)]:
+        engine = Timed()
+        results, loop_thread = asyncio.run(wave(Batcher(32, budget), engine, n))
+        assert results == [f"u{i}" for i in range(n)]
+        assert engine.batches == [[f"u{i}" for i in range(n)]]
+        assert (engine.threads == [loop_thread]) is on_loop, (n, budget)
