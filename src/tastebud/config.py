@@ -197,9 +197,10 @@ class ServingSettings(BaseModel):
         20.0,
         ge=0.0,
         description="A batch of requests that offload_ms sends to a thread is scored on the event loop instead when "
-        "the requests' calibrated costs sum to at most this many milliseconds (a batch costs less than that: "
-        "batched requests are cheaper each): the loop pauses at most about this long, and the thread's hand-offs, "
-        "which cost more than they spare on a busy worker, are avoided. 0 sends every such batch to the thread.",
+        "it is expected to take at most this many milliseconds (its size times the cost per request of the batches "
+        "so far; before the first, of one request alone): the loop pauses at most about this long, and the "
+        "thread's hand-offs, which cost more than they spare on a busy worker, are avoided. 0 sends every such "
+        "batch to the thread.",
     )
 
 

@@ -360,3 +360,41 @@ def test_a_slow_models_batch_stays_on_the_loop_when_it_costs_little_in_all() -> 
         assert results == [f"u{i}" for i in range(n)]
         assert engine.batches == [[f"u{i}" for i in range(n)]]
         assert (engine.threads == [loop_thread]) is on_loop, (n, budget)
+
+
+def test_the_loop_budget_follows_what_batches_actually_cost() -> None:
+    """Before any batch the calibrated cost of one request decides; then the measured cost per batched request."""
+    import threading
+
+    from tastebud.serving.engine import PlainRequest
+
+    class Slow(StubEngine):
+        def __init__(self, calibrated: float, sleep_s: float) -> None:
+            super().__init__()
+            self.cost_ms = {"recommend": calibrated}
+            self.batch_cost_ms: float | None = None
+            self.sleep_s, self.threads = sleep_s, []  # type: list[int]
+
+        def recommend_rows(self, requests: list[Any]) -> list[Any]:
+            self.threads.append(threading.get_ident())
+            time.sleep(self.sleep_s)
+            return super().recommend_rows(requests)
+
+    async def waves(batcher: Batcher, engine: Slow, n: int, times: int) -> int:
+        for _ in range(times):
+            futures = [
+                batcher.submit(engine, PlainRequest(i, f"u{i}", 5, True, False), threaded=True)  # type: ignore[arg-type]
+                for i in range(n)
+            ]
+            await asyncio.gather(*futures)
+        return threading.get_ident()
+
+    # calibrated at 50 ms a request, batches of 4 actually take 1 ms: the first goes to the thread, later ones stay
+    cheap = Slow(50.0, 0.001)
+    loop_thread = asyncio.run(waves(Batcher(32, 20.0), cheap, 4, 12))
+    assert cheap.threads[0] != loop_thread and cheap.threads[-1] == loop_thread
+    assert cheap.batch_cost_ms is not None and cheap.batch_cost_ms < 5.0
+    # calibrated cheap, but batches of 4 take 120 ms (30 ms a request): after the first, they leave the loop
+    dear = Slow(0.5, 0.12)
+    loop_thread = asyncio.run(waves(Batcher(32, 20.0), dear, 4, 3))
+    assert dear.threads[0] == loop_thread and dear.threads[-1] != loop_thread

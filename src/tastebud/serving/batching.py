@@ -15,16 +15,19 @@ batch waits a few turns more (:data:`MAX_DEFERRALS`). At most ``serving.batch_ma
 A model whose requests leave the loop (``serving.offload_ms``, :mod:`tastebud.serving.offload`) scores each batch
 in one worker thread: one hand-off per batch instead of one per request. One such batch runs at a time per
 process; the requests arriving meanwhile form the next one, so batches grow with the load. A batch of such a model
-whose requests together cost at most ``serving.batch_inline_ms`` (``n`` times the calibrated cost of one request,
-which overstates a batch's: batched requests cost less each) is scored on the loop all the same: the event loop
-pauses that long at most, and the thread's GIL hand-offs, which cost more than they spare on a loaded worker, are
-avoided (ML-25M size, 2 workers: 1,660 -> 2,087 req/s, p99 34.5 -> 27.9 ms; bench/RESULTS.md).
+expected to take at most ``serving.batch_inline_ms`` is scored on the loop all the same: the event loop pauses
+that long at most, and the thread's GIL hand-offs, which cost more than they spare on a loaded worker, are avoided
+(ML-25M size, 2 workers: 1,660 -> 2,087 req/s, p99 34.5 -> 27.9 ms; bench/RESULTS.md). The expectation is ``n``
+times the engine's cost per batched request (:attr:`Engine.batch_cost_ms`, a moving average of the batches scored
+so far), or before any batch, the calibrated cost of one request alone, which overstates it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -46,13 +49,28 @@ class _Waiting(NamedTuple):
     threaded: bool
 
 
+#: Weight of the latest batch in :attr:`Engine.batch_cost_ms`, the moving average of the cost per batched request.
+COST_WEIGHT = 0.2
+
+
+def _scored(engine: Engine, requests: list[PlainRequest]) -> list[Result | Exception]:
+    """``engine.recommend_rows(requests)``, the time it took per request kept in ``engine.batch_cost_ms``."""
+    started = time.perf_counter()
+    results = engine.recommend_rows(requests)
+    per_request = (time.perf_counter() - started) * 1000.0 / max(1, len(requests))
+    before = getattr(engine, "batch_cost_ms", None)
+    with contextlib.suppress(AttributeError):  # an engine stand-in without the attribute
+        engine.batch_cost_ms = per_request if before is None else before + COST_WEIGHT * (per_request - before)
+    return results
+
+
 class Batcher:
     """Collects one worker's plain ``/recommend`` requests into scoring batches (one per app, on its event loop).
 
     Args:
         max_size: most requests in one batch (at least 2; a larger wave is scored as several batches).
-        inline_ms: a batch of requests that would go to a thread is scored on the loop when their calibrated costs
-            (``Engine.cost_ms["recommend"]`` each) sum to at most this many milliseconds; 0: never.
+        inline_ms: a batch of requests that would go to a thread is scored on the loop when it is expected to take
+            at most this many milliseconds (see the module's description); 0: never.
 
     Attributes:
         requests: requests submitted so far.
@@ -111,7 +129,7 @@ class Batcher:
             (inline if self._fits_loop(batch) else threaded).extend(batch)
         for batch in self._batches(inline):
             try:
-                results = batch[0].engine.recommend_rows([w.request for w in batch])
+                results = _scored(batch[0].engine, [w.request for w in batch])
             except Exception as err:  # recommend_rows returns errors per request; anything else fails the batch
                 results = [err] * len(batch)
             self._settle(batch, results)
@@ -128,7 +146,7 @@ class Batcher:
                 waiting, self._queued = self._queued, []  # later arrivals form the next round
                 for batch in self._batches(waiting):
                     try:
-                        results = await to_thread(batch[0].engine.recommend_rows, [w.request for w in batch])
+                        results = await to_thread(_scored, batch[0].engine, [w.request for w in batch])
                     except Exception as err:
                         results = [err] * len(batch)
                     self._settle(batch, results)
@@ -140,8 +158,11 @@ class Batcher:
             self._worker = None
 
     def _fits_loop(self, batch: Sequence[_Waiting]) -> bool:
-        """Whether a batch of slow requests is cheap enough in all for the loop (``inline_ms``)."""
-        cost = getattr(batch[0].engine, "cost_ms", {}).get("recommend")
+        """Whether a batch of slow requests is expected to take at most ``inline_ms`` (then it stays on the loop)."""
+        engine = batch[0].engine
+        cost = getattr(engine, "batch_cost_ms", None)
+        if cost is None:  # no batch scored yet: one request's calibrated cost (more than a batched request's)
+            cost = getattr(engine, "cost_ms", {}).get("recommend")
         return cost is not None and cost * len(batch) <= self.inline_ms
 
     def _batches(self, waiting: Sequence[_Waiting]) -> list[list[_Waiting]]:

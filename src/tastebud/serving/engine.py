@@ -245,6 +245,9 @@ class Engine:
         #: measured milliseconds of one request of each kind (``recommend``, ``similar``, ``popular``), set by
         #: :meth:`calibrate`; the routes run a kind whose cost reaches ``serving.offload_ms`` in a worker thread
         self.cost_ms: dict[str, float] = {}
+        #: milliseconds per request of the scoring batches so far (a moving average kept by the batcher, which
+        #: decides from it whether a slow model's batch may run on the event loop); ``None`` before the first batch
+        self.batch_cost_ms: float | None = None
 
     # ------------------------------------------------------------------ preparation
     def calibrate(self, repeats: int = 2) -> dict[str, float]:
