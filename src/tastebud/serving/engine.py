@@ -95,6 +95,30 @@ class Result:
         return self._logged  # type: ignore[no-any-return]
 
 
+def _frozen(result: Result) -> tuple[Any, ...]:
+    """A result-cache entry: ``result`` as a plain tuple of atomic values (its items' JSON bytes, ids and scores).
+
+    The garbage collector stops tracking such a tuple after its first pass over it, while a cached
+    :class:`Result` (an object, a list, dicts) stays tracked for good: with 10,000 cached lists per worker under
+    steady eviction, every full collection walked them all, 26-44 ms each with the event loop stopped, several times
+    a minute (p99 of a Zipf audience's requests 90 ms with the cache on against 37 ms with it off). The items'
+    JSON is kept, so a hit is not serialised again; ``result`` itself is answered as it is.
+    """
+    raw = orjson.dumps(result.items)
+    result._json = orjson.Fragment(raw)
+    ids, scores = result.logged()
+    return (raw, result.requested, result.is_fallback, result.fallback_reason, result.source, tuple(ids), tuple(scores))
+
+
+def _thawed(entry: tuple[Any, ...]) -> Result:
+    """The :class:`Result` of a :func:`_frozen` cache entry (items parsed back from their JSON, a few microseconds)."""
+    raw, requested, is_fallback, reason, source, ids, scores = entry
+    result = Result(orjson.loads(raw), requested, is_fallback=is_fallback, fallback_reason=reason, source=source)
+    result._json = orjson.Fragment(raw)
+    result._logged = (list(ids), list(scores))
+    return result
+
+
 class PlainRequest(NamedTuple):
     """A request on the plain personal path (see :meth:`Engine.plain_request`): what a scoring batch needs of it."""
 
@@ -237,9 +261,11 @@ class Engine:
         self.popular_catalog, self.popularity = self._popularity(item_meta)
         #: events newer than the model, per user (set by the holder; shared across model switches)
         self.overlays: UserOverlays | None = None
-        #: personal results by (user row, k, exclude_seen, explain, filters); oldest entry evicted first
+        #: personal results by (user row, k, exclude_seen, explain, filters); oldest entry evicted first (an
+        #: OrderedDict: evicting a plain dict's first key scans the slots its earlier deletions left, 4.6 us a
+        #: time at 10,000 entries, against O(1) here)
         self.result_cache_size = result_cache_size
-        self._results: dict[tuple[Any, ...], Result] = {}
+        self._results: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
         self.cache_hits = self.cache_misses = 0
         self._on_cache = on_cache
         #: measured milliseconds of one request of each kind (``recommend``, ``similar``, ``popular``), set by
@@ -375,7 +401,7 @@ class Engine:
         """The result cache's entry for ``key`` (counted as a hit), or ``None`` (counted as a miss)."""
         hit = self._results.get(key)
         self._count_cache(hit is not None)
-        return hit
+        return None if hit is None else _thawed(hit)
 
     def _count_cache(self, hit: bool) -> None:
         if hit:
@@ -386,12 +412,14 @@ class Engine:
             self._on_cache(hit)
 
     def _keep(self, key: tuple[Any, ...], result: Result) -> None:
-        """Store ``result`` in the result cache, evicting the oldest entry past its size."""
+        """Store ``result`` in the result cache (as :func:`_frozen`), evicting the oldest entry past its size."""
+        if result.extra:  # (real-time answers are never cached; an answer with details keeps them uncached too)
+            return
         cache = self._results
-        cache[key] = result
+        cache[key] = _frozen(result)
         if len(cache) > self.result_cache_size:
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted it first
-                del cache[next(iter(cache))]
+            with contextlib.suppress(KeyError):  # another thread emptied it first
+                cache.popitem(last=False)
 
     # ------------------------------------------------------------------ batched requests
     def plain_request(
