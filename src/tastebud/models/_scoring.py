@@ -16,7 +16,15 @@ import scipy.sparse as sp
 
 from tastebud.data.dataset import IdMap
 from tastebud.errors import BundleError, ParameterError
-from tastebud.models.base import Recommendations, Recommender, load_array, read_json, top_k, write_json
+from tastebud.models.base import (
+    TOP_BLOCK,
+    Recommendations,
+    Recommender,
+    load_array,
+    read_json,
+    top_k,
+    write_json,
+)
 
 M = TypeVar("M", bound=Recommender)
 
@@ -69,10 +77,6 @@ def rank_one(scores: np.ndarray, k: int, seen: np.ndarray, cands: np.ndarray | N
     part = part[val > -np.inf]
     idx = part if cands is None else cands[part]
     return idx.astype(np.int64, copy=False), val[: len(part)]
-
-
-#: Items per block of :func:`top_positions`' block-maximum bound.
-TOP_BLOCK = 128
 
 
 def top_positions(scores: np.ndarray, kk: int) -> np.ndarray:

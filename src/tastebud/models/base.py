@@ -364,8 +364,9 @@ def per_row_args(
     return arr, each(k, "k"), excl, [bool(x) for x in each(explain, "explain")]
 
 
-#: Columns per block of :func:`top_k`'s block-maximum bound.
-_TOP_BLOCK = 128
+#: Columns per block of the block-maximum bound of :func:`top_k` (and of the one-user and batch rankings of
+#: :mod:`tastebud.models._scoring`).
+TOP_BLOCK = 128
 #: Rows with more than this many times ``k`` blocks whose maximum reaches the bound are ranked by the full partition.
 _TOP_POOL = 4
 
@@ -386,7 +387,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, n)
     if kk <= 0:
         return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
-    if kk < n and n // _TOP_BLOCK >= 4 * kk and scores.shape[0] and np.issubdtype(scores.dtype, np.floating):
+    if kk < n and n // TOP_BLOCK >= 4 * kk and scores.shape[0] and np.issubdtype(scores.dtype, np.floating):
         return _top_k_bounded(scores, kk)
     return _top_k_full(scores, kk)
 
@@ -406,9 +407,9 @@ def _top_k_full(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
 def _top_k_bounded(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k` of a wide floating-point array through the block-maximum bound (``kk < n_cols``)."""
     n_rows, n = scores.shape
-    n_blocks = n // _TOP_BLOCK
-    body = n_blocks * _TOP_BLOCK
-    blocks = scores[:, :body].reshape(n_rows, n_blocks, _TOP_BLOCK)
+    n_blocks = n // TOP_BLOCK
+    body = n_blocks * TOP_BLOCK
+    blocks = scores[:, :body].reshape(n_rows, n_blocks, TOP_BLOCK)
     block_max = blocks.max(axis=2)
     # kk distinct blocks hold kk distinct scores at least this large: every top-kk score is >= the bound, and
     # lies in a block whose maximum is >= the bound (or in the columns past the last whole block)
@@ -422,12 +423,12 @@ def _top_k_bounded(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]
     n_hit[bad] = 0
     width = int(n_hit.max(initial=0))
     # each row's hit blocks side by side (rows padded with -inf), then the tail columns
-    pool_val = np.full((n_rows, width, _TOP_BLOCK), -np.inf, dtype=scores.dtype)
-    pool_col = np.full((n_rows, width, _TOP_BLOCK), -1, dtype=np.int64)
+    pool_val = np.full((n_rows, width, TOP_BLOCK), -np.inf, dtype=scores.dtype)
+    pool_col = np.full((n_rows, width, TOP_BLOCK), -1, dtype=np.int64)
     rows, block = np.nonzero(hit)
     slot = np.arange(len(rows)) - (np.cumsum(n_hit) - n_hit)[rows]
     pool_val[rows, slot] = blocks[rows, block]
-    pool_col[rows, slot] = block[:, None] * _TOP_BLOCK + np.arange(_TOP_BLOCK)
+    pool_col[rows, slot] = block[:, None] * TOP_BLOCK + np.arange(TOP_BLOCK)
     pool_val = np.concatenate([pool_val.reshape(n_rows, -1), tail], axis=1)
     pool_col = np.concatenate([pool_col.reshape(n_rows, -1), np.broadcast_to(np.arange(body, n), tail.shape)], axis=1)
     m = pool_val.shape[1]
