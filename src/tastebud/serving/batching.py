@@ -25,7 +25,6 @@ so far), or before any batch, the calibrated cost of one request alone, which ov
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -58,9 +57,8 @@ def _scored(engine: Engine, requests: list[PlainRequest]) -> list[Result | Excep
     started = time.perf_counter()
     results = engine.recommend_rows(requests)
     per_request = (time.perf_counter() - started) * 1000.0 / max(1, len(requests))
-    before = getattr(engine, "batch_cost_ms", None)
-    with contextlib.suppress(AttributeError):  # an engine stand-in without the attribute
-        engine.batch_cost_ms = per_request if before is None else before + COST_WEIGHT * (per_request - before)
+    before = getattr(engine, "batch_cost_ms", None)  # (an engine stand-in may not have it yet)
+    engine.batch_cost_ms = per_request if before is None else before + COST_WEIGHT * (per_request - before)
     return results
 
 
