@@ -717,6 +717,18 @@ def _batch_sizes(url: str, workers: int) -> str:
     return " / ".join(f"{x['mean_size']:.1f} ({x['largest']})" for x in seen.values())
 
 
+def synth_engine(size: str, queries: int) -> tuple[Any, Any, list[str]]:
+    """The synthetic model of a ``scale`` size, an ``Engine`` on it (result cache off) and ``queries`` random users."""
+    from tastebud.serving.engine import Engine
+
+    n_users, n_items, n_inter = SCALES[size]
+    model = load_synth_model(synth_model_file(n_users, n_items, n_inter))
+    engine = Engine(model, {}, synth_item_meta(model), result_cache_size=0)
+    ids = synth_ids("u", n_users)
+    picked = np.random.default_rng(5).choice(n_users, min(n_users, queries), replace=False)
+    return model, engine, [ids[i] for i in picked.tolist()]
+
+
 def bench_engine(args: argparse.Namespace) -> str:
     """In process, per request: ``Engine.recommend`` CPU time on a synthetic size, before and after the shortcuts.
 
@@ -731,10 +743,7 @@ def bench_engine(args: argparse.Namespace) -> str:
     rows = []
     for size in args.sizes:
         n_users, n_items, n_inter = SCALES[size]
-        model = load_synth_model(synth_model_file(n_users, n_items, n_inter))
-        engine = Engine(model, {}, synth_item_meta(model), result_cache_size=0)
-        ids = synth_ids("u", n_users)
-        users = [ids[i] for i in np.random.default_rng(5).choice(n_users, min(n_users, args.queries), replace=False)]
+        model, engine, users = synth_engine(size, args.queries)
         lengths = np.diff(model.seen_.indptr)
         cached = (model.user_inv_, model.inv_slot_)
         fast_top = sc.top_positions
@@ -800,11 +809,7 @@ def bench_batch(args: argparse.Namespace) -> str:
     notes = []
     for size in args.sizes:
         n_users, n_items, n_inter = SCALES[size]
-        model = load_synth_model(synth_model_file(n_users, n_items, n_inter))
-        engine = Engine(model, {}, synth_item_meta(model), result_cache_size=0)
-        ids = synth_ids("u", n_users)
-        picked = np.random.default_rng(5).choice(n_users, min(n_users, args.queries), replace=False)
-        users = [ids[i] for i in picked.tolist()]
+        _, engine, users = synth_engine(size, args.queries)
 
         def timed(engine: Engine, users: list[str], batch: int, explain: bool) -> np.ndarray:
             """CPU ms per request, one figure per batch (per request for size 1)."""
