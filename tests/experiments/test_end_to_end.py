@@ -9,6 +9,7 @@ analysis of the store's exposures and events ships the treatment.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from tastebud.registry.bundle import write_bundle
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_ab_test_through_two_workers_names_the_better_variant(tmp_path: Path) -> None:
+def test_ab_test_through_two_workers_names_the_better_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tastebud.experiments import Assigner, create_experiment, get_experiment, start_experiment
     from tastebud.experiments.report import analyze_experiment
     from tastebud.registry import ModelRegistry
@@ -49,11 +50,28 @@ def test_ab_test_through_two_workers_names_the_better_variant(tmp_path: Path) ->
     # guardrail has tests of its own): the guardrails here are the ones the simulated behaviour decides
     spec = {"name": "e2e", "model_name": "ml", "mde": 0.5, "variants": arms,
             "guardrails": ["error_ratio", "fallback_rate"]}  # fmt: skip
+    # A fixed salt keeps the run reproducible: the balance below doubles the known users' chance split, which the
+    # sample-ratio check (p < 0.001) would refuse for about one random salt in fifty.
+    monkeypatch.setattr("tastebud.experiments.definitions.secrets.token_hex", lambda n: "e2e0" * (n // 2))
     create_experiment(store, registry, settings, spec, actor="test")
     experiment = start_experiment(store, registry, settings, "e2e", actor="test")
     assigner = Assigner([experiment])
     rng = np.random.default_rng(0)
-    users = [str(u) for u in train.users.ids.tolist()] + [f"new-{n}" for n in range(300)]
+    known = [str(u) for u in train.users.ids.tolist()]
+    # Unknown users are served the fallback in either variant, so the fallback-rate guardrail compares the shares
+    # of unknown users the salt's hash happens to send to each variant: a one-sided test at 5% breaches in about
+    # one run in twenty on a random salt. Each variant gets as many unknown users as known ones, so both rates are
+    # one half whatever the salt, and the guardrail decides on what the variants do, not on chance.
+    quota = {name: sum(assigner.variant("e2e", u) == name for u in known) for name in ("control", "treatment")}
+    new: list[str] = []
+    for n in itertools.count():
+        user = f"new-{n}"
+        if quota[assigner.variant("e2e", user)] > 0:
+            quota[assigner.variant("e2e", user)] -= 1
+            new.append(user)
+        if not any(quota.values()):
+            break
+    users = known + new
     propensity = {"control": 0.15, "treatment": 0.5}
     with ServerProcess(home, "ml", workers=2) as server:
         events = []
@@ -77,6 +95,8 @@ def test_ab_test_through_two_workers_names_the_better_variant(tmp_path: Path) ->
     assert report is not None and report.primary.metric == "hit_rate"
     assert report.primary.mean_treatment > report.primary.mean_control
     assert report.srm is not None and not report.srm.flagged
+    rates = {v: analysis.guardrail_values[v]["fallback_rate"] for v in ("control", "treatment")}
+    assert rates["control"] == pytest.approx(0.5) and rates["treatment"] == pytest.approx(0.5), rates
     assert analysis.decision == "ship", analysis.to_markdown()
     assert analysis.over_time and analysis.over_time[-1][0] == len(users)
     run = subprocess.run(

@@ -152,8 +152,9 @@ def difference_sequence(
             se2 = vt / nt_s + vc / nc_s
         total = nc_s + nt_s
         half = np.sqrt(total * se2) * boundary(total, rho_for(t_star, alpha), alpha)
-    half = np.where(valid & np.isfinite(half), half, np.inf)
-    return est, est - half, est + half
+        half = np.where(valid & np.isfinite(half), half, np.inf)
+        # an infinite estimate (control mean 0 in a relative lift) minus an infinite half-width is NaN: no interval
+        return est, est - half, est + half
 
 
 @dataclass(frozen=True)
