@@ -1,10 +1,10 @@
 """``recommend_rows`` (a serving batch) ranks every user as ``recommend_row`` does, one user at a time.
 
-The factor models score a batch with one matrix-matrix product, which sums each score's terms in another order than
-the one-user matrix-vector product: scores may differ in their last bits, so those lists are compared with a
-tolerance (same scores within 1e-5 relative, position by position; the same items, except that items whose scores
-are that close may trade places). Batches below ``GEMM_MIN_ROWS`` and the models without a batched product (the
-generic default loops over ``recommend_row``) must match exactly.
+The factor models score a batch with one matrix-matrix product, and EASE with one sparse-dense product, which sum
+each score's terms in another order than the one-user product: scores may differ in their last bits, so those
+lists are compared with a tolerance (same scores within 1e-5 relative, position by position; the same items,
+except that items whose scores are that close may trade places). Batches below ``GEMM_MIN_ROWS`` and the models
+without a batched product (the generic default loops over ``recommend_row``) must match exactly.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_batched_rows_equal_one_row_results(
     explain = name != "svd"  # SVD cannot explain
     batched = model.recommend_rows(rows, k, exclude_seen=exclude_seen, explain=explain)
     assert len(batched) == len(rows)
-    batched_product = name in ("als", "bpr")
+    batched_product = name in ("als", "bpr", "ease")
     for u, got in zip(rows.tolist(), batched, strict=True):
         alone = model.recommend_row(u, k, exclude_seen=exclude_seen, explain=explain)
         assert_same_ranking(alone, got, exact=not batched_product)
@@ -102,7 +102,7 @@ def test_batched_rows_equal_one_row_results(
     assert len(batched[data.users.lookup["two"]].items) == min(k, n_items - (2 if exclude_seen else 0))
 
 
-@pytest.mark.parametrize("name", ["als", "bpr"])
+@pytest.mark.parametrize("name", ["als", "bpr", "ease"])
 def test_small_batches_take_the_one_row_path_exactly(fitted: dict[str, Recommender], name: str) -> None:
     model = fitted[name]
     rows = [3, 1, 4, 1, 5][: GEMM_MIN_ROWS - 1]
@@ -157,3 +157,41 @@ def test_bad_arguments_are_clear_errors(fitted: dict[str, Recommender], data: Da
         with pytest.raises(ParameterError, match="k: 2 values for 8 rows"):
             model.recommend_rows(list(range(8)), [5, 5])
     assert fitted["als"].recommend_rows([], 5) == []
+
+
+def test_ease_batch_scores_are_the_sparse_product_and_explain_by_the_users_items(
+    fitted: dict[str, Recommender], data: Dataset
+) -> None:
+    """EASE's batch ranks ``x_u B`` (computed here in float64 from the whole matrices) and explains each item by the
+    user's items with the largest positive ``x_uj B[j, i]``; its lists differ from the one-user path only in ties."""
+    model = fitted["ease"]
+    rows = np.arange(0, data.n_users, 3)
+    weights = model.weights_.astype(np.float64)  # type: ignore[attr-defined]
+    full = model.seen_[rows].astype(np.float64) @ weights
+    batched = model.recommend_rows(rows, 6, explain=True)
+    for r, u in enumerate(rows.tolist()):
+        got = batched[r]
+        lo, hi = model.seen_.indptr[u], model.seen_.indptr[u + 1]
+        hist = model.seen_.indices[lo:hi]
+        np.testing.assert_allclose(got.scores, full[r, got.items], rtol=1e-5, atol=1e-6)
+        rest = np.setdiff1d(np.arange(full.shape[1]), np.concatenate([hist, got.items]))
+        if len(got.items) and len(rest):
+            assert full[r, rest].max() <= got.scores.min() + 1e-5  # nothing left out scores higher
+        assert got.because is not None
+        for item, because in zip(got.items.tolist(), got.because, strict=True):
+            contrib = weights[hist, item] * model.seen_.data[lo:hi]
+            best = [int(hist[j]) for j in np.argsort(-contrib, kind="stable")[:3] if contrib[j] > 0]
+            assert because == best, (u, item)
+
+
+def test_csr_rows_equals_scipy_row_indexing() -> None:
+    from tastebud.models._scoring import csr_rows
+
+    matrix = sp.random(30, 40, density=0.2, random_state=3, format="csr", dtype=np.float32)
+    rows = [5, 0, 5, 29, 12]
+    spans = [(int(matrix.indptr[u]), int(matrix.indptr[u + 1])) for u in rows]
+    got = csr_rows(matrix, spans)
+    assert got.shape == (len(rows), 40) and got.dtype == np.float32
+    assert np.array_equal(got.toarray(), matrix[rows].toarray())
+    empty = csr_rows(matrix, [])
+    assert empty.shape == (0, 40) and empty.nnz == 0

@@ -152,9 +152,12 @@ def test_engine_lists_match_full_scoring(long_tail_als: ALSRecommender) -> None:
         assert served == model.items_.ids[want].tolist()
 
 
-@pytest.mark.parametrize("n_items", [50, 6_000, 60_001])
+@pytest.mark.parametrize("n_items", [50, 1_682, 6_000, 60_001])
 def test_rank_rows_ranks_each_row_like_a_full_sort(n_items: int) -> None:
-    """A batch ranked at once: per row the items and order of a full sort, whatever k and the seen items."""
+    """A batch ranked at once: per row the items and order of a full sort, whatever k and the seen items.
+
+    50 items: k=100 covers them all, every row takes rank_one; 1,682 and 6,000: too few blocks for k=100, the
+    bound is each row's k-th score; 60,001: the block maxima."""
     rng = np.random.default_rng(n_items)
     n_rows = 12
     scores = rng.normal(size=(n_rows, n_items)).astype(np.float32)
@@ -175,10 +178,11 @@ def test_rank_rows_ranks_each_row_like_a_full_sort(n_items: int) -> None:
             assert idx.tolist() == want[r], f"row {r}"
 
 
-def test_rank_rows_takes_the_one_row_path_for_nan_rows() -> None:
+@pytest.mark.parametrize("n_items", [1_682, 8_000])  # the k-th score's bound, the block maxima
+def test_rank_rows_takes_the_one_row_path_for_nan_rows(n_items: int) -> None:
     """A row with NaN scores (no usable bound) still gets rank_one's answer; the other rows are unaffected."""
     rng = np.random.default_rng(3)
-    scores = rng.normal(size=(3, 8_000)).astype(np.float32)
+    scores = rng.normal(size=(3, n_items)).astype(np.float32)
     scores[1, ::2] = np.nan
     seen = [np.arange(0), np.arange(0), np.arange(10)]
     got = sc.rank_rows(scores.copy(), [10, 10, 10], seen)
@@ -208,3 +212,26 @@ def test_batched_explanations_equal_one_user_at_a_time(
     for u, row in zip(users, rows, strict=True):
         alone = model.recommend_row(u, 10, explain=True)
         assert row.items.tolist() == alone.items.tolist() and row.because == alone.because
+
+
+def test_top_contributors_many_equals_one_user_at_a_time() -> None:
+    """The batch's explanations are top_contributors' user by user: ties (the earlier seen item first), fewer seen
+    items than names, empty histories or lists, non-positive, NaN and infinite contributions."""
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        contribs, seen = [], []
+        for _ in range(int(rng.integers(1, 40))):
+            h, r = int(rng.choice([0, 1, 2, 3, 5, 70, 200])), int(rng.choice([0, 1, 3, 10]))
+            c = rng.normal(size=(h, r))
+            if rng.random() < 0.2:
+                c = np.round(c)  # many exact ties
+            if rng.random() < 0.1:
+                c = -np.abs(c)  # nothing explains
+            if h and r and rng.random() < 0.05:
+                c[0, 0] = np.nan
+            if h and r and rng.random() < 0.05:
+                c[-1, -1] = np.inf
+            contribs.append(c)
+            seen.append(np.sort(rng.choice(5_000, h, replace=False)))
+        want = [sc.top_contributors(c, s) for c, s in zip(contribs, seen, strict=True)]
+        assert sc.top_contributors_many(contribs, seen) == want

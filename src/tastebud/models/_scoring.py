@@ -125,8 +125,10 @@ def rank_rows(scores: np.ndarray, ks: Sequence[int], seen: Sequence[np.ndarray])
     one flat assignment, the block maxima of :func:`top_positions` taken for every row in one element-wise
     maximum, one comparison with each row's bound and one ``flatnonzero``, one sort of the pooled candidates.
     At ML-25M size (60,000 items, 32 users, k=10) this ranks a batch in about a third of the time of 32
-    :func:`rank_one` calls. Rows the bound cannot serve (too few items for the blocks, fewer than ``k`` finite
-    scores, NaN) are ranked by :func:`rank_one`.
+    :func:`rank_one` calls. A catalogue too small for the blocks (fewer than ``4 k`` of them) takes each row's
+    ``k``-th largest score as its bound, from one ``np.partition`` of the batch (ML-100K's 1,682 items, 32 users:
+    about 8 instead of 20 microseconds a user). Rows the bound cannot serve (fewer than ``k`` finite scores, NaN)
+    are ranked by :func:`rank_one`; ``k`` at least the number of items ranks every row that way.
 
     Args:
         scores: C-order float scores, one row per user; overwritten (seen items set to ``-inf``).
@@ -141,9 +143,12 @@ def rank_rows(scores: np.ndarray, ks: Sequence[int], seen: Sequence[np.ndarray])
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_rows
     kk = min(max(ks, default=1), n)
     n_blocks = n // TOP_BLOCK
-    if n_rows and kk < n and n_blocks >= 4 * kk:
-        block_max = _block_max(scores, n_blocks)
-        bound = np.partition(block_max, n_blocks - kk, axis=1)[:, n_blocks - kk]
+    if n_rows and kk < n:
+        if n_blocks >= 4 * kk:
+            block_max = _block_max(scores, n_blocks)
+            bound = np.partition(block_max, n_blocks - kk, axis=1)[:, n_blocks - kk]
+        else:  # too few items for the blocks: the k-th largest score itself, one partition of the whole batch
+            bound = np.partition(scores, n - kk, axis=1)[:, n - kk]
         hits = np.flatnonzero(scores >= bound[:, None])  # row-major: by row, then by item
         rows, cols = np.divmod(hits, n)
         values = scores.reshape(-1)[hits]
@@ -160,6 +165,23 @@ def rank_rows(scores: np.ndarray, ks: Sequence[int], seen: Sequence[np.ndarray])
         got if got is not None else rank_one(scores[r], ks[r], seen[r][:0], None)  # already masked
         for r, got in enumerate(out)
     ]
+
+
+def csr_rows(matrix: sp.csr_matrix, spans: Sequence[tuple[int, int]]) -> sp.csr_matrix:
+    """The rows of ``matrix`` whose ``(start, end)`` offsets into its data are ``spans``, as a new CSR matrix.
+
+    Built from the slices directly: scipy's row indexing (``matrix[rows]``) checks and sorts its arguments and
+    costs more than a serving batch's product.
+    """
+    lengths = np.fromiter((hi - lo for lo, hi in spans), dtype=np.int64, count=len(spans))
+    indptr = np.zeros(len(spans) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    if len(spans):
+        indices = np.concatenate([matrix.indices[lo:hi] for lo, hi in spans])
+        data = np.concatenate([matrix.data[lo:hi] for lo, hi in spans])
+    else:
+        indices, data = matrix.indices[:0], matrix.data[:0]
+    return sp.csr_matrix((data, indices, indptr), shape=(len(spans), matrix.shape[1]))
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -318,6 +340,78 @@ def top_contributors(contrib: np.ndarray, seen_idx: np.ndarray, n: int = EXPLAIN
     names = np.asarray(seen_idx)[best.T].tolist()
     positive = (value.T > 0).tolist()
     return [[x for x, ok in zip(row, oks, strict=True) if ok] for row, oks in zip(names, positive, strict=True)]
+
+
+def top_contributors_many(
+    contribs: Sequence[np.ndarray], seen_idx: Sequence[np.ndarray], n: int = EXPLAIN_TOP
+) -> list[list[list[int]]]:
+    """:func:`top_contributors` of each ``(contribs[b], seen_idx[b])`` pair (the users of a scoring batch).
+
+    The matrices are laid side by side, transposed (recommended items x all the batch's seen items), and
+    :func:`top_contributors_stacked` ranks every user's columns in the same ``n`` passes.
+    """
+    if len(contribs) == 1:  # one user: nothing to share
+        return [top_contributors(contribs[0], seen_idx[0], n)]
+    widths = [c.shape[1] for c in contribs]
+    lengths = [c.shape[0] for c in contribs]
+    work = np.full((max(widths, default=0), sum(lengths)), -np.inf)
+    off = 0
+    for c in contribs:
+        work[: c.shape[1], off : off + c.shape[0]] = c.T
+        off += c.shape[0]
+    return top_contributors_stacked(work, lengths, widths, seen_idx, n)
+
+
+def top_contributors_stacked(
+    work: np.ndarray,
+    lengths: Sequence[int],
+    widths: Sequence[int],
+    seen_idx: Sequence[np.ndarray],
+    n: int = EXPLAIN_TOP,
+) -> list[list[list[int]]]:
+    """:func:`top_contributors` of several users whose contributions are the column blocks of one matrix.
+
+    ``work`` is float64, ``(recommended items, seen items)``: user ``b`` owns the next ``lengths[b]`` columns (its
+    seen items, ``seen_idx[b]``) and its first ``widths[b]`` rows (its recommended items); the rest of its block
+    is ``-inf``. ``work`` is overwritten. The same lists as :func:`top_contributors` user by user: each pass takes
+    every block's row-wise maxima with one ``np.maximum.reduceat`` and the first column holding each maximum
+    with one ``np.minimum.reduceat``, so the whole batch costs ``n`` passes of a few NumPy calls instead of
+    ``n`` passes per user (32 users of 70 items, 10 recommended: about 10 instead of 24 microseconds a user).
+    A user without seen items, or a NaN contribution, takes :func:`top_contributors` for its block.
+    """
+    n_users = len(lengths)
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    starts = ends - np.asarray(lengths, dtype=np.int64)
+    blocks = [work[: widths[b], starts[b] : ends[b]].T for b in range(n_users)]
+    out: list[list[list[int]] | None] = [None] * n_users
+    plain = [b for b in range(n_users) if lengths[b] > 0]
+    if plain and np.isnan(work).any():
+        plain = [b for b in plain if not np.isnan(blocks[b]).any()]
+    if plain:
+        keep = np.asarray(plain)
+        sub = work if len(plain) == n_users else np.concatenate([work[:, starts[b] : ends[b]] for b in plain], axis=1)
+        sizes = np.asarray([lengths[b] for b in plain], dtype=np.int64)
+        first = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        n_rows, n_cols = sub.shape
+        passes = min(n, int(sizes.max()))
+        best = np.empty((passes, n_rows, len(plain)), dtype=np.int64)
+        value = np.empty((passes, n_rows, len(plain)))
+        position, rows = np.arange(n_cols), np.arange(n_rows)[:, None]
+        for p in range(passes):
+            top = np.maximum.reduceat(sub, first, axis=1)
+            at = np.minimum.reduceat(np.where(sub == np.repeat(top, sizes, axis=1), position, n_cols), first, axis=1)
+            best[p], value[p] = at, top
+            if p + 1 < passes:
+                sub[rows, at] = -np.inf
+        names = np.concatenate([np.asarray(seen_idx[b]) for b in plain])[best].transpose(2, 1, 0).tolist()
+        positive = value > 0
+        if not positive.all():  # drop the non-positive contributions (and the passes past a short history)
+            ok = positive.transpose(2, 1, 0).tolist()
+            for j, r in zip(*np.nonzero(~positive.all(axis=0).T), strict=True):
+                names[j][r] = [x for x, good in zip(names[j][r], ok[j][r], strict=True) if good]
+        for j, b in enumerate(keep.tolist()):
+            out[b] = names[j][: widths[b]]
+    return [got if got is not None else top_contributors(blocks[b], seen_idx[b], n) for b, got in enumerate(out)]
 
 
 def id_lists(ids: np.ndarray, index_lists: Sequence[Sequence[int]]) -> list[list[str]]:

@@ -327,8 +327,9 @@ class ALSRecommender(FactorRecommender):
 
         Users without a cached inverse need ``W_u⁻¹ y_i``: their systems are stacked and solved by one
         ``np.linalg.solve`` (one LAPACK call per system, as alone, without NumPy's per-call overhead), and each
-        user's gathered item factors serve both the system and the contributions. The same explanations as
-        one user at a time.
+        user's gathered item factors serve both the system and the contributions, and every user's
+        contributions are ranked together (:func:`~tastebud.models._scoring.top_contributors_many`). The same
+        explanations as one user at a time.
         """
         assert self.item_factors_ is not None
         if not self._inv_cached:
@@ -363,11 +364,9 @@ class ALSRecommender(FactorRecommender):
                 solved = np.stack([_solve(p[3], rhs[i]) for i, p in enumerate(pending)])
             for i, (j, ys, conf, _, y_rec) in enumerate(pending):
                 contribs[j] = (ys @ solved[i, :, : y_rec.shape[1]]) * conf[:, None]
-        out: list[list[list[int]] | None] = []
-        for u, c in zip(us, contribs, strict=True):
-            assert c is not None
-            out.append(sc.top_contributors(c, indices[indptr[u] : indptr[u + 1]]))
-        return out
+        ready = [c for c in contribs if c is not None]
+        assert len(ready) == len(us)
+        return list(sc.top_contributors_many(ready, [indices[indptr[u] : indptr[u + 1]] for u in us]))
 
     def _explain_history(self, idx: np.ndarray, values: np.ndarray, rec: np.ndarray) -> list[list[str]]:
         """:meth:`_explain` for a history that is not a training row (``recommend_history``)."""

@@ -19,9 +19,10 @@ from pydantic import ConfigDict, Field
 from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
 from tastebud.models import _scoring as sc
+from tastebud.models._factors import GEMM_MIN_ROWS
 from tastebud.models._history import explain_weighted
 from tastebud.models._training import RecencyConfig, training_matrix
-from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender
+from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender, per_row_args
 
 
 class EASEConfig(RecencyConfig):
@@ -116,6 +117,75 @@ class EASERecommender(Recommender):
             contrib = np.asarray(rows[:, items], dtype=np.float64) * vals[:, None]
             because = sc.top_contributors(contrib, idx)
         return RankedRow(items, ranked, because)
+
+    def recommend_rows(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        k: int | Sequence[int] = 10,
+        *,
+        exclude_seen: bool | Sequence[bool] = True,
+        explain: bool | Sequence[bool] = False,
+    ) -> list[RankedRow]:
+        """Several users' top-``k`` (see the base): one sparse-dense product ``X_rows B`` scores them all.
+
+        :meth:`recommend_row` gathers a copy of the rows of ``B`` of the user's items and multiplies it by the
+        user's values; the batch adds each user's rows of ``B`` straight into the user's score row (scipy's CSR
+        times dense product), without the copy: on ML-100K (1,682 items, 74 items per user) 27 instead of 42
+        microseconds of product per user in batches of 32. The rows are ranked together
+        (:func:`~tastebud.models._scoring.rank_rows`) and each explanation reads only the ``B`` entries of the
+        user's items and the recommended ones. The product sums each score's terms in another order than the
+        one-user product, so a score can differ in its last bits; only items whose scores are that close can change
+        places. Batches of fewer than :data:`~tastebud.models._factors.GEMM_MIN_ROWS` users take
+        :meth:`recommend_row` for each user.
+        """
+        self.check_fitted()
+        assert self.users_ is not None and self.weights_ is not None
+        rows_, ks, excl, expl = per_row_args(rows, len(self.users_), k, exclude_seen, explain)
+        ks = [sc.check_k(x) for x in ks]
+        if len(rows_) < GEMM_MIN_ROWS:
+            return super().recommend_rows(rows_, ks, exclude_seen=excl, explain=expl)
+        w, seen = self.weights_, self.seen_
+        chunk = max(1, sc.MAX_CELLS // max(1, w.shape[1]))
+        out: list[RankedRow] = []
+        for start in range(0, len(rows_), chunk):
+            us = rows_[start : start + chunk].tolist()
+            spans = [(int(seen.indptr[u]), int(seen.indptr[u + 1])) for u in us]
+            part = sc.csr_rows(seen, spans)
+            scores = np.asarray(part @ w)  # (rows, items), C order, float32 like the one-user product
+            hist = [seen.indices[lo:hi] for lo, hi in spans]
+            mask = [h if excl[start + j] else h[:0] for j, h in enumerate(hist)]
+            ranked = sc.rank_rows(scores, ks[start : start + len(us)], mask)
+            wanted = [j for j in range(len(us)) if expl[start + j]]
+            reasons: list[list[list[int]] | None] = [None] * len(us)
+            if wanted:
+                because = self._explain_batch([spans[j] for j in wanted], [ranked[j][0] for j in wanted])
+                for j, b in zip(wanted, because, strict=True):
+                    reasons[j] = b
+            out.extend(RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True))
+        return out
+
+    def _explain_batch(self, spans: list[tuple[int, int]], recs: list[np.ndarray]) -> list[list[list[int]]]:
+        """Explanations of several users (their ``seen_`` offsets ``spans``) for their recommended items ``recs``.
+
+        Item ``j`` of the user contributes ``x_uj B[j, i]`` to item ``i``. Every user's contributions are read
+        from ``B`` by one gather into one matrix (recommended items x the batch's seen items) and ranked by
+        :func:`~tastebud.models._scoring.top_contributors_stacked`: the same lists as :meth:`recommend_row`.
+        """
+        assert self.weights_ is not None
+        seen, w = self.seen_, self.weights_
+        hists = [seen.indices[lo:hi] for lo, hi in spans]
+        lengths = [hi - lo for lo, hi in spans]
+        widths = [len(r) for r in recs]
+        targets = np.zeros((len(recs), max(widths, default=0)), dtype=np.int64)
+        for b, rec in enumerate(recs):
+            targets[b, : len(rec)] = rec
+        cols = np.concatenate(hists).astype(np.int64) if hists else np.empty(0, dtype=np.int64)
+        values = np.concatenate([seen.data[lo:hi] for lo, hi in spans]) if spans else np.empty(0, dtype=np.float32)
+        flat = cols[None, :] * w.shape[1] + np.repeat(targets.T, lengths, axis=1)
+        work = w.reshape(-1).take(flat).astype(np.float64) * values[None, :]
+        padded = np.arange(targets.shape[1])[:, None] >= np.repeat(np.asarray(widths, dtype=np.int64), lengths)[None, :]
+        work[padded] = -np.inf
+        return sc.top_contributors_stacked(work, lengths, widths, hists)
 
     history_scoring = True
 
