@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -254,6 +255,11 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def pids(self) -> list[int]:
+        """The server's processes: uvicorn's parent and, with several workers, its children."""
+        assert self.proc is not None
+        return [self.proc.pid, *(_children(self.proc.pid) if self.workers > 1 else [])]
+
     def worker_rss_mb(self) -> list[float]:
         """Resident memory (MiB) of each worker process (of the one process when ``workers`` is 1)."""
         assert self.proc is not None
@@ -305,21 +311,48 @@ LUA_SEQUENCE = LUA.replace("math.randomseed(%d + tid)", "seed = %d\n  math.rando
 )
 
 
-def run_wrk(url: str, paths: list[str], duration: int, seed: int = 1, *, in_order: bool = False) -> dict[str, Any]:
-    """One wrk run over ``paths`` (picked at random per request, or in order); its figures, the command and the load."""
+def _cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes ``pids`` have used so far (ended ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    url: str, paths: list[str], duration: int, seed: int = 1, *, in_order: bool = False, cpu_of: list[int] | None = None
+) -> dict[str, Any]:
+    """One wrk run over ``paths`` (picked at random per request, or in order); its figures, the command and the load.
+
+    With ``cpu_of`` (the server's processes) the result also holds ``server_cpu_us`` and ``wrk_cpu_us``: the CPU
+    time each side spent per request. Other jobs on a shared machine move req/s and latency from run to run, far
+    less what a request costs the server's own processes, so these compare two versions of the code on a noisy box.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write((LUA_SEQUENCE if in_order else LUA) % (", ".join(json.dumps(p) for p in paths), seed))
         script = f.name
     argv = [*(a.format(d=duration) for a in WRK), "-s", script, url]
     load = os.getloadavg()[0]
+    server0 = _cpu_s(cpu_of or [])
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     finally:
         os.unlink(script)
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = _cpu_s(cpu_of or []) - server0
     line = next(x for x in out.splitlines() if x.startswith("BENCH "))
     res = json.loads(line[len("BENCH ") :])
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
     res["load"] = load
+    if cpu_of is not None and res["requests"]:
+        wrk_s = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+        res["server_cpu_us"] = server_s / res["requests"] * 1e6
+        res["wrk_cpu_us"] = wrk_s / res["requests"] * 1e6
     res["command"] = " ".join(argv[:-3]) + " -s <random paths>.lua " + url
     if res["non_2xx"] or res["socket_errors"]:
         print(f"  warning: {res['non_2xx']} non-2xx, {res['socket_errors']} socket errors", file=sys.stderr)
@@ -327,7 +360,8 @@ def run_wrk(url: str, paths: list[str], duration: int, seed: int = 1, *, in_orde
 
 
 def _fmt(res: dict[str, Any]) -> str:
-    return (f"{res['rps']:.0f} req/s, p50 {res['p50_us'] / 1000:.2f} ms, p99 {res['p99_us'] / 1000:.2f} ms, "
+    cpu = f", server CPU {res['server_cpu_us']:.0f} us/req" if "server_cpu_us" in res else ""
+    return (f"{res['rps']:.0f} req/s, p50 {res['p50_us'] / 1000:.2f} ms, p99 {res['p99_us'] / 1000:.2f} ms{cpu}, "
             f"load {res['load']:.2f}")  # fmt: skip
 
 
@@ -361,10 +395,15 @@ def bench_http(args: argparse.Namespace) -> str:
                 run_wrk(server.url, p, 2)
             for rep in range(args.repeats):
                 for name, p in paths.items():
-                    res = run_wrk(server.url, p, args.duration, seed=rep + 1)
+                    res = run_wrk(server.url, p, args.duration, seed=rep + 1, cpu_of=server.pids())
                     results[workers][name].append(res)
                     print(f"workers={workers} {name} #{rep + 1}: {_fmt(res)}", flush=True)
     return _http_section(args, mv.version, bundle.model.name, len(users), results)
+
+
+def _machine_us(runs: list[dict[str, Any]]) -> float:
+    """Median CPU per request of server and wrk together: what the two cores spend on each request."""
+    return statistics.median(r["server_cpu_us"] + r["wrk_cpu_us"] for r in runs)
 
 
 def _http_section(args: argparse.Namespace, version: int, kind: str, n_users: int, results: dict[int, Any]) -> str:
@@ -381,6 +420,9 @@ def _http_section(args: argparse.Namespace, version: int, kind: str, n_users: in
                 f"{statistics.median(r['p50_us'] for r in runs) / 1000:.2f}",
                 f"{statistics.median(r['p99_us'] for r in runs) / 1000:.2f}",
                 f"{rps / floor:.0%} (runs: {ratios})",
+                f"{statistics.median(r['server_cpu_us'] for r in runs):.0f}",
+                f"{statistics.median(r['wrk_cpu_us'] for r in runs):.0f}",
+                f"{_machine_us(by_name['floor']) / _machine_us(runs):.0%}",
                 sum(r["non_2xx"] + r["socket_errors"] for r in runs),
                 ", ".join(f"{r['load']:.2f}" for r in runs),
             ])  # fmt: skip
@@ -391,7 +433,8 @@ def _http_section(args: argparse.Namespace, version: int, kind: str, n_users: in
              f"{_cache_note(args)}")  # fmt: skip
     if args.switch_interval:
         title += f"; switch interval {args.switch_interval * 1000:g} ms (diagnostic)"
-    headers = ["workers", "endpoint", "req/s", "p50 ms", "p99 ms", "of floor", "errors", "load before each run"]
+    headers = ["workers", "endpoint", "req/s", "p50 ms", "p99 ms", "of floor", "server CPU us/req", "wrk CPU us/req",
+               "of floor by CPU", "errors", "load before each run"]  # fmt: skip
     return (
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py http --home {args.home} --repeats {args.repeats}"
