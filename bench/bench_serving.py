@@ -329,8 +329,9 @@ def run_wrk(
     """One wrk run over ``paths`` (picked at random per request, or in order); its figures, the command and the load.
 
     With ``cpu_of`` (the server's processes) the result also holds ``server_cpu_us`` and ``wrk_cpu_us``: the CPU
-    time each side spent per request. Other jobs on a shared machine move req/s and latency from run to run, far
-    less what a request costs the server's own processes, so these compare two versions of the code on a noisy box.
+    time each side spent per request, i.e. where the two cores' time goes. On this shared VM they drift with the
+    machine's speed as req/s does (the floor's server CPU went from 200 to 305 us per request within one 8-minute
+    run), so two versions of the code are still compared run by run, alternating.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write((LUA_SEQUENCE if in_order else LUA) % (", ".join(json.dumps(p) for p in paths), seed))
