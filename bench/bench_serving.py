@@ -218,16 +218,27 @@ def synth_item_meta(model: Any) -> Any:
 class Server:
     """``uvicorn bench_serving:bench_app`` with ``workers`` processes, started and stopped around a block."""
 
-    def __init__(self, env: dict[str, str], workers: int, port: int, log: Path, ready_timeout: float = 600) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int,
+        port: int,
+        log: Path,
+        ready_timeout: float = 600,
+        tree: Path | None = None,
+    ) -> None:
         self.env, self.workers, self.port, self.log, self.ready_timeout = env, workers, port, log, ready_timeout
+        self.tree = tree  # another checkout to serve (its bench/ and src/), e.g. the old code of an A/B run
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_dir: str | None = None
 
     def __enter__(self) -> Server:
-        argv = [sys.executable, "-m", "uvicorn", "bench_serving:bench_app", "--factory", "--app-dir", str(BENCH_DIR),
+        bench = BENCH_DIR if self.tree is None else self.tree / "bench"
+        argv = [sys.executable, "-m", "uvicorn", "bench_serving:bench_app", "--factory", "--app-dir", str(bench),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
                 "--log-level", "warning"]  # fmt: skip
-        env = {**os.environ, **self.env, "PYTHONPATH": str(BENCH_DIR)}
+        path = str(bench) if self.tree is None else f"{bench}{os.pathsep}{self.tree / 'src'}"
+        env = {**os.environ, **self.env, "PYTHONPATH": path}
         if self.workers > 1:  # as `tastebud serve` does: Prometheus multiprocess mode, one fresh directory
             self.metrics_dir = tempfile.mkdtemp(prefix="tastebud-bench-metrics-")
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
@@ -1004,6 +1015,89 @@ def bench_zipf(args: argparse.Namespace) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- old against new
+def bench_ab(args: argparse.Namespace) -> str:
+    """The code at ``--base`` against this tree under the same load; returns the Markdown section.
+
+    Both servers are up at once (a git worktree of ``--base`` on one port, this tree on the next, 2 workers each,
+    every request scored) and the wrk runs alternate between them run by run, the order flipped every round: the
+    shared machine's speed drifts within minutes (the floor moved from 8,800 to 5,500 req/s within one run), so
+    figures from servers started one after the other compare the machine, not the code. An idle server costs
+    the other nothing but memory.
+    """
+    if args.ab_target == "demo":
+        env = {"TASTEBUD_HOME": str(args.home), "TASTEBUD_SERVING__MODEL_NAME": args.model_name}
+        users = _champion_users(args.home, args.model_name)
+        what = f"{args.model_name} champion of {args.home}"
+    else:
+        n_users, n_items, n_inter = SCALES[args.ab_target]
+        path = synth_model_file(n_users, n_items, n_inter)
+        env = _synth_env(path, args, f"synthetic-{args.ab_target}")
+        ids = synth_ids("u", n_users)
+        picks = np.random.default_rng(9).choice(n_users, min(n_users, 100_000), replace=False)
+        users = [ids[i] for i in picks.tolist()]
+        what = f"synthetic ALS, {n_users:,} users x {n_items:,} items, {n_inter:,} interactions"
+    env["TASTEBUD_SERVING__RESULT_CACHE_SIZE"] = "0"
+    paths = {"floor": ["/_floor"], "recommend": [f"/recommend/{u}" for u in users],
+             "recommend_noexplain": [f"/recommend/{u}?explain=false" for u in users]}  # fmt: skip
+    base = subprocess.run(["git", "rev-parse", "--short", args.base], capture_output=True, text=True, check=True,
+                          cwd=BENCH_DIR).stdout.strip()  # fmt: skip
+    tree = Path(tempfile.mkdtemp(prefix="tastebud-ab-")) / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], capture_output=True, check=True,
+                   cwd=BENCH_DIR)  # fmt: skip
+    log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-ab.log"
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {code: {n: [] for n in paths} for code in (base, "new")}
+    try:
+        with (
+            Server(env, 2, args.port, log, tree=tree) as old,
+            Server(env, 2, args.port + 1, log) as new,
+        ):
+            servers = {base: old, "new": new}
+            for server in servers.values():
+                for p in paths.values():
+                    run_wrk(server.url, p, 2)
+            for rnd in range(args.repeats):
+                for code in list(servers) if rnd % 2 == 0 else list(servers)[::-1]:
+                    for name, p in paths.items():
+                        res = run_wrk(servers[code].url, p, args.duration, seed=rnd + 1, cpu_of=servers[code].pids())
+                        runs[code][name].append(res)
+                        print(f"ab {code} round {rnd + 1} {name}: {_fmt(res)}", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True, cwd=BENCH_DIR)
+        shutil.rmtree(tree.parent, ignore_errors=True)
+    rows = []
+    for code, by_name in runs.items():
+        for name in ("recommend", "recommend_noexplain"):
+            got = by_name[name]
+            ratios = [r["rps"] / f["rps"] for r, f in zip(got, by_name["floor"], strict=True)]
+            rows.append([
+                code if code == "new" else f"{code} (`--base`)", name.replace("recommend_noexplain", "explain=false"),
+                f"{_median(by_name['floor'], 'rps'):,.0f}", f"{_median(got, 'rps'):,.0f}",
+                f"**{statistics.median(ratios):.0%}** ({', '.join(f'{x:.0%}' for x in ratios)})",
+                f"{_median(got, 'p50_us') / 1000:.2f}", f"{_median(got, 'p99_us') / 1000:.2f}",
+                f"{_median(by_name['floor'], 'p99_us') / 1000:.2f}",
+                f"{_median(got, 'server_cpu_us'):.0f} / {_median(by_name['floor'], 'server_cpu_us'):.0f}",
+            ])  # fmt: skip
+    title = (f"Old code against new, alternated run by run: {what}; 2 workers each, every request scored; "
+             f"wrk -t2 -c32, {args.repeats} rounds of {args.duration} s runs (medians)")  # fmt: skip
+    headers = ["code", "endpoint", "floor req/s", "req/s", "of floor (per round)", "p50 ms", "p99 ms",
+               "floor p99 ms", "server CPU us/req (floor)"]  # fmt: skip
+    return (
+        table(title, headers, rows)
+        + f"\nCommand: `.venv/bin/python bench/bench_serving.py ab --base {args.base} --ab-target {args.ab_target} "
+        + f"--repeats {args.repeats} --duration {args.duration}`. Machine: {machine_note()}.\n"
+    )
+
+
+def _champion_users(home: Path, model_name: str) -> list[str]:
+    from tastebud.config import build_settings
+    from tastebud.registry import ModelRegistry, load_bundle
+
+    registry = ModelRegistry(build_settings(home=home))
+    bundle = load_bundle(registry.bundle_path(registry.resolve(model_name, "champion")))
+    return [str(u) for u in bundle.model.users_.ids.tolist()]
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
@@ -1027,7 +1121,7 @@ def _cache_flag(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine", "batch"))
+    parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine", "batch", "ab"))
     parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home whose champion is served")
     parser.add_argument("--model-name", default="movielens-100k")
     parser.add_argument("--dir", type=Path, default=OUT_DIR / "ann1m", help="cache of the 1M bundle")
@@ -1063,13 +1157,17 @@ def main() -> None:
                              "included, on the event loop)")  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32],
                         help="batch: batch sizes compared in process")  # fmt: skip
+    parser.add_argument("--base", default="HEAD~1",
+                        help="ab: the git revision whose code this tree is compared with")  # fmt: skip
+    parser.add_argument("--ab-target", choices=["demo", *sorted(SCALES)], default="demo",
+                        help="ab: what both servers serve: the champion of --home, or a synthetic size")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     if args.part == "ann-build":
         build_ann_bundle(args.dir, args.items, args.users, args.dim)
         return
     parts = {"http": bench_http, "ann": bench_ann, "zipf": bench_zipf, "scale": bench_scale, "engine": bench_engine,
-             "batch": bench_batch}  # fmt: skip
+             "batch": bench_batch, "ab": bench_ab}  # fmt: skip
     if args.workers is None:
         args.workers = {"zipf": [2], "scale": [1]}.get(args.part, [1, 2])
     text = parts[args.part](args)
