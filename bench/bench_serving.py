@@ -1085,6 +1085,7 @@ def bench_ab(args: argparse.Namespace) -> str:
     return (
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py ab --base {args.base} --ab-target {args.ab_target} "
+        + (f"--home {args.home} " if args.ab_target == "demo" else "")
         + f"--repeats {args.repeats} --duration {args.duration}`. Machine: {machine_note()}.\n"
     )
 
