@@ -348,12 +348,7 @@ class FactorRecommender(Recommender):
             scores = users[part] @ items_t  # (rows, items), C order: each row is one user's contiguous vector
             seen = [indices[indptr[u] : indptr[u + 1]] if excl[start + j] else indices[:0] for j, u in enumerate(us)]
             ranked = sc.rank_rows(scores, ks[start : start + len(us)], seen)
-            wanted = [j for j in range(len(us)) if expl[start + j]]
-            because = self._explain_rows([us[j] for j in wanted], [ranked[j][0] for j in wanted])
-            reasons: list[list[list[int]] | None] = [None] * len(us)
-            for j, b in zip(wanted, because, strict=True):
-                reasons[j] = b
-            out.extend(RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True))
+            out += sc.explained_rows(ranked, expl[start : start + len(us)], us, self._explain_rows)
         return out
 
     def _items_by_dim(self) -> np.ndarray:

@@ -18,6 +18,7 @@ from tastebud.data.dataset import IdMap
 from tastebud.errors import BundleError, ParameterError
 from tastebud.models.base import (
     TOP_BLOCK,
+    RankedRow,
     Recommendations,
     Recommender,
     load_array,
@@ -27,6 +28,7 @@ from tastebud.models.base import (
 )
 
 M = TypeVar("M", bound=Recommender)
+K = TypeVar("K")
 
 #: Upper bound on the number of scores held in memory by one chunk (float32: 64 MiB).
 MAX_CELLS = 1 << 24
@@ -165,6 +167,26 @@ def rank_rows(scores: np.ndarray, ks: Sequence[int], seen: Sequence[np.ndarray])
         got if got is not None else rank_one(scores[r], ks[r], seen[r][:0], None)  # already masked
         for r, got in enumerate(out)
     ]
+
+
+def explained_rows(
+    ranked: Sequence[tuple[np.ndarray, np.ndarray]],
+    explain: Sequence[bool],
+    keys: Sequence[K],
+    explain_fn: Callable[[list[K], list[np.ndarray]], Sequence[list[list[int]] | None]],
+) -> list[RankedRow]:
+    """The :class:`RankedRow` s of a batch's ``(items, scores)`` pairs, the rows flagged in ``explain`` explained.
+
+    ``explain_fn(keys, items)`` explains, in one call, the flagged rows given their ``keys`` (what the model needs
+    of each user: its row, its offsets...) and their recommended items; it is not called when no row asks.
+    """
+    wanted = [j for j, flag in enumerate(explain) if flag]
+    reasons: list[list[list[int]] | None] = [None] * len(ranked)
+    if wanted:
+        because = explain_fn([keys[j] for j in wanted], [ranked[j][0] for j in wanted])
+        for j, b in zip(wanted, because, strict=True):
+            reasons[j] = b
+    return [RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True)]
 
 
 def csr_rows(matrix: sp.csr_matrix, spans: Sequence[tuple[int, int]]) -> sp.csr_matrix:
@@ -382,13 +404,15 @@ def top_contributors_stacked(
     n_users = len(lengths)
     ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
     starts = ends - np.asarray(lengths, dtype=np.int64)
-    blocks = [work[: widths[b], starts[b] : ends[b]].T for b in range(n_users)]
+
+    def block(b: int) -> np.ndarray:  # user b's contributions as top_contributors takes them (seen x recommended)
+        return work[: widths[b], starts[b] : ends[b]].T
+
     out: list[list[list[int]] | None] = [None] * n_users
     plain = [b for b in range(n_users) if lengths[b] > 0]
     if plain and np.isnan(work).any():
-        plain = [b for b in plain if not np.isnan(blocks[b]).any()]
-    if plain:
-        keep = np.asarray(plain)
+        plain = [b for b in plain if not np.isnan(block(b)).any()]
+    if plain:  # (when some users are left out, ``sub`` is a copy and ``work`` stays as it was for them)
         sub = work if len(plain) == n_users else np.concatenate([work[:, starts[b] : ends[b]] for b in plain], axis=1)
         sizes = np.asarray([lengths[b] for b in plain], dtype=np.int64)
         first = np.concatenate(([0], np.cumsum(sizes)[:-1]))
@@ -409,9 +433,9 @@ def top_contributors_stacked(
             ok = positive.transpose(2, 1, 0).tolist()
             for j, r in zip(*np.nonzero(~positive.all(axis=0).T), strict=True):
                 names[j][r] = [x for x, good in zip(names[j][r], ok[j][r], strict=True) if good]
-        for j, b in enumerate(keep.tolist()):
+        for j, b in enumerate(plain):
             out[b] = names[j][: widths[b]]
-    return [got if got is not None else top_contributors(blocks[b], seen_idx[b], n) for b, got in enumerate(out)]
+    return [got if got is not None else top_contributors(block(b), seen_idx[b], n) for b, got in enumerate(out)]
 
 
 def id_lists(ids: np.ndarray, index_lists: Sequence[Sequence[int]]) -> list[list[str]]:

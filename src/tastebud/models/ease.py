@@ -155,17 +155,11 @@ class EASERecommender(Recommender):
             hist = [seen.indices[lo:hi] for lo, hi in spans]
             mask = [h if excl[start + j] else h[:0] for j, h in enumerate(hist)]
             ranked = sc.rank_rows(scores, ks[start : start + len(us)], mask)
-            wanted = [j for j in range(len(us)) if expl[start + j]]
-            reasons: list[list[list[int]] | None] = [None] * len(us)
-            if wanted:
-                because = self._explain_batch([spans[j] for j in wanted], [ranked[j][0] for j in wanted])
-                for j, b in zip(wanted, because, strict=True):
-                    reasons[j] = b
-            out.extend(RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True))
+            out += sc.explained_rows(ranked, expl[start : start + len(us)], spans, self._explain_batch)
         return out
 
     def _explain_batch(self, spans: list[tuple[int, int]], recs: list[np.ndarray]) -> list[list[list[int]]]:
-        """Explanations of several users (their ``seen_`` offsets ``spans``) for their recommended items ``recs``.
+        """Explanations of several users (their ``seen_`` offsets ``spans``, at least one) for their items ``recs``.
 
         Item ``j`` of the user contributes ``x_uj B[j, i]`` to item ``i``. Every user's contributions are read
         from ``B`` by one gather into one matrix (recommended items x the batch's seen items) and ranked by
@@ -179,8 +173,8 @@ class EASERecommender(Recommender):
         targets = np.zeros((len(recs), max(widths, default=0)), dtype=np.int64)
         for b, rec in enumerate(recs):
             targets[b, : len(rec)] = rec
-        cols = np.concatenate(hists).astype(np.int64) if hists else np.empty(0, dtype=np.int64)
-        values = np.concatenate([seen.data[lo:hi] for lo, hi in spans]) if spans else np.empty(0, dtype=np.float32)
+        cols = np.concatenate(hists).astype(np.int64)
+        values = np.concatenate([seen.data[lo:hi] for lo, hi in spans])
         flat = cols[None, :] * w.shape[1] + np.repeat(targets.T, lengths, axis=1)
         work = w.reshape(-1).take(flat).astype(np.float64) * values[None, :]
         padded = np.arange(targets.shape[1])[:, None] >= np.repeat(np.asarray(widths, dtype=np.int64), lengths)[None, :]
