@@ -784,6 +784,21 @@ def synth_engine(size: str, queries: int) -> tuple[Any, Any, list[str]]:
     return model, engine, [ids[i] for i in picked.tolist()]
 
 
+def champion_engine(home: Path, model_name: str, queries: int) -> tuple[Any, Any, list[str]]:
+    """The champion of ``home`` (its model, an ``Engine`` as the server builds it, result cache off) and
+    ``queries`` random users of it."""
+    from tastebud.config import build_settings
+    from tastebud.registry import ModelRegistry, load_bundle
+    from tastebud.serving.engine import Engine
+
+    registry = ModelRegistry(build_settings(home=home))
+    bundle = load_bundle(registry.bundle_path(registry.resolve(model_name, "champion")))
+    engine = Engine(bundle.model, dict(bundle.fallback), bundle.item_meta, result_cache_size=0)
+    ids = [str(u) for u in bundle.model.users_.ids.tolist()]  # type: ignore[union-attr]
+    picked = np.random.default_rng(5).choice(len(ids), min(len(ids), queries), replace=False)
+    return bundle.model, engine, [ids[i] for i in picked.tolist()]
+
+
 def bench_engine(args: argparse.Namespace) -> str:
     """In process, per request: ``Engine.recommend`` CPU time on a synthetic size, before and after the shortcuts.
 
@@ -862,9 +877,13 @@ def bench_batch(args: argparse.Namespace) -> str:
     no_filters = Filters()
     rows = []
     notes = []
-    for size in args.sizes:
-        n_users, n_items, n_inter = SCALES[size]
-        _, engine, users = synth_engine(size, args.queries)
+    for size in ["champion"] if args.champion else args.sizes:
+        if size == "champion":
+            _, engine, users = champion_engine(args.home, args.model_name, args.queries)
+            n_users, n_items, n_inter = len(engine.model.users_), len(engine.model.items_), engine.model.seen_.nnz
+        else:
+            n_users, n_items, n_inter = SCALES[size]
+            _, engine, users = synth_engine(size, args.queries)
 
         def timed(engine: Engine, users: list[str], batch: int, explain: bool) -> np.ndarray:
             """CPU ms per request, one figure per batch (per request for size 1)."""
@@ -921,7 +940,9 @@ def bench_batch(args: argparse.Namespace) -> str:
         + "\nList agreement: "
         + "; ".join(notes)
         + ".\n"
-        + f"\nCommand: `.venv/bin/python bench/bench_serving.py batch --sizes {' '.join(args.sizes)} --batch-sizes "
+        + "\nCommand: `.venv/bin/python bench/bench_serving.py batch "
+        + (f"--champion --home {args.home} " if args.champion else f"--sizes {' '.join(args.sizes)} ")
+        + "--batch-sizes "
         + f"{' '.join(map(str, args.batch_sizes))} --queries {args.queries} --repeats {args.repeats}`. "
         + f"Machine: {machine_note()}.\n"
     )
@@ -1158,6 +1179,8 @@ def main() -> None:
                              "included, on the event loop)")  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32],
                         help="batch: batch sizes compared in process")  # fmt: skip
+    parser.add_argument("--champion", action="store_true",
+                        help="batch: the champion of --home (the demo's EASE, say) instead of --sizes")  # fmt: skip
     parser.add_argument("--base", default="HEAD~1",
                         help="ab: the git revision whose code this tree is compared with")  # fmt: skip
     parser.add_argument("--ab-target", choices=["demo", *sorted(SCALES)], default="demo",
