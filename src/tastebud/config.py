@@ -85,6 +85,17 @@ class SparkSettings(BaseModel):
     blocks: int | None = Field(
         None, ge=1, description="ALS user and item blocks (numUserBlocks/numItemBlocks); None: Spark's default (10)."
     )
+    checkpoint_interval: int = Field(
+        5,
+        ge=1,
+        description="ALS checkpoints its factors every this many sweeps, which cuts the lineage Spark serialises "
+        "with each task (without it, 15 sweeps of ML-100K overflow a 512 KiB thread stack).",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Where ALS checkpoints go (hdfs://..., s3a://... for a cluster: every executor must reach it); "
+        "None: a temporary directory of this machine for a local master, removed when the session stops.",
+    )
     conf: dict[str, str] = Field(
         default_factory=dict, description="Further Spark configuration, key to value (e.g. spark.executor.memory)."
     )

@@ -255,3 +255,51 @@ def test_cli_trains_with_the_spark_engine(
     code = main([*base, "als", "--engine", "spark", "--no-register", *fast])
     err = capsys.readouterr().err
     assert code != 0 and "spark.master" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------- driver death
+def test_a_driver_that_dies_is_named_forgotten_and_replaced(
+    spark: Any, toy_dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last test of the module: it kills the session's JVM.
+
+    A driver JVM that dies during a fit (as a ``local`` driver does when a task overflows its stack) fails that fit
+    with a clear error; the process keeps no reference to it, so MLflow clients (which look for an active session)
+    still work, and the next fit starts a new session with its own checkpoint directory, removed at stop.
+    The new session runs with a half-size thread stack, where 15 sweeps overflow unless ALS checkpoints.
+    """
+    from mlflow.tracking import MlflowClient
+    from pyspark import SparkContext
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import SparkSession
+
+    def die(self: Any, dataset: Any) -> Any:
+        proc = SparkContext._gateway.proc
+        proc.kill()
+        proc.wait()
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ALS, "fit", die)
+        with pytest.raises(SparkEngineError, match="the Spark driver stopped; the next fit starts a new session"):
+            create("als", engine="spark", **FAST).fit(toy_dataset)
+    assert SparkSession.getActiveSession() is None
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # resolves its registry URI
+    assert client.search_experiments()[0].name == "Default"
+
+    good = spark_als.current_settings()
+    small_stack = good.model_copy(
+        update={"conf": {"spark.ui.enabled": "false", "spark.driver.extraJavaOptions": "-Xss512k"}}
+    )
+    spark_als.configure(small_stack)
+    try:
+        model = create("als", engine="spark", **{**FAST, "iterations": 15}).fit(toy_dataset)
+        assert np.abs(model.item_factors_).sum() > 0
+        fresh = spark_als.session()
+        assert fresh is not spark
+        checkpoints = Path(fresh.sparkContext.getCheckpointDir().removeprefix("file:"))
+        assert checkpoints.parent.is_dir() and checkpoints.parent.name.startswith("tastebud-spark-checkpoints-")
+        spark_als.stop()
+        assert not checkpoints.parent.exists()
+    finally:
+        spark_als.configure(good)

@@ -60,6 +60,8 @@ _lock = threading.Lock()
 _settings: SparkSettings | None = None
 _session: Any = None
 _session_settings: SparkSettings | None = None
+#: The temporary checkpoint directory of the running session (local masters without ``checkpoint_dir``).
+_checkpoint_tmp: str | None = None
 
 
 class SparkEngineError(TastebudError):
@@ -93,11 +95,57 @@ def stop() -> None:
 
 
 def _stop_locked() -> None:
-    global _session, _session_settings
+    global _session, _session_settings, _checkpoint_tmp
     if _session is not None:
-        _session.stop()
+        try:
+            _session.stop()
+        except Exception as err:  # the driver JVM is gone: py4j cannot reach it to stop it
+            logger.warning("spark driver unreachable; forgetting its session", extra={"error": str(err)})
+            _forget_driver()
         _session = None
         _session_settings = None
+    if _checkpoint_tmp is not None:
+        shutil.rmtree(_checkpoint_tmp, ignore_errors=True)
+        _checkpoint_tmp = None
+
+
+def _alive(spark: Any) -> bool:
+    """Whether ``spark``'s driver still answers and its context is not stopped."""
+    try:
+        return not bool(spark.sparkContext._jsc.sc().isStopped())
+    except Exception:
+        return False
+
+
+def _forget_driver() -> None:
+    """Drop pyspark's references to a driver JVM that died, so that the next session starts a new one.
+
+    ``SparkSession.stop`` cannot clear them when the JVM is gone (it raises on the first call into it), and a
+    process left with them fails every later call that looks for an active session: MLflow does, to find a
+    registry URI, whenever it builds a client of its own.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession, SQLContext
+
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+    SQLContext._instantiatedContext = None
+    with SparkContext._lock:
+        gateway = SparkContext._gateway
+        context = SparkContext._active_spark_context
+        if context is not None:
+            context._jsc = None
+            server = getattr(context, "_accumulatorServer", None)
+            if server is not None:
+                server.shutdown()
+                context._accumulatorServer = None  # type: ignore[assignment]
+        SparkContext._active_spark_context = None
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    proc = getattr(gateway, "proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def check_available() -> None:
@@ -161,7 +209,9 @@ def session() -> Any:
     with _lock:
         settings = current_settings()
         if _session is not None and _session_settings == settings:
-            return _session
+            if _alive(_session):
+                return _session
+            logger.warning("spark session's driver stopped or died; starting a new one")
         check_available()
         check_master(settings.master)
         _stop_locked()  # started with other settings
@@ -192,7 +242,30 @@ def session() -> Any:
             extra={"master": settings.master, "spark_version": spark.version, "seconds": time.perf_counter() - t0},
         )
         _session, _session_settings = spark, settings
+        _set_checkpoint_dir(spark, settings)
         return spark
+
+
+def _set_checkpoint_dir(spark: Any, settings: SparkSettings) -> None:
+    """Give the session a checkpoint directory, without which ALS ignores ``checkpointInterval``.
+
+    ALS's factor RDDs grow a lineage of a few stages per sweep; every task carries it serialised, and a long one
+    overflows the stack of the thread that (de)serialises it: a task failure, or with ``local`` masters an
+    executor error that ends the driver's JVM. Checkpoints cut it every ``checkpoint_interval`` sweeps.
+    """
+    global _checkpoint_tmp
+    target = settings.checkpoint_dir
+    if target is None:
+        if not settings.master.startswith("local"):
+            logger.warning(
+                "no spark.checkpoint_dir for a cluster master: ALS runs without checkpoints "
+                "(set TASTEBUD_SPARK__CHECKPOINT_DIR to a path every executor reaches, e.g. hdfs://...)"
+            )
+            return
+        import tempfile
+
+        _checkpoint_tmp = target = tempfile.mkdtemp(prefix="tastebud-spark-checkpoints-")
+    spark.sparkContext.setCheckpointDir(target)
 
 
 def reg_param(regularization: float, matrix: sp.csr_matrix) -> float:
@@ -260,6 +333,7 @@ def fit(
         ratingCol="rating",
         seed=int(random_state),
         nonnegative=False,
+        checkpointInterval=settings.checkpoint_interval,
     )
     if settings.blocks is not None:
         als = als.setNumUserBlocks(settings.blocks).setNumItemBlocks(settings.blocks)
@@ -274,6 +348,9 @@ def fit(
             items = model.itemFactors.toPandas()
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not _alive(spark):
+            stop()
+            first += " (the Spark driver stopped; the next fit starts a new session)"
         raise SparkEngineError(f"Spark ALS failed on {settings.master!r}: {first}") from err
     seconds = time.perf_counter() - t0
     user_factors = _ordered(users, matrix.shape[0], factors, "user")
