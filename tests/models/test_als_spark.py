@@ -273,6 +273,11 @@ def test_a_driver_that_dies_is_named_forgotten_and_replaced(
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import SparkSession
 
+    from tastebud.config import build_settings
+
+    good = build_settings().spark  # the module's session (a CLI test above leaves its own settings configured)
+    spark_als.configure(good)
+
     def die(self: Any, dataset: Any) -> Any:
         proc = SparkContext._gateway.proc
         proc.kill()
@@ -287,7 +292,6 @@ def test_a_driver_that_dies_is_named_forgotten_and_replaced(
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # resolves its registry URI
     assert client.search_experiments()[0].name == "Default"
 
-    good = spark_als.current_settings()
     small_stack = good.model_copy(
         update={"conf": {"spark.ui.enabled": "false", "spark.driver.extraJavaOptions": "-Xss512k"}}
     )
