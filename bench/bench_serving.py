@@ -881,9 +881,11 @@ def bench_batch(args: argparse.Namespace) -> str:
         if size == "champion":
             _, engine, users = champion_engine(args.home, args.model_name, args.queries)
             n_users, n_items, n_inter = len(engine.model.users_), len(engine.model.items_), engine.model.seen_.nnz
+            label = f"{n_inter:,} (champion, {type(engine.model).__name__})"
         else:
             n_users, n_items, n_inter = SCALES[size]
             _, engine, users = synth_engine(size, args.queries)
+            label = f"{n_inter / 1e6:g}M"
 
         def timed(engine: Engine, users: list[str], batch: int, explain: bool) -> np.ndarray:
             """CPU ms per request, one figure per batch (per request for size 1)."""
@@ -922,7 +924,7 @@ def bench_batch(args: argparse.Namespace) -> str:
         for (batch, explain), r in sorted(runs.items(), key=lambda kv: (not kv[0][1], kv[0][0])):
             mean = statistics.median(float(np.mean(x)) for x in r)
             rows.append([
-                f"{n_inter / 1e6:g}M", f"{n_users:,} x {n_items:,}", "on" if explain else "off",
+                label, f"{n_users:,} x {n_items:,}", "on" if explain else "off",
                 "1 (`Engine.recommend`)" if batch == 1 else batch, f"{mean:.3f}",
                 f"{statistics.median(float(np.percentile(x, 50)) for x in r):.3f}",
                 f"x{base[explain] / mean:.2f}",
