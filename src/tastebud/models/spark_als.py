@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import warnings
@@ -214,7 +215,7 @@ def session() -> Any:
             logger.warning("spark session's driver stopped or died; starting a new one")
         check_available()
         check_master(settings.master)
-        _stop_locked()  # started with other settings
+        _stop_locked()  # started with other settings, or its driver is gone
         from pyspark.sql import SparkSession
 
         builder = (
@@ -262,8 +263,6 @@ def _set_checkpoint_dir(spark: Any, settings: SparkSettings) -> None:
                 "(set TASTEBUD_SPARK__CHECKPOINT_DIR to a path every executor reaches, e.g. hdfs://...)"
             )
             return
-        import tempfile
-
         _checkpoint_tmp = target = tempfile.mkdtemp(prefix="tastebud-spark-checkpoints-")
     spark.sparkContext.setCheckpointDir(target)
 
