@@ -152,8 +152,8 @@ def test_freeze_heap_takes_the_warm_process_out_of_later_collections() -> None:
 
     from tastebud.studio.app import freeze_heap
 
-    was_frozen = gc.get_freeze_count()
     gc.collect()  # what earlier tests left as garbage would otherwise count as tracked but never be frozen
+    was_frozen = gc.get_freeze_count()  # after the collection, which may free objects an earlier freeze holds
     tracked = len(gc.get_objects())
     try:
         frozen = freeze_heap()
