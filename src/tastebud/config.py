@@ -213,6 +213,15 @@ class ServingSettings(BaseModel):
         "thread's hand-offs, which cost more than they spare on a busy worker, are avoided. 0 sends every such "
         "batch to the thread.",
     )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0.0,
+        description="A batch smaller than the recent batches of its worker is held up to this many milliseconds "
+        "for the rest of its wave (released as soon as it reaches their size): under a steady load a request that "
+        "misses a batch otherwise waits for that batch and the next. A lone request on an idle server is never "
+        "held (the recent batches were of one). A hold that ends at this limit lowers the expected size to what came. "
+        "0: never hold.",
+    )
 
 
 class StreamSettings(BaseModel):

@@ -398,3 +398,61 @@ def test_the_loop_budget_follows_what_batches_actually_cost() -> None:
     dear = Slow(0.5, 0.12)
     loop_thread = asyncio.run(waves(Batcher(32, 20.0), dear, 4, 3))
     assert dear.threads[0] == loop_thread and dear.threads[-1] != loop_thread
+
+
+def test_a_batch_smaller_than_the_recent_ones_is_held_until_the_rest_arrive_or_the_wait_ends() -> None:
+    """``wait_ms``: released once the expected size is reached, else at the limit (which lowers the expectation)."""
+    from tastebud.serving.engine import PlainRequest
+
+    engine = StubEngine()
+    wait_ms = 200.0
+    batcher = Batcher(32, wait_ms=wait_ms)
+
+    def submit(user: str) -> asyncio.Future[Any]:
+        return batcher.submit(engine, PlainRequest(0, user, 5, True, False))  # type: ignore[arg-type]
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        lone = submit("first")  # an idle server's lone request: recent batches were of one, never held
+        await asyncio.sleep(0)
+        out["lone_done_in_a_turn"] = lone.done()
+        await asyncio.gather(*(submit(f"w{i}") for i in range(4)))  # a wave of 4 in one turn: expected 4
+        out["expected_after_wave"] = batcher.expected
+        started = time.monotonic()
+        early = [submit("a0")]
+        await asyncio.sleep(0.02)  # several turns: held, not scored
+        out["held_while_short"] = not early[0].done() and batcher.waits == 1
+        early += [submit(f"a{i}") for i in range(1, 4)]  # the rest of the wave: released at once
+        await asyncio.gather(*early)
+        out["released_after_s"] = time.monotonic() - started
+        started = time.monotonic()
+        await asyncio.gather(submit("b0"), submit("b1"))  # fewer than expected and nobody else: the limit ends it
+        out["timed_out_after_s"] = time.monotonic() - started
+        out["expected_after_timeout"] = batcher.expected
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["lone_done_in_a_turn"] is True
+    assert out["expected_after_wave"] == 4
+    assert out["held_while_short"] is True
+    assert out["released_after_s"] < wait_ms / 1000 / 2, out
+    assert out["timed_out_after_s"] >= wait_ms / 1000 * 0.9, out
+    assert out["expected_after_timeout"] == 2
+    assert engine.batches == [["first"], ["w0", "w1", "w2", "w3"], ["a0", "a1", "a2", "a3"], ["b0", "b1"]]
+    assert (batcher.waits, batcher.timeouts) == (2, 1)
+    assert batcher.stats()["held_to_timeout"] == 1
+
+    # without a wait the short batch is scored at once
+    engine.batches.clear()
+    eager = Batcher(32)
+
+    async def no_wait() -> bool:
+        await asyncio.gather(*(eager.submit(engine, PlainRequest(0, f"w{i}", 5, True, False)) for i in range(4)))  # type: ignore[arg-type]
+        late = eager.submit(engine, PlainRequest(0, "late", 5, True, False))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return late.done()
+
+    assert asyncio.run(no_wait()) is True
+    assert eager.waits == 0
+    with pytest.raises(ValueError, match="wait_ms"):
+        Batcher(32, wait_ms=-1.0)

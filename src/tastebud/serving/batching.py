@@ -12,6 +12,13 @@ every request whose handler runs before then joins it, and no timer adds latency
 request is a batch of one, scored as without batching). While more requests join at each turn of the loop, the
 batch waits a few turns more (:data:`MAX_DEFERRALS`). At most ``serving.batch_max`` requests form one batch.
 
+A batch smaller than the worker's recent batches (:attr:`Batcher.expected`) is then held up to
+``serving.batch_wait_ms`` and released as soon as it reaches that size: under a steady load the clients' requests
+come back within a fraction of a millisecond of each other, and one that just misses a batch otherwise waits for
+that batch and the next; with the result cache answering half the requests, the misses come a few at a time and
+are scored in small, dear batches. The expectation is the size the last batches reached; a hold that ends at the
+limit lowers it to what came, and a lone request on an idle server (recent batches of one) is never held.
+
 A model whose requests leave the loop (``serving.offload_ms``, :mod:`tastebud.serving.offload`) scores each batch
 in one worker thread: one hand-off per batch instead of one per request. One such batch runs at a time per
 process; the requests arriving meanwhile form the next one, so batches grow with the load. A batch of such a model
@@ -76,12 +83,19 @@ class Batcher:
         largest: the largest batch so far.
     """
 
-    def __init__(self, max_size: int, inline_ms: float = 0.0) -> None:
+    def __init__(self, max_size: int, inline_ms: float = 0.0, wait_ms: float = 0.0) -> None:
         if max_size < 2:
             raise ValueError(f"a batch holds at least 2 requests (got max_size={max_size}); 1 disables batching")
+        if wait_ms < 0:
+            raise ValueError(f"wait_ms must be >= 0 (got {wait_ms})")
         self.max_size = max_size
         self.inline_ms = inline_ms
+        self.wait_ms = wait_ms
         self.requests = self.batches = self.largest = 0
+        self.waits = self.timeouts = 0  # batches held for the expected size; holds that ended at wait_ms
+        #: the batch size the recent batches reached (see :meth:`_flush`): a batch smaller than this is held
+        self.expected = 1
+        self._timer: asyncio.TimerHandle | None = None
         self._pending: list[_Waiting] = []  # waiting for the next call_soon flush
         self._queued: list[_Waiting] = []  # threaded requests waiting for the running threaded batch to end
         self._scheduled = False
@@ -97,6 +111,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests run an app on several): nothing of the old one is live
             self._loop, self._pending, self._queued, self._scheduled, self._worker = loop, [], [], False, None
+            self._timer = None
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append(_Waiting(engine, request, future, threaded))
         self.requests += 1
@@ -104,7 +119,19 @@ class Batcher:
             self._scheduled = True
             self._checked, self._deferred = len(self._pending), 0
             loop.call_soon(self._flush)
+        elif self._timer is not None and len(self._pending) >= min(self.expected, self.max_size):
+            self._timer.cancel()  # a held batch reached the expected size: score it at the next turn
+            self._timer = None
+            loop.call_soon(self._release)
         return future
+
+    def _release(self) -> None:
+        """End a hold (the expected size was reached, or ``wait_ms`` passed) and score the batch."""
+        timed_out = self._timer is not None
+        self._timer = None
+        if timed_out:
+            self.timeouts += 1
+        self._score_pending(held=True, timed_out=timed_out)
 
     def _flush(self) -> None:
         """Score what is pending: inline batches now, threaded ones in the worker task (started when idle).
@@ -119,7 +146,26 @@ class Batcher:
             self._checked, self._deferred = n, self._deferred + 1
             asyncio.get_running_loop().call_soon(self._flush)
             return
+        if self.wait_ms > 0 and n < min(self.expected, self.max_size):
+            # Fewer requests than the recent batches reached: the rest of the wave is still on its way (under a
+            # steady load its requests come back within a fraction of a millisecond of each other, but one that
+            # misses the batch waits for the whole batch and the next). Hold the batch until the expected size is
+            # reached (submit releases it) or wait_ms passes.
+            self.waits += 1
+            self._timer = asyncio.get_running_loop().call_later(self.wait_ms / 1000.0, self._release)
+            return
+        self._score_pending(held=False, timed_out=False)
+
+    def _score_pending(self, *, held: bool, timed_out: bool) -> None:
+        """Score every pending request (see :meth:`_flush`) and adjust the expected batch size."""
         self._scheduled = False
+        n = len(self._pending)
+        if timed_out or not held:
+            # A hold that ended at wait_ms means fewer clients than before are waiting: expect what came. A batch
+            # scored without a hold sets the expectation (a lone request: 1, so an idle server never holds).
+            self.expected = max(1, n)
+        else:
+            self.expected = max(self.expected, n)
         pending, self._pending = self._pending, []
         inline = [w for w in pending if not w.threaded]
         threaded: list[_Waiting] = []
@@ -192,4 +238,5 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         """Requests, batches, mean and largest batch size so far."""
         mean = self.requests / self.batches if self.batches else 0.0
-        return {"requests": self.requests, "batches": self.batches, "mean_size": mean, "largest": self.largest}
+        return {"requests": self.requests, "batches": self.batches, "mean_size": mean, "largest": self.largest,
+                "held": self.waits, "held_to_timeout": self.timeouts, "expected": self.expected}  # fmt: skip
