@@ -1063,19 +1063,28 @@ def bench_ab(args: argparse.Namespace) -> str:
     env["TASTEBUD_SERVING__RESULT_CACHE_SIZE"] = "0"
     paths = {"floor": ["/_floor"], "recommend": [f"/recommend/{u}" for u in users],
              "recommend_noexplain": [f"/recommend/{u}?explain=false" for u in users]}  # fmt: skip
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], capture_output=True, text=True, check=True,
-                          cwd=BENCH_DIR).stdout.strip()  # fmt: skip
-    tree = Path(tempfile.mkdtemp(prefix="tastebud-ab-")) / "base"
-    subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], capture_output=True, check=True,
-                   cwd=BENCH_DIR)  # fmt: skip
+    base_env, new_env = _env_pairs(args.base_env), _env_pairs(args.new_env)
+    same_tree = args.base == "this"  # both servers run this tree: settings compared (--base-env / --new-env)
+    tree: Path | None = None
+    if same_tree:
+        base = "this tree"
+    else:
+        base = subprocess.run(["git", "rev-parse", "--short", args.base], capture_output=True, text=True,
+                              check=True, cwd=BENCH_DIR).stdout.strip()  # fmt: skip
+        tree = Path(tempfile.mkdtemp(prefix="tastebud-ab-")) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], capture_output=True, check=True,
+                       cwd=BENCH_DIR)  # fmt: skip
+    if base_env:
+        base += " " + " ".join(f"{k}={v}" for k, v in base_env.items())
+    new_label = "new" + ("".join(f" {k}={v}" for k, v in new_env.items()) if new_env else "")
     log = Path(tempfile.gettempdir()) / "tastebud-bench-serving-ab.log"
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {code: {n: [] for n in paths} for code in (base, "new")}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {code: {n: [] for n in paths} for code in (base, new_label)}
     try:
         with (
-            Server(env, 2, args.port, log, tree=tree) as old,
-            Server(env, 2, args.port + 1, log) as new,
+            Server({**env, **base_env}, 2, args.port, log, tree=tree) as old,
+            Server({**env, **new_env}, 2, args.port + 1, log) as new,
         ):
-            servers = {base: old, "new": new}
+            servers = {base: old, new_label: new}
             for server in servers.values():
                 for p in paths.values():
                     run_wrk(server.url, p, 2)
@@ -1086,22 +1095,25 @@ def bench_ab(args: argparse.Namespace) -> str:
                         runs[code][name].append(res)
                         print(f"ab {code} round {rnd + 1} {name}: {_fmt(res)}", flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True, cwd=BENCH_DIR)
-        shutil.rmtree(tree.parent, ignore_errors=True)
+        if tree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True, cwd=BENCH_DIR)
+            shutil.rmtree(tree.parent, ignore_errors=True)
     rows = []
     for code, by_name in runs.items():
         for name in ("recommend", "recommend_noexplain"):
             got = by_name[name]
             ratios = [r["rps"] / f["rps"] for r, f in zip(got, by_name["floor"], strict=True)]
             rows.append([
-                code if code == "new" else f"{code} (`--base`)", name.replace("recommend_noexplain", "explain=false"),
+                code if code == new_label or same_tree else f"{code} (`--base`)",
+                name.replace("recommend_noexplain", "explain=false"),
                 f"{_median(by_name['floor'], 'rps'):,.0f}", f"{_median(got, 'rps'):,.0f}",
                 f"**{statistics.median(ratios):.0%}** ({', '.join(f'{x:.0%}' for x in ratios)})",
                 f"{_median(got, 'p50_us') / 1000:.2f}", f"{_median(got, 'p99_us') / 1000:.2f}",
                 f"{_median(by_name['floor'], 'p99_us') / 1000:.2f}",
                 f"{_median(got, 'server_cpu_us'):.0f} / {_median(by_name['floor'], 'server_cpu_us'):.0f}",
             ])  # fmt: skip
-    title = (f"Old code against new, alternated run by run: {what}; 2 workers each, every request scored; "
+    compared = "Two settings" if same_tree else "Old code against new"
+    title = (f"{compared}, alternated run by run: {what}; 2 workers each, every request scored; "
              f"wrk -t2 -c32, {args.repeats} rounds of {args.duration} s runs (medians)")  # fmt: skip
     headers = ["code", "endpoint", "floor req/s", "req/s", "of floor (per round)", "p50 ms", "p99 ms",
                "floor p99 ms", "server CPU us/req (floor)"]  # fmt: skip
@@ -1109,8 +1121,21 @@ def bench_ab(args: argparse.Namespace) -> str:
         table(title, headers, rows)
         + f"\nCommand: `.venv/bin/python bench/bench_serving.py ab --base {args.base} --ab-target {args.ab_target} "
         + (f"--home {args.home} " if args.ab_target == "demo" else "")
+        + (f"--base-env {' '.join(args.base_env)} " if args.base_env else "")
+        + (f"--new-env {' '.join(args.new_env)} " if args.new_env else "")
         + f"--repeats {args.repeats} --duration {args.duration}`. Machine: {machine_note()}.\n"
     )
+
+
+def _env_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as environment entries (``--base-env``, ``--new-env``)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r} (e.g. TASTEBUD_SERVING__BATCH_WAIT_MS=0)")
+        out[key] = value
+    return out
 
 
 def _champion_users(home: Path, model_name: str) -> list[str]:
@@ -1184,7 +1209,12 @@ def main() -> None:
     parser.add_argument("--champion", action="store_true",
                         help="batch: the champion of --home (the demo's EASE, say) instead of --sizes")  # fmt: skip
     parser.add_argument("--base", default="HEAD~1",
-                        help="ab: the git revision whose code this tree is compared with")  # fmt: skip
+                        help="ab: the git revision whose code this tree is compared with; 'this': this tree on both "
+                             "sides, to compare settings (--base-env, --new-env)")  # fmt: skip
+    parser.add_argument("--base-env", nargs="*", metavar="KEY=VALUE",
+                        help="ab: environment of the base server only: TASTEBUD_SERVING__BATCH_WAIT_MS=0")  # fmt: skip
+    parser.add_argument("--new-env", nargs="*", metavar="KEY=VALUE",
+                        help="ab: environment of this tree's server only")  # fmt: skip
     parser.add_argument("--ab-target", choices=["demo", *sorted(SCALES)], default="demo",
                         help="ab: what both servers serve: the champion of --home, or a synthetic size")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
