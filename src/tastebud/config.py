@@ -218,9 +218,9 @@ class ServingSettings(BaseModel):
         ge=0.0,
         description="A batch smaller than the recent batches of its worker is held up to this many milliseconds "
         "for the rest of its wave (released as soon as it reaches their size): under a steady load a request that "
-        "misses a batch otherwise waits for that batch and the next. A lone request on an idle server is never "
-        "held (the recent batches were of one). A hold that ends at this limit lowers the expected size to what came. "
-        "0: never hold.",
+        "misses a batch otherwise waits for that batch and the next. A hold that ends at this limit lowers the "
+        "expected size to what came; after a quiet spell (50 ms, or 10 times this limit, without a batch) a lone "
+        "request is not held. 0: never hold.",
     )
 
 

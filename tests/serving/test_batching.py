@@ -454,5 +454,24 @@ def test_a_batch_smaller_than_the_recent_ones_is_held_until_the_rest_arrive_or_t
 
     assert asyncio.run(no_wait()) is True
     assert eager.waits == 0
+
+    # after a quiet spell the last wave's size is forgotten: a lone request is not held
+    from tastebud.serving.batching import IDLE_RESET_S
+
+    quick = Batcher(32, wait_ms=5.0)
+
+    async def quiet_then_lone() -> tuple[int, bool, bool]:
+        await asyncio.gather(*(quick.submit(engine, PlainRequest(0, f"w{i}", 5, True, False)) for i in range(4)))  # type: ignore[arg-type]
+        expected = quick.expected
+        soon = quick.submit(engine, PlainRequest(0, "soon", 5, True, False))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        held = not soon.done()
+        await soon
+        await asyncio.sleep(IDLE_RESET_S * 2)
+        lone = quick.submit(engine, PlainRequest(0, "lone", 5, True, False))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return expected, held, lone.done()
+
+    assert asyncio.run(quiet_then_lone()) == (4, True, True)
     with pytest.raises(ValueError, match="wait_ms"):
         Batcher(32, wait_ms=-1.0)

@@ -17,7 +17,7 @@ A batch smaller than the worker's recent batches (:attr:`Batcher.expected`) is t
 come back within a fraction of a millisecond of each other, and one that just misses a batch otherwise waits for
 that batch and the next; with the result cache answering half the requests, the misses come a few at a time and
 are scored in small, dear batches. The expectation is the size the last batches reached; a hold that ends at the
-limit lowers it to what came, and a lone request on an idle server (recent batches of one) is never held.
+limit lowers it to what came, and after a quiet spell (:data:`IDLE_RESET_S`) a lone request is not held.
 
 A model whose requests leave the loop (``serving.offload_ms``, :mod:`tastebud.serving.offload`) scores each batch
 in one worker thread: one hand-off per batch instead of one per request. One such batch runs at a time per
@@ -54,6 +54,9 @@ class _Waiting(NamedTuple):
     future: asyncio.Future[Result]
     threaded: bool
 
+
+#: A batcher that scored nothing for this long (or ten times ``wait_ms``, if longer) expects lone requests again.
+IDLE_RESET_S = 0.05
 
 #: Weight of the latest batch in :attr:`Engine.batch_cost_ms`, the moving average of the cost per batched request.
 COST_WEIGHT = 0.2
@@ -96,6 +99,7 @@ class Batcher:
         #: the batch size the recent batches reached (see :meth:`_flush`): a batch smaller than this is held
         self.expected = 1
         self._timer: asyncio.TimerHandle | None = None
+        self._last_scored = float("-inf")  # event-loop time of the last batch
         self._pending: list[_Waiting] = []  # waiting for the next call_soon flush
         self._queued: list[_Waiting] = []  # threaded requests waiting for the running threaded batch to end
         self._scheduled = False
@@ -111,7 +115,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests run an app on several): nothing of the old one is live
             self._loop, self._pending, self._queued, self._scheduled, self._worker = loop, [], [], False, None
-            self._timer = None
+            self._timer, self._last_scored = None, float("-inf")
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append(_Waiting(engine, request, future, threaded))
         self.requests += 1
@@ -146,23 +150,27 @@ class Batcher:
             self._checked, self._deferred = n, self._deferred + 1
             asyncio.get_running_loop().call_soon(self._flush)
             return
+        loop = asyncio.get_running_loop()
+        if self.wait_ms > 0 and loop.time() - self._last_scored > max(IDLE_RESET_S, 10 * self.wait_ms / 1000.0):
+            self.expected = 1  # a quiet spell: the last wave is over, a lone request is not held
         if self.wait_ms > 0 and n < min(self.expected, self.max_size):
             # Fewer requests than the recent batches reached: the rest of the wave is still on its way (under a
             # steady load its requests come back within a fraction of a millisecond of each other, but one that
             # misses the batch waits for the whole batch and the next). Hold the batch until the expected size is
             # reached (submit releases it) or wait_ms passes.
             self.waits += 1
-            self._timer = asyncio.get_running_loop().call_later(self.wait_ms / 1000.0, self._release)
+            self._timer = loop.call_later(self.wait_ms / 1000.0, self._release)
             return
         self._score_pending(held=False, timed_out=False)
 
     def _score_pending(self, *, held: bool, timed_out: bool) -> None:
         """Score every pending request (see :meth:`_flush`) and adjust the expected batch size."""
         self._scheduled = False
+        self._last_scored = asyncio.get_running_loop().time()
         n = len(self._pending)
         if timed_out or not held:
             # A hold that ended at wait_ms means fewer clients than before are waiting: expect what came. A batch
-            # scored without a hold sets the expectation (a lone request: 1, so an idle server never holds).
+            # scored without a hold sets the expectation.
             self.expected = max(1, n)
         else:
             self.expected = max(self.expected, n)
