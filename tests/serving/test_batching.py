@@ -108,6 +108,8 @@ def test_concurrent_requests_give_the_sequential_lists(
     assert batcher.requests == 2 * len(paths)
     assert batcher.largest > 1 and batcher.batches < 2 * len(paths), batcher.stats()
     assert batcher.largest <= app.state.settings.serving.batch_max
+    batches = app.state.metrics.registry.get_sample_value("tastebud_serving_batch_size_count", {})
+    assert batches == batcher.batches, (batches, batcher.stats())
 
 
 def test_batching_disabled_serves_the_same_lists(tmp_path: Path, registry: FakeRegistry, train: Dataset) -> None:
@@ -402,11 +404,15 @@ def test_the_loop_budget_follows_what_batches_actually_cost() -> None:
 
 def test_a_batch_smaller_than_the_recent_ones_is_held_until_the_rest_arrive_or_the_wait_ends() -> None:
     """``wait_ms``: released once the expected size is reached, else at the limit (which lowers the expectation)."""
+    from prometheus_client import CollectorRegistry
+
+    from tastebud.monitoring.metrics import ServingMetrics
     from tastebud.serving.engine import PlainRequest
 
     engine = StubEngine()
     wait_ms = 200.0
-    batcher = Batcher(32, wait_ms=wait_ms)
+    registry = CollectorRegistry()
+    batcher = Batcher(32, wait_ms=wait_ms, metrics=ServingMetrics(registry=registry))
 
     def submit(user: str) -> asyncio.Future[Any]:
         return batcher.submit(engine, PlainRequest(0, user, 5, True, False))  # type: ignore[arg-type]
@@ -441,6 +447,12 @@ def test_a_batch_smaller_than_the_recent_ones_is_held_until_the_rest_arrive_or_t
     assert engine.batches == [["first"], ["w0", "w1", "w2", "w3"], ["a0", "a1", "a2", "a3"], ["b0", "b1"]]
     assert (batcher.waits, batcher.timeouts) == (2, 1)
     assert batcher.stats()["held_to_timeout"] == 1
+    sample = registry.get_sample_value
+    assert sample("tastebud_serving_batch_holds_total", {"outcome": "filled"}) == 1
+    assert sample("tastebud_serving_batch_holds_total", {"outcome": "timeout"}) == 1
+    assert sample("tastebud_serving_batch_size_count", {}) == 4
+    assert sample("tastebud_serving_batch_size_sum", {}) == 1 + 4 + 4 + 2
+    assert sample("tastebud_serving_batch_size_bucket", {"le": "2.0"}) == 2  # the lone request and the short batch
 
     # without a wait the short batch is scored at once
     engine.batches.clear()

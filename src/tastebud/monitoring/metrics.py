@@ -33,6 +33,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Batch processing buckets (seconds): decode, validate, store write, dead letters and commit of one batch.
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Scoring batch size buckets (requests per batch of plain ``/recommend`` requests).
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 #: States of the Kafka consumer (the ``tastebud_stream_consumer_state`` enum).
 CONSUMER_STATES = ("starting", "connected", "disconnected", "stopped")
 #: Signals the drift monitor compares (the ``signal`` label of the drift gauges).
@@ -257,6 +259,19 @@ class ServingMetrics:
             "tastebud_serving_model_load_seconds",
             "Time to load, verify and prepare a bundle (successful loads).",
             buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tastebud_serving_batch_size",
+            "Requests per scoring batch of plain /recommend requests (serving.batch_max; 1: scored alone).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_holds = Counter(
+            "tastebud_serving_batch_holds_total",
+            "Scoring batches held for the rest of their wave (serving.batch_wait_ms), by outcome: filled (reached "
+            "the size of the recent batches) or timeout (the wait ran out, which lowers the size expected).",
+            ["outcome"],
             registry=r,
         )
         self.result_cache = Counter(

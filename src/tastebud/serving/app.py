@@ -142,7 +142,9 @@ def create_app(
     app.state.request_log = request_log
     app.state.store = store
     #: scoring batches of the plain /recommend path (None: every request scored on its own)
-    app.state.batcher = Batcher(cfg.batch_max, cfg.batch_inline_ms, cfg.batch_wait_ms) if cfg.batch_max > 1 else None
+    app.state.batcher = (
+        Batcher(cfg.batch_max, cfg.batch_inline_ms, cfg.batch_wait_ms, metrics_) if cfg.batch_max > 1 else None
+    )
     install_error_handlers(app)
     for module in (recommend, similar, popular, items, health, metrics, trace, models, events, experiments):
         app.include_router(module.router)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from tastebud.monitoring.metrics import ServingMetrics
 from tastebud.serving.engine import Engine, PlainRequest, Result
 from tastebud.serving.offload import to_thread
 
@@ -79,6 +80,9 @@ class Batcher:
         max_size: most requests in one batch (at least 2; a larger wave is scored as several batches).
         inline_ms: a batch of requests that would go to a thread is scored on the loop when it is expected to take
             at most this many milliseconds (see the module's description); 0: never.
+        wait_ms: the longest a batch smaller than the recent ones is held (see the module's description); 0: never.
+        metrics: where batch sizes and holds are counted (``tastebud_serving_batch_size``,
+            ``tastebud_serving_batch_holds_total``), if anywhere.
 
     Attributes:
         requests: requests submitted so far.
@@ -86,7 +90,9 @@ class Batcher:
         largest: the largest batch so far.
     """
 
-    def __init__(self, max_size: int, inline_ms: float = 0.0, wait_ms: float = 0.0) -> None:
+    def __init__(
+        self, max_size: int, inline_ms: float = 0.0, wait_ms: float = 0.0, metrics: ServingMetrics | None = None
+    ) -> None:
         if max_size < 2:
             raise ValueError(f"a batch holds at least 2 requests (got max_size={max_size}); 1 disables batching")
         if wait_ms < 0:
@@ -94,6 +100,7 @@ class Batcher:
         self.max_size = max_size
         self.inline_ms = inline_ms
         self.wait_ms = wait_ms
+        self.metrics = metrics
         self.requests = self.batches = self.largest = 0
         self.waits = self.timeouts = 0  # batches held for the expected size; holds that ended at wait_ms
         #: the batch size the recent batches reached (see :meth:`_flush`): a batch smaller than this is held
@@ -135,6 +142,8 @@ class Batcher:
         self._timer = None
         if timed_out:
             self.timeouts += 1
+        if self.metrics is not None:
+            self.metrics.batch_holds.labels(outcome="timeout" if timed_out else "filled").inc()
         self._score_pending(held=True, timed_out=timed_out)
 
     def _flush(self) -> None:
@@ -233,6 +242,8 @@ class Batcher:
         if results is not None:
             self.batches += 1
             self.largest = max(self.largest, len(batch))
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(len(batch))
         for i, w in enumerate(batch):
             if w.future.done():
                 continue
