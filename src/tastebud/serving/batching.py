@@ -16,8 +16,8 @@ A batch smaller than the worker's recent batches (:attr:`Batcher.expected`) is t
 ``serving.batch_wait_ms`` and released as soon as it reaches that size: under a steady load the clients' requests
 come back within a fraction of a millisecond of each other, and one that just misses a batch otherwise waits for
 that batch and the next; with the result cache answering half the requests, the misses come a few at a time and
-are scored in small, dear batches. The expectation is the size the last batches reached; a hold that ends at the
-limit lowers it to what came, and after a quiet spell (:data:`IDLE_RESET_S`) a lone request is not held.
+are scored in small, dear batches. The expectation is the size of the last batch (so a hold that ends at the limit
+lowers it to what came), and after a quiet spell (:data:`IDLE_RESET_S`) a lone request is not held.
 
 A model whose requests leave the loop (``serving.offload_ms``, :mod:`tastebud.serving.offload`) scores each batch
 in one worker thread: one hand-off per batch instead of one per request. One such batch runs at a time per
@@ -103,7 +103,7 @@ class Batcher:
         self.metrics = metrics
         self.requests = self.batches = self.largest = 0
         self.waits = self.timeouts = 0  # batches held for the expected size; holds that ended at wait_ms
-        #: the batch size the recent batches reached (see :meth:`_flush`): a batch smaller than this is held
+        #: the size of the last batch (see :meth:`_flush`): a batch smaller than this is held
         self.expected = 1
         self._timer: asyncio.TimerHandle | None = None
         self._last_scored = float("-inf")  # event-loop time of the last batch
@@ -144,7 +144,7 @@ class Batcher:
             self.timeouts += 1
         if self.metrics is not None:
             self.metrics.batch_holds.labels(outcome="timeout" if timed_out else "filled").inc()
-        self._score_pending(held=True, timed_out=timed_out)
+        self._score_pending()
 
     def _flush(self) -> None:
         """Score what is pending: inline batches now, threaded ones in the worker task (started when idle).
@@ -170,19 +170,17 @@ class Batcher:
             self.waits += 1
             self._timer = loop.call_later(self.wait_ms / 1000.0, self._release)
             return
-        self._score_pending(held=False, timed_out=False)
+        self._score_pending()
 
-    def _score_pending(self, *, held: bool, timed_out: bool) -> None:
-        """Score every pending request (see :meth:`_flush`) and adjust the expected batch size."""
+    def _score_pending(self) -> None:
+        """Score every pending request (see :meth:`_flush`); the next batch is expected to be as large.
+
+        A batch scored without a hold, or released on reaching the expected size, raises the expectation to its
+        size; one whose hold ran out at ``wait_ms`` lowers it (fewer clients than before are waiting).
+        """
         self._scheduled = False
         self._last_scored = asyncio.get_running_loop().time()
-        n = len(self._pending)
-        if timed_out or not held:
-            # A hold that ended at wait_ms means fewer clients than before are waiting: expect what came. A batch
-            # scored without a hold sets the expectation.
-            self.expected = max(1, n)
-        else:
-            self.expected = max(self.expected, n)
+        self.expected = max(1, len(self._pending))
         pending, self._pending = self._pending, []
         inline = [w for w in pending if not w.threaded]
         threaded: list[_Waiting] = []
