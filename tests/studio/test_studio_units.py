@@ -157,7 +157,11 @@ def test_freeze_heap_takes_the_warm_process_out_of_later_collections() -> None:
     tracked = len(gc.get_objects())
     try:
         frozen = freeze_heap()
-        assert frozen >= tracked // 2 and gc.get_freeze_count() == was_frozen + frozen
+        assert frozen >= tracked // 2
+        # frozen objects still go when nothing refers to them, also on other threads an earlier test left running,
+        # so the permanent generation may have lost a few since the freeze: never gained any, never lost many
+        lost = was_frozen + frozen - gc.get_freeze_count()
+        assert 0 <= lost < frozen // 100
         assert len(gc.get_objects()) < tracked - frozen // 2  # a collection no longer scans them
 
         class Node:
