@@ -215,6 +215,22 @@ def synth_item_meta(model: Any) -> Any:
     })  # fmt: skip
 
 
+#: The server process: ``uvicorn.run`` of :func:`bench_app` with the HTTP protocol ``tastebud serve`` picks from the
+#: settings (``serving.coalesce_writes``); uvicorn's own in a tree that predates that setting (``ab --base``).
+RUNNER = """
+import sys, uvicorn
+try:
+    from tastebud.config import build_settings
+    from tastebud.serving.http import http_protocol
+    http = http_protocol(build_settings().serving)
+except ImportError:
+    http = "auto"
+app_dir, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+uvicorn.run("bench_serving:bench_app", factory=True, app_dir=app_dir, host="127.0.0.1", port=port, workers=workers,
+            log_level="warning", http=http)
+"""
+
+
 class Server:
     """``uvicorn bench_serving:bench_app`` with ``workers`` processes, started and stopped around a block."""
 
@@ -234,9 +250,7 @@ class Server:
 
     def __enter__(self) -> Server:
         bench = BENCH_DIR if self.tree is None else self.tree / "bench"
-        argv = [sys.executable, "-m", "uvicorn", "bench_serving:bench_app", "--factory", "--app-dir", str(bench),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
-                "--log-level", "warning"]  # fmt: skip
+        argv = [sys.executable, "-c", RUNNER, str(bench), str(self.port), str(self.workers)]
         path = str(bench) if self.tree is None else f"{bench}{os.pathsep}{self.tree / 'src'}"
         env = {**os.environ, **self.env, "PYTHONPATH": path}
         if self.workers > 1:  # as `tastebud serve` does: Prometheus multiprocess mode, one fresh directory

@@ -213,6 +213,12 @@ class ServingSettings(BaseModel):
         "thread's hand-offs, which cost more than they spare on a busy worker, are avoided. 0 sends every such "
         "batch to the thread.",
     )
+    coalesce_writes: bool = Field(
+        True,
+        description="Send each HTTP response (status line, headers and body) in one system call: uvicorn writes "
+        "headers and body separately, two sends and two TCP segments per response "
+        "(tastebud.serving.http.CoalescingHttpProtocol). false: uvicorn's own protocol.",
+    )
     batch_wait_ms: float = Field(
         2.0,
         ge=0.0,

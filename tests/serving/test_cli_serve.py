@@ -39,6 +39,7 @@ def test_serve_one_worker_builds_the_app(
     app = args[0]
     assert isinstance(app, FastAPI)
     assert kwargs["port"] == 8123 and kwargs["host"] == "0.0.0.0"
+    assert kwargs["http"] == "tastebud.serving.http:CoalescingHttpProtocol"  # one send per response
     serving = app.state.settings.serving
     assert serving.model_name == "films" and serving.alias == "challenger"
     assert "films@challenger" in capsys.readouterr().out
@@ -52,7 +53,15 @@ def test_serve_many_workers_uses_the_factory(calls: list, monkeypatch: pytest.Mo
     ((args, kwargs),) = calls
     assert args == ("tastebud.serving.app:create_app_from_env",)
     assert kwargs["factory"] is True and kwargs["workers"] == 3
+    assert kwargs["http"] == "tastebud.serving.http:CoalescingHttpProtocol"
     assert os.environ["TASTEBUD_SERVING__MODEL_NAME"] == "films"
+
+
+def test_serve_with_coalescing_off_takes_uvicorns_protocol(calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASTEBUD_SERVING__COALESCE_WRITES", "false")
+    assert main(["serve", "--workers", "2"]) == 0
+    ((_, kwargs),) = calls
+    assert kwargs["http"] == "auto"
 
 
 def test_serve_rejects_bad_port(calls: list) -> None:

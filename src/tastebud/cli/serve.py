@@ -60,11 +60,14 @@ def run_server(settings: Settings, **overrides: Any) -> None:
     # Checked here too so that a server that must not start (auth.required, no key) says why in one line.
     console.print(AuthPolicy.from_settings(settings).describe(), highlight=False, markup=False)
     log_level = settings.log_level.lower()
+    from tastebud.serving.http import http_protocol
+
     if cfg.workers == 1:
         from tastebud.serving.app import create_app, limit_blas_threads
 
         limit_blas_threads(cfg.blas_threads)
-        uvicorn.run(create_app(settings, freeze_gc=True), host=cfg.host, port=cfg.port, log_level=log_level)
+        uvicorn.run(create_app(settings, freeze_gc=True), host=cfg.host, port=cfg.port, log_level=log_level,
+                    http=http_protocol(cfg))  # fmt: skip
         return
     # Worker processes build their own app from the environment: hand them the effective settings there.
     os.environ["TASTEBUD_HOME"] = str(settings.home)
@@ -87,6 +90,7 @@ def run_server(settings: Settings, **overrides: Any) -> None:
             port=cfg.port,
             workers=cfg.workers,
             log_level=log_level,
+            http=http_protocol(cfg),
         )
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
