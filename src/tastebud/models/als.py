@@ -361,6 +361,7 @@ class ALSRecommender(FactorRecommender):
             for i, p in enumerate(pending):
                 rhs[i, :, : p[4].shape[1]] = p[4]
             systems = np.stack([p[3] for p in pending]).astype(np.float64)
+            assert self.gram_ is not None
             systems += self.gram_
             diagonal = np.arange(y.shape[1])
             systems[:, diagonal, diagonal] += self.config.regularization
