@@ -467,21 +467,21 @@ class FactorRecommender(Recommender):
         x = scipy.linalg.solve(a, b, assume_a="pos").astype(np.float32)
         return self.item_factors_ @ x
 
-    def _user_system(
-        self, idx: np.ndarray, confidence: np.ndarray, ys: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form).
-
-        ``ys``: the item factors of ``idx`` in float64 when the caller has them already.
-        """
-        assert self.item_factors_ is not None and self.gram_ is not None
-        if ys is None:
-            ys = self.item_factors_[idx].astype(np.float64)
-        a = ys.T @ (ys * (confidence - 1.0)[:, None])
-        a += self.gram_
-        a.flat[:: a.shape[0] + 1] += self.config.regularization  # + λI, without building an identity per call
+    def _user_system(self, idx: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The normal equations ``(A, b)`` of one user's weighted least squares (implicit-ALS form)."""
+        assert self.item_factors_ is not None
+        ys = self.item_factors_[idx].astype(np.float64)
+        a = self._with_prior(ys.T @ (ys * (confidence - 1.0)[:, None]))
         b = ys.T @ confidence
         return a, b
+
+    def _with_prior(self, a: np.ndarray) -> np.ndarray:
+        """``a + YᵀY + λI``, in place, for one user's ``Y_uᵀ(C_u − I)Y_u`` (d x d) or a stack of them (n x d x d)."""
+        assert self.gram_ is not None and a.flags.c_contiguous  # (so that the reshape below is a view)
+        a += self.gram_
+        d = a.shape[-1]
+        a.reshape(-1, d * d)[:, :: d + 1] += self.config.regularization  # the diagonals, without an identity
+        return a
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:

@@ -360,11 +360,7 @@ class ALSRecommender(FactorRecommender):
             rhs = np.zeros((len(pending), y.shape[1], width))
             for i, p in enumerate(pending):
                 rhs[i, :, : p[4].shape[1]] = p[4]
-            systems = np.stack([p[3] for p in pending]).astype(np.float64)
-            assert self.gram_ is not None
-            systems += self.gram_
-            diagonal = np.arange(y.shape[1])
-            systems[:, diagonal, diagonal] += self.config.regularization
+            systems = self._with_prior(np.stack([p[3] for p in pending]).astype(np.float64))
             try:
                 solved = np.linalg.solve(systems, rhs)
             except np.linalg.LinAlgError:  # a singular system (zero regularization): each on its own
