@@ -66,7 +66,9 @@ NO_LOG_ENV = "TASTEBUD_BENCH_NO_REQUEST_LOG"
 SWITCH_ENV = "TASTEBUD_BENCH_SWITCH_INTERVAL"
 #: Path of a synthetic model's arrays (``.npz`` from :func:`synth_model_file`) to serve as version 1 / champion.
 SYNTH_ENV = "TASTEBUD_BENCH_SYNTH"
-WRK = ("wrk", "-t2", "-c32", "-d{d}s")
+WRK = ("wrk", "-t2", "-c{c}", "-d{d}s")
+#: wrk's connections (``--connections``; 32 for every target of the serving issue).
+CONNECTIONS = 32
 #: Where the synthetic catalogues are generated once and kept (never committed: ``bench/out`` is ignored).
 OUT_DIR = BENCH_DIR / "out" / "serving"
 #: ``scale`` sizes: (users, items, interactions); 100K and 1M of MovieLens' shapes, 25M of ML-25M's.
@@ -361,7 +363,7 @@ def run_wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write((LUA_SEQUENCE if in_order else LUA) % (", ".join(json.dumps(p) for p in paths), seed))
         script = f.name
-    argv = [*(a.format(d=duration) for a in WRK), "-s", script, url]
+    argv = [*(a.format(d=duration, c=CONNECTIONS) for a in WRK), "-s", script, url]
     load = os.getloadavg()[0]
     server0 = _cpu_s(cpu_of or [])
     child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -756,8 +758,8 @@ def bench_scale(args: argparse.Namespace) -> str:
                 ", ".join(f"{r['load']:.2f}" for r in rec),
             ])  # fmt: skip
     title = (f"How serving cost grows with the data: synthetic ALS (d=64), random users, every request scored "
-             f"(result cache off); wrk -t2 -c32, {args.repeats} alternating {args.duration} s runs per endpoint "
-             f"(medians)")  # fmt: skip
+             f"(result cache off); wrk -t2 -c{CONNECTIONS}, {args.repeats} alternating {args.duration} s runs per "
+             f"endpoint (medians)")  # fmt: skip
     headers = ["interactions (stored)", "users x items", "workers", "batch_max", "mean batch (largest)",
                "floor req/s", "`/recommend` req/s (of floor)",
                "p50 ms", "p99 ms", "`explain=false` req/s (of floor)", "`explain=false` p99 ms",
@@ -768,6 +770,7 @@ def bench_scale(args: argparse.Namespace) -> str:
         + f"{' '.join(map(str, args.workers))} --repeats {args.repeats}"
         + (f" --batch-max {' '.join(map(str, args.batch_max))}" if args.batch_max else "")
         + (f" --offload-ms {args.offload_ms:g}" if args.offload_ms is not None else "")
+        + (f" --connections {CONNECTIONS}" if CONNECTIONS != 32 else "")
         + f"`. Machine: {machine_note()}.\n"
     )
 
@@ -1040,7 +1043,7 @@ def bench_zipf(args: argparse.Namespace) -> str:
             ])  # fmt: skip
     title = (f"Zipf-drawn users (exponent {args.zipf_exponent:g}) over {n_users:,} users x {n_items:,} items "
              f"({nnz:,} interactions, synthetic ALS d=64): `GET /recommend/{{user_id}}` with explanations, "
-             f"wrk -t2 -c32, {args.repeats} alternating {args.duration} s runs (medians)")  # fmt: skip
+             f"wrk -t2 -c{CONNECTIONS}, {args.repeats} alternating {args.duration} s runs (medians)")  # fmt: skip
     headers = ["workers", "result cache", "cache hits", "floor req/s", "`/recommend` req/s", "of floor", "p50 ms",
                "p99 ms", "RSS per worker MiB", "errors", "load before each `/recommend` run"]  # fmt: skip
     return (
@@ -1128,7 +1131,7 @@ def bench_ab(args: argparse.Namespace) -> str:
             ])  # fmt: skip
     compared = "Two settings" if same_tree else "Old code against new"
     title = (f"{compared}, alternated run by run: {what}; 2 workers each, every request scored; "
-             f"wrk -t2 -c32, {args.repeats} rounds of {args.duration} s runs (medians)")  # fmt: skip
+             f"wrk -t2 -c{CONNECTIONS}, {args.repeats} rounds of {args.duration} s runs (medians)")  # fmt: skip
     headers = ["code", "endpoint", "floor req/s", "req/s", "of floor (per round)", "p50 ms", "p99 ms",
                "floor p99 ms", "server CPU us/req (floor)"]  # fmt: skip
     return (
@@ -1183,6 +1186,7 @@ def _cache_flag(args: argparse.Namespace) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main() -> None:
+    global CONNECTIONS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("http", "ann-build", "ann", "zipf", "scale", "engine", "batch", "ab"))
     parser.add_argument("--home", type=Path, default=Path("/tmp/tbhome"), help="home whose champion is served")
@@ -1231,8 +1235,11 @@ def main() -> None:
                         help="ab: environment of this tree's server only")  # fmt: skip
     parser.add_argument("--ab-target", choices=["demo", *sorted(SCALES)], default="demo",
                         help="ab: what both servers serve: the champion of --home, or a synthetic size")  # fmt: skip
+    parser.add_argument("--connections", type=int, default=CONNECTIONS,
+                        help="wrk's open connections (every target is stated at 32)")  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
+    CONNECTIONS = args.connections
     if args.part == "ann-build":
         build_ann_bundle(args.dir, args.items, args.users, args.dim)
         return
