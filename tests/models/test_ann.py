@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,60 @@ def test_k_beyond_size_and_ef_search(vectors: np.ndarray) -> None:
     assert hnsw.ef_search == 16 and hnsw.index_ is not None and hnsw.index_.hnsw.efSearch == 16
     again, _ = hnsw.search(vectors[:3], 5)
     assert again.shape == (3, 5) and (again >= 0).all()
+
+
+def test_excluded_rows_are_left_out_inside_the_search(vectors: np.ndarray) -> None:
+    """``exclude``: per query, rows never returned; an exact index gives the exact top-k of the rest."""
+    queries = np.random.default_rng(7).normal(size=(6, 16)).astype(np.float32)
+    brute = queries @ vectors.T
+    order = np.argsort(-brute, axis=1)
+    exclude = [order[0, :25], np.array([], dtype=np.int64), order[2, ::3][:400], order[3, :1], np.array([]), order[5]]
+    flat = FaissIndex().build(vectors)
+    ids, scores = flat.search(queries, 10, exclude=exclude)
+    for q, ex in enumerate(exclude[:5]):
+        rest = brute[q].copy()
+        rest[np.asarray(ex, dtype=np.int64)] = -np.inf
+        expected = np.argsort(-rest)[:10]
+        np.testing.assert_array_equal(ids[q], expected)
+        np.testing.assert_allclose(scores[q], rest[expected], rtol=1e-5)
+    # every row excluded: nothing found, marked -1 / -inf rather than an excluded row
+    assert (ids[5] == -1).all() and np.isneginf(scores[5]).all()
+    hnsw = FaissIndex(hnsw_threshold=100).build(vectors)
+    got, _ = hnsw.search(queries, 10, exclude=exclude)
+    for q, ex in enumerate(exclude[:5]):
+        assert (got[q] >= 0).all() and not set(got[q].tolist()) & set(np.asarray(ex).tolist())
+    assert (got[5] == -1).all()
+    with pytest.raises(ParameterError, match="2 exclusion lists for 6 queries"):
+        flat.search(queries, 10, exclude=exclude[:2])
+
+
+def test_a_long_exclusion_list_does_not_lengthen_the_hnsw_search() -> None:
+    """Work per query stays that of a k-search: 1,500 excluded rows, not a candidate list of k + 1,500.
+
+    Over-fetching ``k + len(exclude)`` results (what the serving path did) makes HNSW compute distances to far more
+    vectors; FAISS counts them (``hnsw_stats.ndis``).
+    """
+    import faiss
+
+    vectors = np.random.default_rng(5).normal(size=(20_000, 16)).astype(np.float32)  # 3,000 caps any search's work
+    hnsw = FaissIndex(hnsw_threshold=100, ef_search=64).build(vectors)
+    queries = np.random.default_rng(8).normal(size=(20, 16)).astype(np.float32)
+    long = [np.argsort(-(vectors @ q))[:1500] for q in queries]
+    stats = faiss.cvar.hnsw_stats
+
+    def distances(run: Callable[[], object]) -> int:
+        stats.reset()
+        run()
+        return int(stats.ndis)
+
+    plain = distances(lambda: hnsw.search(queries, 10))
+    excluded = distances(lambda: hnsw.search(queries, 10, exclude=long))
+    fetched = distances(lambda: hnsw.search(queries, 10 + 1500))
+    # measured: 37,400 distances plain and with the exclusions, 209,118 over-fetching
+    assert excluded < 1.5 * plain, (plain, excluded)
+    assert fetched > 4 * excluded, (fetched, excluded)
+    got, _ = hnsw.search(queries, 10, exclude=long)
+    assert (got >= 0).all() and all(not set(g.tolist()) & set(x.tolist()) for g, x in zip(got, long, strict=True))
 
 
 @pytest.mark.parametrize("threshold", [100_000, 100])
@@ -99,7 +154,7 @@ def test_factor_model_hnsw_agrees_with_exact() -> None:
     for u, items in zip(users, b.item_ids, strict=True):
         row = seen[data.user_index([u])[0]]
         assert not set(data.item_index(items)) & set(row.indices)
-        # the one-user path (serving) over-fetches by this user's own history and drops it too
+        # the one-user path (serving) leaves this user's own history out inside the search too
         one = approx.recommend_row(int(data.user_index([u])[0]), k=10)
         assert len(one.items) == 10 and not set(one.items.tolist()) & set(row.indices)
         assert len(set(one.items.tolist()) & set(data.item_index(items))) >= 8
@@ -129,3 +184,29 @@ def test_set_ef_search_changes_the_search_list(vectors: np.ndarray) -> None:
     before, _ = flat.search(queries, 10)
     flat.set_ef_search(4)  # an exact index has no search list: unchanged results
     np.testing.assert_array_equal(flat.search(queries, 10)[0], before)
+
+
+def test_factor_model_serves_a_user_who_has_seen_most_items_through_hnsw() -> None:
+    """A history of 700 of 800 items: still 10 unseen items, on the one-user path and the batch path alike."""
+    import polars as pl
+
+    from tastebud.data.dataset import Dataset
+    from tastebud.models.als import ALSRecommender
+
+    rng = np.random.default_rng(11)
+    light = pl.DataFrame({"user_id": rng.integers(1, 300, 6000), "item_id": rng.integers(0, 800, 6000)})
+    heavy = pl.DataFrame({"user_id": np.zeros(700, dtype=np.int64), "item_id": rng.permutation(800)[:700]})
+    data = Dataset.from_frame(pl.concat([light, heavy]).unique())
+    model = ALSRecommender(factors=16, iterations=5, use_ann=True, ann_threshold=100).fit(data)
+    row = int(data.user_index(["0"])[0])
+    seen = set(data.user_item[row].indices.tolist())
+    assert len(seen) == 700
+    one = model.recommend_row(row, k=10)
+    assert len(one.items) == 10 and not set(one.items.tolist()) & seen
+    both = model.recommend(["0", "1"], k=10)  # a batch: the heavy user's exclusions apply to its own row only
+    assert len(both.item_ids[0]) == 10 and not set(data.item_index(both.item_ids[0]).tolist()) & seen
+    assert len(both.item_ids[1]) == 10
+    exact = ALSRecommender.from_factors(
+        model.user_factors_, model.item_factors_, model.seen_, model.users_, model.items_, factors=16
+    ).recommend_row(row, k=10)
+    assert len(set(exact.items.tolist()) & set(one.items.tolist())) >= 8

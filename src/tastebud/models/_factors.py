@@ -50,7 +50,7 @@ class FactorConfig(RecencyConfig):
     show_progress: bool = False
     """Show implicit's progress bar while fitting (for the CLI)."""
     use_ann: bool = False
-    """Answer ``recommend`` and ``similar_items`` from a FAISS index (over-fetch, then drop seen items)."""
+    """Answer ``recommend`` and ``similar_items`` from a FAISS index (seen items left out inside the search)."""
     ann_threshold: int = Field(100_000, ge=1)
     """With ``use_ann``: catalogs with at least this many items get HNSW, smaller ones exact search."""
 
@@ -199,7 +199,7 @@ class FactorRecommender(Recommender):
     ) -> Recommendations:
         """Top-``k`` items per user by the inner product of user and item factors.
 
-        With ``use_ann`` and no ``candidates`` the FAISS index answers, over-fetching by the seen counts.
+        With ``use_ann`` and no ``candidates`` the FAISS index answers, the seen items left out inside its search.
         """
         self.check_fitted()
         assert self.users_ is not None and self.items_ is not None and self.user_factors_ is not None
@@ -375,13 +375,9 @@ class FactorRecommender(Recommender):
         lo, hi = self.seen_.indptr[u], self.seen_.indptr[u + 1]
         seen = self.seen_.indices[lo:hi] if exclude_seen else self.seen_.indices[:0]
         if self.ann_ is not None and cands is None:
-            ids, found = self.ann_.search(x[None, :], k + len(seen))
-            got = ids[0]
-            keep = got >= 0
-            if len(seen):  # seen is sorted (CSR indices): a binary search per result, not np.isin's sort
-                pos = np.minimum(np.searchsorted(seen, got), len(seen) - 1)
-                keep &= seen[pos] != got
-            return got[keep][:k].astype(np.int64, copy=False), found[0][keep][:k]
+            ids, found = self.ann_.search(x[None, :], k, exclude=[seen])  # seen left out inside the search
+            keep = ids[0] >= 0
+            return ids[0][keep], found[0][keep]
         scores = self.item_factors_ @ x if cands is None else self.item_factors_[cands] @ x
         return sc.rank_one(scores, k, seen, cands)
 
@@ -410,15 +406,14 @@ class FactorRecommender(Recommender):
     def _ann_search(
         self, index: FaissIndex, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Search ``index``, fetching enough extra results that ``k`` remain after dropping excluded items."""
-        extra = int(np.diff(exclude.indptr).max(initial=0)) if exclude is not None else 0
-        ids, scores = index.search(queries, k + extra)
-        keep = sc.filter_pairs(np.arange(len(ids)), ids, exclude) if exclude is not None else ids >= 0
-        idx_rows, score_rows = [], []
-        for i_row, s_row, k_row in zip(ids, scores, keep, strict=True):
-            idx_rows.append(i_row[k_row][:k])
-            score_rows.append(s_row[k_row][:k])
-        return idx_rows, score_rows
+        """Search ``index`` for ``k`` results per query, each row's excluded items left out inside the search."""
+        lists = None
+        if exclude is not None:
+            indptr, indices = exclude.indptr, exclude.indices
+            lists = [indices[indptr[i] : indptr[i + 1]] for i in range(len(queries))]
+        ids, scores = index.search(queries, k, exclude=lists)
+        keep = ids >= 0
+        return [i[m] for i, m in zip(ids, keep, strict=True)], [s[m] for s, m in zip(scores, keep, strict=True)]
 
     def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]] | None:
         """Explanations for recommended items as item ids; ``None`` where the model cannot explain."""

@@ -309,19 +309,6 @@ def _mask(scores: np.ndarray, exclude: sp.csr_matrix, position: np.ndarray | Non
     scores[r, c] = -np.inf
 
 
-def filter_pairs(rows: np.ndarray, ids: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
-    """Boolean mask over ``ids`` (rows x m item indices, -1 for none) of entries not excluded for their row.
-
-    ``exclude`` has one row per row of ``ids``; used after an approximate search that over-fetched.
-    """
-    n_items = exclude.shape[1]
-    exclude = exclude.tocsr()
-    ex_rows = np.repeat(np.arange(exclude.shape[0], dtype=np.int64), np.diff(exclude.indptr))
-    ex_keys = ex_rows * n_items + exclude.indices.astype(np.int64)
-    keys = np.arange(ids.shape[0], dtype=np.int64)[:, None] * n_items + ids
-    return (ids >= 0) & ~np.isin(keys, ex_keys)
-
-
 def build_recommendations(
     query_ids: Sequence[str],
     idx_rows: list[np.ndarray],

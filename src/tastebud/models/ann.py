@@ -8,6 +8,7 @@ speed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -92,8 +93,19 @@ class FaissIndex:
     def dim(self) -> int:
         return int(self._index.d)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` rows with the largest inner product per query, best first.
+
+        Args:
+            queries: (n_queries, d) vectors.
+            k: results per query.
+            exclude: per query, row ids never to return (e.g. a user's seen items), or ``None``. They are left out
+                inside the search, by a FAISS ID selector, so a long list costs neither more results nor a longer
+                HNSW candidate list: over-fetching ``k + len(exclude)`` and dropping them afterwards raised
+                ``efSearch`` to that count, and a user with 4,000 seen items took 40-150 ms a request on a
+                60,000-item graph instead of about 1 ms (``bench/bench_ann_seen.py``).
 
         Returns:
             (ids, scores), each of shape (n_queries, min(k, n_vectors)); missing results have id -1 and score
@@ -103,18 +115,48 @@ class FaissIndex:
         queries = _as_float32(queries)
         if queries.shape[1] != index.d:
             raise ParameterError(f"FaissIndex: queries have {queries.shape[1]} dimensions, the index {index.d}")
+        if exclude is not None and len(exclude) != len(queries):
+            raise ParameterError(f"FaissIndex: {len(exclude)} exclusion lists for {len(queries)} queries")
         kk = min(int(k), index.ntotal)
         if kk < 1 or len(queries) == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        params = None
-        if isinstance(index, faiss.IndexHNSW) and index.hnsw.efSearch < kk:
-            # a candidate list shorter than k would cap the results at efSearch: this search only gets a longer
-            # one (setting the index's own efSearch would raise it for every later search too)
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            params.efSearch = kk
-        scores, ids = index.search(queries, kk, params=params)
+        # a candidate list shorter than k would cap the results at efSearch: such a search gets a longer one (setting
+        # the index's own efSearch would raise it for every later search too)
+        ef = max(index.hnsw.efSearch, kk) if isinstance(index, faiss.IndexHNSW) else 0
+        plain = range(len(queries)) if exclude is None else [i for i, ex in enumerate(exclude) if len(ex) == 0]
+        scores = np.empty((len(queries), kk), dtype=np.float32)
+        ids = np.empty((len(queries), kk), dtype=np.int64)
+        if len(plain) == len(queries):
+            scores[:], ids[:] = index.search(queries, kk, params=self._params(ef, None))
+        elif plain:
+            scores[plain], ids[plain] = index.search(queries[plain], kk, params=self._params(ef, None))
+        if exclude is not None:
+            for i, ex in enumerate(exclude):
+                if len(ex):
+                    # both selectors stay referenced here while FAISS reads them through raw pointers
+                    skip = faiss.IDSelectorBatch(np.ascontiguousarray(ex, dtype=np.int64))
+                    keep = faiss.IDSelectorNot(skip)
+                    found = index.search(queries[i : i + 1], kk, params=self._params(ef, keep))
+                    scores[i], ids[i] = found[0][0], found[1][0]
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        return ids.astype(np.int64), scores
+        return ids, scores
+
+    def _params(self, ef: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+        """Search parameters: the selector, and for HNSW the candidate list ``ef`` (``None``: the index's own)."""
+        index = self._index
+        if isinstance(index, faiss.IndexHNSW):
+            if selector is None and ef == index.hnsw.efSearch:
+                return None
+            hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            hnsw.efSearch = ef  # always set: the parameters' own default (16) would replace the index's
+            params = hnsw
+        elif selector is None:
+            return None
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        return params
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
