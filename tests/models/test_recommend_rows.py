@@ -182,16 +182,3 @@ def test_ease_batch_scores_are_the_sparse_product_and_explain_by_the_users_items
             contrib = weights[hist, item] * model.seen_.data[lo:hi]
             best = [int(hist[j]) for j in np.argsort(-contrib, kind="stable")[:3] if contrib[j] > 0]
             assert because == best, (u, item)
-
-
-def test_csr_rows_equals_scipy_row_indexing() -> None:
-    from tastebud.models._scoring import csr_rows
-
-    matrix = sp.random(30, 40, density=0.2, random_state=3, format="csr", dtype=np.float32)
-    rows = [5, 0, 5, 29, 12]
-    spans = [(int(matrix.indptr[u]), int(matrix.indptr[u + 1])) for u in rows]
-    got = csr_rows(matrix, spans)
-    assert got.shape == (len(rows), 40) and got.dtype == np.float32
-    assert np.array_equal(got.toarray(), matrix[rows].toarray())
-    empty = csr_rows(matrix, [])
-    assert empty.shape == (0, 40) and empty.nnz == 0

@@ -189,23 +189,6 @@ def explained_rows(
     return [RankedRow(idx, val, r) for (idx, val), r in zip(ranked, reasons, strict=True)]
 
 
-def csr_rows(matrix: sp.csr_matrix, spans: Sequence[tuple[int, int]]) -> sp.csr_matrix:
-    """The rows of ``matrix`` whose ``(start, end)`` offsets into its data are ``spans``, as a new CSR matrix.
-
-    Built from the slices directly: scipy's row indexing (``matrix[rows]``) checks and sorts its arguments and
-    costs more than a serving batch's product.
-    """
-    lengths = np.fromiter((hi - lo for lo, hi in spans), dtype=np.int64, count=len(spans))
-    indptr = np.zeros(len(spans) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    if len(spans):
-        indices = np.concatenate([matrix.indices[lo:hi] for lo, hi in spans])
-        data = np.concatenate([matrix.data[lo:hi] for lo, hi in spans])
-    else:
-        indices, data = matrix.indices[:0], matrix.data[:0]
-    return sp.csr_matrix((data, indices, indptr), shape=(len(spans), matrix.shape[1]))
-
-
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (an all-zero row stays zero): cosine similarity as a dot product."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
