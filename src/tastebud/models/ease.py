@@ -133,10 +133,11 @@ class EASERecommender(Recommender):
         the largest positive ``x_uj B[j, i]``, read from the same rows: on ML-100K 49 instead of 85 microseconds a
         user with explanations in batches of 16, with the same lists, scores and explanations as the NumPy steps it
         replaced (scipy's CSR x dense product, a masked partition of the batch's score matrix, whole-array passes
-        over the contributions), which wrote and read far more than they needed. It sums each score in float32 in the user's item order, where
-        :meth:`recommend_row` sums in float64: a score can differ in its last bits, so only items whose scores are
-        that close can change places. Batches of fewer than :data:`~tastebud.models._factors.GEMM_MIN_ROWS` users,
-        and any user whose scores come out NaN, take :meth:`recommend_row`.
+        over the contributions), which wrote and read far more than they needed. It sums each score in float32 in
+        the user's item order, where :meth:`recommend_row` sums in float64: a score can differ in its last bits, so
+        only items whose scores are that close can change places. Batches of fewer than
+        :data:`~tastebud.models._factors.GEMM_MIN_ROWS` users, and any user whose scores come out NaN, take
+        :meth:`recommend_row`.
         """
         self.check_fitted()
         assert self.users_ is not None and self.weights_ is not None
