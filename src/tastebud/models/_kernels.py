@@ -42,7 +42,56 @@ def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
         return numba.njit(nogil=True, boundscheck=False)(fn)  # type: ignore[no-any-return]
 
 
-def _history_top_k_loop(
+def _top_k_py(
+    scores: np.ndarray, k: int, skip: np.ndarray, top_idx: np.ndarray, top_val: np.ndarray
+) -> int:  # pragma: no cover - compiled by numba; tested through top_k_rows and history_top_k
+    """The ``k`` largest of ``scores`` into ``top_idx``/``top_val``, best first, the lower index first among equal
+    scores, positions in ``skip`` (sorted) and ``-inf`` scores left out; how many were found, or -1 for a NaN score."""
+    count = 0
+    s = 0
+    n_skip = skip.shape[0]
+    for t in range(scores.shape[0]):
+        while s < n_skip and skip[s] < t:
+            s += 1
+        if s < n_skip and skip[s] == t:
+            continue
+        v = scores[t]
+        if v != v:
+            return -1
+        if v == -np.inf or (count == k and not v > top_val[k - 1]):
+            continue
+        pos = count if count < k else k - 1
+        while pos > 0 and v > top_val[pos - 1]:
+            top_val[pos] = top_val[pos - 1]
+            top_idx[pos] = top_idx[pos - 1]
+            pos -= 1
+        top_val[pos] = v
+        top_idx[pos] = t
+        if count < k:
+            count += 1
+    return count
+
+
+_top_k = _compile(_top_k_py)
+
+
+def _rank_rows_py(
+    scores: np.ndarray,
+    ks: np.ndarray,
+    seen_ptr: np.ndarray,
+    seen_idx: np.ndarray,
+    top_idx: np.ndarray,
+    top_val: np.ndarray,
+    top_n: np.ndarray,
+) -> None:  # pragma: no cover - compiled by numba; tested through top_k_rows
+    for r in range(scores.shape[0]):
+        top_n[r] = _top_k(scores[r], ks[r], seen_idx[seen_ptr[r] : seen_ptr[r + 1]], top_idx[r], top_val[r])
+
+
+_rank_rows = _compile(_rank_rows_py)
+
+
+def _history_top_k_py(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
@@ -71,30 +120,12 @@ def _history_top_k_loop(
             row = weights[indices[p]]
             for t in range(n_items):
                 scores[t] += a * row[t]
-        if exclude[r]:
-            for p in range(lo, hi):
-                scores[indices[p]] = -np.inf
-        # top k by insertion: best first, the lower item index first among equal scores; -inf never listed
-        k = ks[r]
-        count = 0
-        for t in range(n_items):
-            v = scores[t]
-            if v != v:  # NaN: ranked by the NumPy path
-                failed[r] = True
-                break
-            if v == -np.inf or (count == k and not v > top_val[r, k - 1]):
-                continue
-            pos = count if count < k else k - 1
-            while pos > 0 and v > top_val[r, pos - 1]:
-                top_val[r, pos] = top_val[r, pos - 1]
-                top_idx[r, pos] = top_idx[r, pos - 1]
-                pos -= 1
-            top_val[r, pos] = v
-            top_idx[r, pos] = t
-            if count < k:
-                count += 1
+        count = _top_k(scores, ks[r], indices[lo:hi] if exclude[r] else indices[lo:lo], top_idx[r], top_val[r])
+        if count < 0:  # NaN: ranked by the NumPy path
+            failed[r] = True
+            continue
         top_n[r] = count
-        if failed[r] or not explain[r]:
+        if not explain[r]:
             continue
         # per recommended item i: the user's items j with the largest positive x_uj B[j, i], the earlier on ties
         for q in range(count):
@@ -122,7 +153,7 @@ def _history_top_k_loop(
                 break
 
 
-_LOOP: Callable[..., None] | None = None
+_history_top_k = _compile(_history_top_k_py)
 
 
 def history_top_k(
@@ -151,9 +182,6 @@ def history_top_k(
         (``None`` when not asked); ``None`` for a row whose scores or contributions hold NaN, for the caller's own
         path.
     """
-    global _LOOP
-    if _LOOP is None:
-        _LOOP = _compile(_history_top_k_loop)
     n = len(rows)
     kmax = max(ks, default=1)
     top_idx = np.empty((n, kmax), dtype=np.int64)
@@ -161,7 +189,7 @@ def history_top_k(
     top_n = np.zeros(n, dtype=np.int64)
     because = np.empty((n, kmax, n_because), dtype=np.int64)
     failed = np.zeros(n, dtype=np.bool_)
-    _LOOP(
+    _history_top_k(
         history.indptr, history.indices, history.data.astype(weights.dtype, copy=False), weights,
         np.asarray(rows, dtype=np.int64), np.asarray(ks, dtype=np.int64), np.asarray(exclude, dtype=np.bool_),
         np.asarray(explain, dtype=np.bool_), top_idx, top_val, top_n, because, failed,
@@ -176,3 +204,25 @@ def history_top_k(
             named = [[j for j in b if j >= 0] for b in because[r, :count].tolist()]
         out.append((top_idx[r, :count], top_val[r, :count], named))
     return out
+
+
+def top_k_rows(
+    scores: np.ndarray, ks: Sequence[int], seen: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per row of ``scores`` (users x items): its top ``ks[r]`` (item indices, scores), ``seen[r]`` left out.
+
+    Each row is read once, keeping the best ``k`` by insertion (best first, the lower index first among equal scores;
+    ``-inf`` never listed); ``seen[r]`` (sorted) is skipped by walking it alongside. ``None`` for a row holding a NaN
+    score, for the caller's own path. ``scores`` is not modified.
+    """
+    n = scores.shape[0]
+    kmax = max(ks, default=1)
+    lengths = np.fromiter((len(x) for x in seen), dtype=np.int64, count=n)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    flat = np.concatenate(seen).astype(np.int64, copy=False) if n else np.empty(0, dtype=np.int64)
+    top_idx = np.empty((n, kmax), dtype=np.int64)
+    top_val = np.empty((n, kmax), dtype=scores.dtype)
+    top_n = np.zeros(n, dtype=np.int64)
+    _rank_rows(scores, np.asarray(ks, dtype=np.int64), ptr, flat, top_idx, top_val, top_n)
+    return [None if c < 0 else (top_idx[r, :c], top_val[r, :c]) for r, c in enumerate(top_n.tolist())]
