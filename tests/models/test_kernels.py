@@ -140,7 +140,8 @@ def test_compiled_without_a_cache_when_no_cache_directory_is_writable(monkeypatc
     assert compiled(2, 3) == 5 and asked == [True, False]
 
 
-def test_loading_a_model_into_the_engine_compiles_the_loop_before_any_request() -> None:
+def test_loading_a_model_into_the_engine_runs_the_loop_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Engine.calibrate`` (run by the serving holder on every load) scores one batch: the loop is compiled there."""
     import polars as pl
 
     from tastebud.data.dataset import Dataset
@@ -151,6 +152,14 @@ def test_loading_a_model_into_the_engine_compiles_the_loop_before_any_request() 
     frame = pl.DataFrame({"user_id": rng.integers(0, 30, 500), "item_id": rng.integers(0, 50, 500)}).unique()
     data = Dataset.from_frame(frame)
     model = EASERecommender().fit(data)
-    _kernels._LOOP = None
+    calls: list[int] = []
+    real = _kernels.history_top_k
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_kernels, "history_top_k", spy)
     Engine(model, {}, data.item_meta).calibrate()
-    assert _kernels._LOOP is not None
+    assert calls and calls[0] >= 4  # a batch, not one user (one user takes recommend_row)
+    assert _kernels._history_top_k.signatures  # type: ignore[attr-defined]  # compiled
