@@ -120,40 +120,34 @@ class FaissIndex:
         kk = min(int(k), index.ntotal)
         if kk < 1 or len(queries) == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        # a candidate list shorter than k would cap the results at efSearch: such a search gets a longer one (setting
-        # the index's own efSearch would raise it for every later search too)
-        ef = max(index.hnsw.efSearch, kk) if isinstance(index, faiss.IndexHNSW) else 0
-        plain = range(len(queries)) if exclude is None else [i for i, ex in enumerate(exclude) if len(ex) == 0]
+        plain = np.arange(len(queries)) if exclude is None else np.flatnonzero([len(ex) == 0 for ex in exclude])
         scores = np.empty((len(queries), kk), dtype=np.float32)
         ids = np.empty((len(queries), kk), dtype=np.int64)
-        if len(plain) == len(queries):
-            scores[:], ids[:] = index.search(queries, kk, params=self._params(ef, None))
-        elif plain:
-            scores[plain], ids[plain] = index.search(queries[plain], kk, params=self._params(ef, None))
-        if exclude is not None:
-            for i, ex in enumerate(exclude):
-                if len(ex):
-                    # both selectors stay referenced here while FAISS reads them through raw pointers
-                    skip = faiss.IDSelectorBatch(np.ascontiguousarray(ex, dtype=np.int64))
-                    keep = faiss.IDSelectorNot(skip)
-                    found = index.search(queries[i : i + 1], kk, params=self._params(ef, keep))
-                    scores[i], ids[i] = found[0][0], found[1][0]
+        if len(plain):
+            scores[plain], ids[plain] = index.search(queries[plain], kk, params=self._params(kk, None))
+        for i, ex in enumerate(exclude or ()):
+            if len(ex):
+                # both selectors stay referenced here while FAISS reads them through raw pointers
+                skip = faiss.IDSelectorBatch(np.ascontiguousarray(ex, dtype=np.int64))
+                keep = faiss.IDSelectorNot(skip)
+                found = index.search(queries[i : i + 1], kk, params=self._params(kk, keep))
+                scores[i], ids[i] = found[0][0], found[1][0]
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         return ids, scores
 
-    def _params(self, ef: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
-        """Search parameters: the selector, and for HNSW the candidate list ``ef`` (``None``: the index's own)."""
+    def _params(self, k: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+        """Parameters of a ``k``-search: the selector and, for HNSW, a candidate list of at least ``k``.
+
+        A candidate list shorter than ``k`` would cap the results at ``efSearch``: such a search gets a longer one
+        (setting the index's own ``efSearch`` would raise it for every later search too). ``None``: the defaults.
+        """
         index = self._index
-        if isinstance(index, faiss.IndexHNSW):
-            if selector is None and ef == index.hnsw.efSearch:
-                return None
-            hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            hnsw.efSearch = ef  # always set: the parameters' own default (16) would replace the index's
-            params = hnsw
-        elif selector is None:
+        hnsw = isinstance(index, faiss.IndexHNSW)
+        if selector is None and not (hnsw and k > index.hnsw.efSearch):  # type: ignore[attr-defined]
             return None
-        else:
-            params = faiss.SearchParameters()
+        params = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()  # type: ignore[attr-defined]
+        if hnsw:  # always set: the parameters' own default (16) would replace the index's
+            params.efSearch = max(index.hnsw.efSearch, k)  # type: ignore[attr-defined,union-attr]
         if selector is not None:
             params.sel = selector
         return params
