@@ -175,7 +175,7 @@ def history_top_k(
     because = np.empty((n, kmax, n_because), dtype=np.int64)
     failed = np.zeros(n, dtype=np.bool_)
     _history_top_k(
-        history.indptr, history.indices, history.data.astype(weights.dtype, copy=False), weights,
+        history.indptr, history.indices, history.data, weights,
         np.asarray(rows, dtype=np.int64), np.asarray(ks, dtype=np.int64), np.asarray(exclude, dtype=np.bool_),
         np.asarray(explain, dtype=np.bool_), top_idx, top_val, top_n, because, failed,
     )  # fmt: skip
