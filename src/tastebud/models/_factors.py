@@ -23,13 +23,14 @@ from tastebud.errors import BundleError, DataValidationError, ParameterError
 from tastebud.models import _scoring as sc
 from tastebud.models._training import RecencyConfig, training_matrix
 from tastebud.models.ann import FaissIndex
-from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender, per_row_args
-
-#: Fewest users :meth:`FactorRecommender.recommend_rows` scores with one matrix-matrix product: below it, one
-#: matrix-vector product each costs no more. At ML-25M size (60,000 items, d=64, one BLAS thread, load 5-6) per user:
-#: 2 users 0.85 against 0.92 ms, 4 users 0.44 against 0.72 ms, 8 users 0.31 against 0.70 ms (see "Serving at scale"
-#: in bench/RESULTS.md).
-GEMM_MIN_ROWS = 4
+from tastebud.models.base import (
+    GEMM_MIN_ROWS,
+    ModelConfig,
+    RankedRow,
+    Recommendations,
+    Recommender,
+    per_row_args,
+)
 
 
 class FactorConfig(RecencyConfig):

@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tastebud.data.dataset import Dataset, IdMap
 from tastebud.errors import BundleError, NotFittedError, ParameterError
 
+#: Fewest users a model's batched ``recommend_rows`` (the factor models, EASE) scores together: below it, each
+#: user's own path costs no more. At ML-25M size (60,000 items, d=64, one BLAS thread, load 5-6) per user, one
+#: matrix-matrix product against matrix-vector products: 2 users 0.85 against 0.92 ms, 4 users 0.44 against 0.72 ms,
+#: 8 users 0.31 against 0.70 ms (see "Serving at scale" in bench/RESULTS.md).
+GEMM_MIN_ROWS = 4
+
 
 class ModelConfig(BaseModel):
     """Base of every model's hyperparameters: unknown fields are refused, values validated."""

@@ -19,10 +19,9 @@ from pydantic import ConfigDict, Field
 from tastebud.data.dataset import Dataset
 from tastebud.errors import DataValidationError
 from tastebud.models import _scoring as sc
-from tastebud.models._factors import GEMM_MIN_ROWS
 from tastebud.models._history import explain_weighted
 from tastebud.models._training import RecencyConfig, training_matrix
-from tastebud.models.base import ModelConfig, RankedRow, Recommendations, Recommender, per_row_args
+from tastebud.models.base import GEMM_MIN_ROWS, ModelConfig, RankedRow, Recommendations, Recommender, per_row_args
 
 
 class EASEConfig(RecencyConfig):
@@ -136,7 +135,7 @@ class EASERecommender(Recommender):
         over the contributions), which wrote and read far more than they needed. It sums each score in float32 in
         the user's item order, where :meth:`recommend_row` sums in float64: a score can differ in its last bits, so
         only items whose scores are that close can change places. Batches of fewer than
-        :data:`~tastebud.models._factors.GEMM_MIN_ROWS` users, and any user whose scores come out NaN, take
+        :data:`~tastebud.models.base.GEMM_MIN_ROWS` users, and any user whose scores come out NaN, take
         :meth:`recommend_row`.
         """
         self.check_fitted()

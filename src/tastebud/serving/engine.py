@@ -27,7 +27,7 @@ import orjson
 import polars as pl
 
 from tastebud.errors import UnknownItemError, UnknownUserError
-from tastebud.models.base import RankedRow, Recommendations, Recommender, top_k
+from tastebud.models.base import GEMM_MIN_ROWS, RankedRow, Recommendations, Recommender, top_k
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.realtime import UserOverlays, recommend_with_overlay
 
@@ -310,7 +310,7 @@ class Engine:
                 cost["recommend"] = max(personal, cost.get("popular", 0.0))
                 # and one scoring batch: its one-time costs (compiled loops, a transposed copy) paid here, not by
                 # the first requests that arrive together
-                self.model.recommend_rows([u] * 8, 10, explain=True)
+                self.model.recommend_rows([u] * GEMM_MIN_ROWS, 10, explain=True)
             except Exception as err:
                 logger.debug("calibration of recommend failed: %s", err)
         if len(self.item_counts):
