@@ -46,22 +46,26 @@ class FakeTransport:
         return {"peername": ("127.0.0.1", 5)}.get(name, default)
 
 
-def test_writes_are_held_until_flushed_and_sent_joined() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        real = FakeTransport()
-        t = CoalescingTransport(real, loop)
-        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        t.write(b"")  # nothing to send is nothing held
-        t.writelines([b"{", b"}"])
-        assert real.writes == [] and t.get_write_buffer_size() == 21
-        t.flush()
-        assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"] and t.get_write_buffer_size() == 0
-        t.flush()  # nothing held: no empty write
-        assert len(real.writes) == 1
-        assert t.get_extra_info("peername") == ("127.0.0.1", 5)  # everything else is the transport's
-    finally:
-        loop.close()
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop that is not running: callbacks the transport schedules on it never run by themselves."""
+    new = asyncio.new_event_loop()
+    yield new
+    new.close()
+
+
+def test_writes_are_held_until_flushed_and_sent_joined(loop: asyncio.AbstractEventLoop) -> None:
+    real = FakeTransport()
+    t = CoalescingTransport(real, loop)
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    t.write(b"")  # nothing to send is nothing held
+    t.writelines([b"{", b"}"])
+    assert real.writes == [] and t.get_write_buffer_size() == 21
+    t.flush()
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"] and t.get_write_buffer_size() == 0
+    t.flush()  # nothing held: no empty write
+    assert len(real.writes) == 1
+    assert t.get_extra_info("peername") == ("127.0.0.1", 5)  # everything else is the transport's
 
 
 def test_held_bytes_go_out_at_the_next_turn_of_the_loop_without_a_flush() -> None:
@@ -76,25 +80,21 @@ def test_held_bytes_go_out_at_the_next_turn_of_the_loop_without_a_flush() -> Non
     assert asyncio.run(main()) == [b"HTTP/1.1 100 Continue\r\n\r\n"]
 
 
-def test_close_sends_what_is_held_and_abort_drops_it() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        real = FakeTransport()
-        t = CoalescingTransport(real, loop)
-        t.write(b"bye")
-        t.close()
-        assert real.writes == [b"bye"] and real.closed
-        t.write(b"late")  # written after the close: never reaches the closed transport
-        t.flush()
-        assert real.writes == [b"bye"]
+def test_close_sends_what_is_held_and_abort_drops_it(loop: asyncio.AbstractEventLoop) -> None:
+    real = FakeTransport()
+    t = CoalescingTransport(real, loop)
+    t.write(b"bye")
+    t.close()
+    assert real.writes == [b"bye"] and real.closed
+    t.write(b"late")  # written after the close: never reaches the closed transport
+    t.flush()
+    assert real.writes == [b"bye"]
 
-        other = FakeTransport()
-        t = CoalescingTransport(other, loop)
-        t.write(b"never")
-        t.abort()
-        assert other.aborted and other.writes == []
-    finally:
-        loop.close()
+    other = FakeTransport()
+    t = CoalescingTransport(other, loop)
+    t.write(b"never")
+    t.abort()
+    assert other.aborted and other.writes == []
 
 
 def test_the_protocol_follows_the_setting() -> None:
