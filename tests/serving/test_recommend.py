@@ -279,6 +279,27 @@ def test_metrics_and_openapi(client: TestClient, train: Dataset) -> None:
         assert path in spec["paths"]
 
 
+def test_route_table_is_flat_with_the_hot_route_first(settings: Settings, registry: FakeRegistry) -> None:
+    """Every route is matched in one walk of the app's own table (no nested router on the way), /recommend first."""
+    from fastapi.routing import APIRoute
+
+    from tastebud.serving.routes import recommend, similar
+
+    app = create_app(settings, registry=registry, request_log=FakeWriter(), watch=False)
+    routes = app.router.routes
+    nested = [type(r).__name__ for r in routes if not hasattr(r, "path_regex")]
+    assert nested == [], f"routes matched through a nested router: {nested}"
+    first = routes[0]
+    assert isinstance(first, APIRoute) and first.path == "/recommend/{user_id}" and first.methods == {"GET"}
+    api = [r for r in routes if isinstance(r, APIRoute)]
+    assert [r for r in api if r in similar.router.routes] == similar.router.routes  # each module's routes, once
+    assert len(api) == len({(r.path, frozenset(r.methods)) for r in api})
+    assert set(first.tags) == {"recommend"} and recommend.router.routes[0] is first
+    spec = app.openapi()
+    assert spec["paths"]["/recommend/{user_id}"]["get"]["tags"] == ["recommend"]
+    assert spec["paths"]["/similar/{item_id}"]["get"]["tags"] == ["similar"]
+
+
 def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     r = client.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"] == "not_found"

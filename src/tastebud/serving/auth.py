@@ -346,7 +346,7 @@ def _label_route(scope: Scope) -> None:
 
 
 def _leaf_routes(app: Any) -> list[Any]:
-    """The app's routes with a path template, included routers flattened (kept in its state after the first)."""
+    """The app's routes with a path template, mounted routers flattened (kept in its state after the first)."""
     state = getattr(app, "state", None)
     cached = getattr(state, "tastebud_leaf_routes", None)
     if cached is not None:
@@ -357,8 +357,6 @@ def _leaf_routes(app: Any) -> list[Any]:
         for route in routes:
             if hasattr(route, "path_regex"):  # a Route, an APIRoute, a Mount
                 out.append(route)
-            elif hasattr(route, "original_router"):  # FastAPI's included router (0.16x)
-                walk(route.original_router.routes)
             elif hasattr(route, "routes"):
                 walk(route.routes)
 
