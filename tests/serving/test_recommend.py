@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import Depends, Request
 from fastapi.testclient import TestClient
+from starlette.responses import Response
 
 from tastebud.config import Settings
 from tastebud.data.dataset import Dataset
@@ -298,6 +300,57 @@ def test_route_table_is_flat_with_the_hot_route_first(settings: Settings, regist
     spec = app.openapi()
     assert spec["paths"]["/recommend/{user_id}"]["get"]["tags"] == ["recommend"]
     assert spec["paths"]["/similar/{item_id}"]["get"]["tags"] == ["similar"]
+
+
+async def _fine(request: Request) -> Response:
+    return Response()
+
+
+async def _extra(request: Request, k: int) -> Response:
+    return Response()
+
+
+def _blocking(request: Request) -> Response:
+    return Response()
+
+
+async def _returns_dict(request: Request) -> dict[str, int]:
+    return {}
+
+
+async def _unresolved(request: Request) -> NoSuchType:  # type: ignore[name-defined]  # noqa: F821
+    return Response()
+
+
+def test_hot_route_skips_fastapis_handler_and_refuses_endpoints_it_would_change() -> None:
+    """GET /recommend's endpoint is called as it is; a RequestRoute refuses any endpoint FastAPI would have to help."""
+    from tastebud.serving.routes import recommend
+    from tastebud.serving.routes._shared import RequestRoute
+
+    hot = recommend.router.routes[0]
+    assert isinstance(hot, RequestRoute) and hot.get_route_handler() is recommend.recommend_get
+    assert RequestRoute("/fine", _fine).get_route_handler() is _fine
+    for endpoint, why in ((_extra, "does not take \\(request: Request\\)"), (_blocking, "is not an async def"),
+                          (_returns_dict, "is not annotated to return a Response"),
+                          (_unresolved, "annotations do not resolve")):  # fmt: skip
+        with pytest.raises(TypeError, match=f"endpoint {endpoint.__name__}.{{0,2}} ?{why}"):
+            RequestRoute("/x", endpoint)
+    with pytest.raises(TypeError, match="has dependencies"):
+        RequestRoute("/x", _fine, dependencies=[Depends(lambda: None)])
+
+
+def test_hot_route_errors_and_documentation_unchanged(client: TestClient, train: Dataset) -> None:
+    user = user_with_history(train, 10)
+    r = client.get(f"/recommend/{user}?k=0")
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "k" in r.text
+    r = client.get(f"/recommend/{user}?explain=maybe")
+    assert r.status_code == 422 and "explain" in r.text
+    r = client.get(f"/recommend/{user}?k=3")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json" and r.headers["x-request-id"]
+    op = client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["get"]
+    assert {p["name"] for p in op["parameters"]} >= {"user_id", "k", "exclude_seen", "explain", "genres"}
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecommendResponse")
+    assert "422" in op["responses"]
 
 
 def test_unknown_route_and_method_are_json(client: TestClient) -> None:

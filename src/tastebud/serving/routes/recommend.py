@@ -15,6 +15,7 @@ from tastebud.serving.holder import Served
 from tastebud.serving.offload import is_slow, to_thread
 from tastebud.serving.provenance import new_request_id
 from tastebud.serving.routes._shared import (
+    RequestRoute,
     check_k,
     list_response,
     query_bool,
@@ -45,12 +46,6 @@ _GET_PARAMETERS = [
 ]  # fmt: skip
 
 
-@router.get(
-    "/recommend/{user_id}",
-    response_model=RecommendResponse,
-    responses=ERRORS,
-    openapi_extra={"parameters": _GET_PARAMETERS},
-)
 async def recommend_get(request: Request) -> Response:
     """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores.
 
@@ -70,6 +65,18 @@ async def recommend_get(request: Request) -> Response:
         query_int(q, "year_max", None),
     )
     return await _answer(request, served, started, user_id, k, exclude_seen, explain, (genres, year_min, year_max))
+
+
+# The hot endpoint: FastAPI's per-request handler (nothing to solve or serialise here) is skipped.
+router.add_api_route(
+    "/recommend/{user_id}",
+    recommend_get,
+    methods=["GET"],
+    response_model=RecommendResponse,
+    responses=ERRORS,
+    openapi_extra={"parameters": _GET_PARAMETERS},
+    route_class_override=RequestRoute,
+)
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
