@@ -67,6 +67,32 @@ def test_popular_fallback_without_popular_model_counts_interactions(toy_dataset:
     assert result.fallback_reason == "unknown_user" and [it["score"] for it in result.items] == top
 
 
+def test_popular_lists_are_prefixes_of_one_ranking_ties_in_item_order(toy_dataset: Dataset) -> None:
+    """Every popular list is the first k of one ranking (score, then item order), with and without filters."""
+    from tastebud.serving.engine import _ranking
+
+    scores = np.array([3.0, 5.0, 3.0, -np.inf, 5.0, 0.0, np.nan, 3.0])
+    assert _ranking(scores).tolist() == [1, 4, 0, 2, 7, 5]  # ties by index; -inf and NaN have no rank
+    for kind in ("popular", "itemknn"):  # the popular model's scores; interaction counts without one
+        engine = Engine(create(kind).fit(toy_dataset), {}, toy_dataset.item_meta)
+        catalog, pop = engine.popular_catalog, engine.popularity
+        expected = sorted(np.flatnonzero(np.isfinite(pop)).tolist(), key=lambda i: (-pop[i], i))
+        full = [it["item_id"] for it in engine.popular(len(catalog)).items]
+        assert full == [catalog.str_ids[i] for i in expected]
+        assert len(set(pop.tolist())) < len(pop)  # the toy data has tied counts: the rule above is exercised
+        for k in (1, 2, 3, 5):
+            result = engine.popular(k)
+            assert [it["item_id"] for it in result.items] == full[:k]
+            assert [it["score"] for it in result.items] == [float(pop[i]) for i in expected[:k]]
+        genre = engine.genres[0]
+        mask = catalog.mask(Filters((genre,)))
+        assert mask is not None
+        kept = [catalog.str_ids[i] for i in expected if mask[i]]
+        assert [it["item_id"] for it in engine.popular(3, Filters((genre,))).items] == kept[:3]
+        assert all(genre in it["genres"] for it in engine.popular(3, Filters((genre,))).items)
+        assert engine.recommend("stranger", 4).items == engine.popular(4).items  # the unknown users' fallback
+
+
 def test_cold_item_gets_content_neighbours(cluster_dataset: Dataset) -> None:
     frame = cluster_dataset.to_frame().select("user_id", "item_id")
     cold = "c0i19"

@@ -27,7 +27,7 @@ import orjson
 import polars as pl
 
 from tastebud.errors import UnknownItemError, UnknownUserError
-from tastebud.models.base import GEMM_MIN_ROWS, RankedRow, Recommendations, Recommender, top_k
+from tastebud.models.base import GEMM_MIN_ROWS, RankedRow, Recommendations, Recommender
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.realtime import UserOverlays, recommend_with_overlay
 
@@ -130,6 +130,17 @@ class PlainRequest(NamedTuple):
 
 
 _NO_FILTERS = Filters()
+
+
+def _ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices of ``scores`` best first, equal scores in index order, ``-inf`` (no score) and NaN left out.
+
+    Ranked once when a model loads: a request's list is then a prefix of it, the same items in the same order
+    whatever ``k`` (a per-request partial sort orders tied scores arbitrarily, and popularity scores are counts,
+    full of ties), for no more than slicing it.
+    """
+    order = np.argsort(-scores, kind="stable")
+    return order[np.isfinite(scores[order]) | (scores[order] == np.inf)]
 
 
 class Catalog:
@@ -259,6 +270,9 @@ class Engine:
         self.item_counts = np.bincount(seen.indices, minlength=len(self.catalog))
         self.content_catalog = self._catalog_of(self.content, item_meta)
         self.popular_catalog, self.popularity = self._popularity(item_meta)
+        #: the popular list's items, best first, ties in item order: every popular list (and the unknown users'
+        #: fallback) is a prefix of it, of the items passing its filters (:meth:`_popular`)
+        self.popular_order = _ranking(self.popularity)
         #: events newer than the model, per user (set by the holder; shared across model switches)
         self.overlays: UserOverlays | None = None
         #: personal results by (user row, k, exclude_seen, explain, filters); oldest entry evicted first (an
@@ -538,15 +552,14 @@ class Engine:
         return self._popular(k, filters or Filters())
 
     def _popular(self, k: int, filters: Filters) -> Result:
-        catalog, scores = self.popular_catalog, self.popularity
+        catalog, order = self.popular_catalog, self.popular_order
         mask = catalog.mask(filters)
         if mask is not None:
-            scores = np.where(mask, scores, -np.inf)
-        idx, val = top_k(scores[None, :], k)
-        keep = idx[0] >= 0
+            order = order[mask[order]]
+        top = order[:k]
         items = [
             {**catalog.records[i], "score": s, "because": ()}
-            for i, s in zip(idx[0][keep].tolist(), val[0][keep].tolist(), strict=True)
+            for i, s in zip(top.tolist(), self.popularity[top].tolist(), strict=True)
         ]
         return Result(items, k, source="popular")
 
