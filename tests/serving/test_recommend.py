@@ -353,6 +353,22 @@ def test_hot_route_errors_and_documentation_unchanged(client: TestClient, train:
     assert "422" in op["responses"]
 
 
+def test_popular_parses_its_query_by_hand_with_the_same_errors_and_documentation(client: TestClient) -> None:
+    from tastebud.serving.routes import popular
+    from tastebud.serving.routes._shared import RequestRoute
+
+    assert isinstance(popular.router.routes[0], RequestRoute)
+    assert client.get("/popular").json()["returned"] == 10  # k's default
+    for query, field in (("k=abc", "k"), ("k=0", "k"), ("k=1.5", "k"), ("genre=Nope", "genre")):
+        r = client.get(f"/popular?{query}")
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request" and field in r.text, (query, r.text)
+    body = client.get("/popular?k=3&genre=").json()  # an empty genre is no genre
+    assert body["genre"] is None and body["returned"] == 3
+    op = client.get("/openapi.json").json()["paths"]["/popular"]["get"]
+    assert {p["name"]: p["schema"]["type"] for p in op["parameters"]} == {"k": "integer", "genre": "string"}
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PopularResponse")
+
+
 def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     r = client.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
