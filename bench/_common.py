@@ -115,6 +115,11 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     return "\n".join(lines) + "\n"
 
 
+def median_rows(values: Mapping[str, Sequence[float]]) -> list[list[str]]:
+    """Table rows of per-round figures: each name, the median of its values (one decimal) and every value."""
+    return [[name, f"{statistics.median(v):.1f}", ", ".join(f"{x:.0f}" for x in v)] for name, v in values.items()]
+
+
 def append_results(text: str, path: Path = RESULTS) -> None:
     """Append ``text`` to ``path`` in one write, re-reading the file just before (others append too)."""
     current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"

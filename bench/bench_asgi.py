@@ -19,14 +19,13 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_note, table
+from _common import machine_note, median_rows, table
 
 #: Path makers by name: each takes a random user id.
 PATHS = {
@@ -130,7 +129,7 @@ def main() -> None:
 
     with threadpool_limits(limits=1, user_api="blas"):
         per_request = asyncio.run(measure(args))
-    rows = [[name, f"{statistics.median(v):.1f}", ", ".join(f"{x:.0f}" for x in v)] for name, v in per_request.items()]
+    rows = median_rows(per_request)
     title = (f"In process, no sockets: {args.model_name} of {args.home}, {args.concurrency} callers, "
              f"{args.rounds} alternating rounds of {args.requests} requests per path")  # fmt: skip
     print(table(title, ["path", "CPU us per request (median)", "rounds"], rows))

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 import bench_serving
-from _common import machine_note, table
+from _common import machine_note, median_rows, table
 
 
 def main() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
         for us, recs in batches
         for a, b in zip(wide._explain_rows(us, recs), model._explain_rows(us, recs), strict=True)
     )
-    rows_out = [[name, f"{statistics.median(v):.1f}", ", ".join(f"{x:.0f}" for x in v)] for name, v in per_user.items()]
+    rows_out = median_rows(per_user)
     title = (f"ALS explanations at {args.size} size, {len(rows):,} users in batches of {args.batch}, "
              f"{args.repeats} alternating rounds: explanation lists differing between the two: {differ}")  # fmt: skip
     print(table(title, ["systems", "CPU us per user (median)", "rounds"], rows_out))

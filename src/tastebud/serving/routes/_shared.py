@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, get_type_hints
 
 import orjson
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
@@ -18,6 +18,7 @@ from tastebud.serving.engine import Result
 from tastebud.serving.errors import InvalidRequestError
 from tastebud.serving.holder import Served
 from tastebud.serving.provenance import new_request_id, request_provenance, utc_now
+from tastebud.serving.schemas import ERRORS
 from tastebud.store.schema import RequestLogRecord
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,22 @@ class RequestRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         return self.endpoint
+
+
+def add_request_route(
+    router: APIRouter, path: str, endpoint: Callable[..., Any], response_model: type, parameters: list[dict[str, Any]]
+) -> None:
+    """Add ``GET path`` to ``router`` as a :class:`RequestRoute` whose parameters the endpoint parses by hand;
+    ``parameters`` documents them (OpenAPI parameter objects, see :func:`query_parameter`)."""
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["GET"],
+        response_model=response_model,
+        responses=ERRORS,
+        openapi_extra={"parameters": parameters},
+        route_class_override=RequestRoute,
+    )
 
 
 def _is_response_type(annotation: Any) -> bool:

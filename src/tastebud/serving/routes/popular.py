@@ -9,8 +9,8 @@ from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
 from tastebud.serving.offload import is_slow, to_thread
-from tastebud.serving.routes._shared import RequestRoute, check_k, list_response, query_int, query_parameter
-from tastebud.serving.schemas import ERRORS, PopularResponse
+from tastebud.serving.routes._shared import add_request_route, check_k, list_response, query_int, query_parameter
+from tastebud.serving.schemas import PopularResponse
 
 router = APIRouter(tags=["popular"])
 
@@ -41,12 +41,4 @@ async def popular(request: Request) -> Response:
     return list_response(request, served, result, endpoint="popular", started=started, query={"genre": genre})
 
 
-router.add_api_route(
-    "/popular",
-    popular,
-    methods=["GET"],
-    response_model=PopularResponse,
-    responses=ERRORS,
-    openapi_extra={"parameters": _PARAMETERS},
-    route_class_override=RequestRoute,
-)
+add_request_route(router, "/popular", popular, PopularResponse, _PARAMETERS)

@@ -15,7 +15,7 @@ from tastebud.serving.holder import Served
 from tastebud.serving.offload import is_slow, to_thread
 from tastebud.serving.provenance import new_request_id
 from tastebud.serving.routes._shared import (
-    RequestRoute,
+    add_request_route,
     check_k,
     list_response,
     query_bool,
@@ -68,15 +68,7 @@ async def recommend_get(request: Request) -> Response:
 
 
 # The hot endpoint: FastAPI's per-request handler (nothing to solve or serialise here) is skipped.
-router.add_api_route(
-    "/recommend/{user_id}",
-    recommend_get,
-    methods=["GET"],
-    response_model=RecommendResponse,
-    responses=ERRORS,
-    openapi_extra={"parameters": _GET_PARAMETERS},
-    route_class_override=RequestRoute,
-)
+add_request_route(router, "/recommend/{user_id}", recommend_get, RecommendResponse, _GET_PARAMETERS)
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
