@@ -140,7 +140,7 @@ def _ranking(scores: np.ndarray) -> np.ndarray:
     full of ties), for no more than slicing it.
     """
     order = np.argsort(-scores, kind="stable")
-    return order[np.isfinite(scores[order]) | (scores[order] == np.inf)]
+    return order[scores[order] > -np.inf]  # NaN compares false
 
 
 class Catalog:
