@@ -223,3 +223,52 @@ def test_cached_items_drop_out_of_the_garbage_collectors_tracking(toy_dataset: D
     assert result.items and any(it["because"] for it in result.items)
     gc.collect()
     assert not any(gc.is_tracked(it) for it in result.items)
+
+
+def test_rows_json_is_the_records_serialised_byte_for_byte() -> None:
+    """The pieced-together JSON of a ranked row equals serialising the item dicts, for every kind of value."""
+    from tastebud.models.base import RankedRow
+
+    ids = ["1", 'q"uote', "c,omma", "ünï", "[x]", "no-meta", "7"]
+    meta = pl.DataFrame(
+        {"item_id": [*ids[:5], "7"], "title": ["A", 'Say "hi", {ok}', None, "Amélie ✓", "x\ny", "T"],
+         "year": [1999, None, 2001, 2002, 1950, 3], "genres": [["Drama"], [], ["A", "B"], None, ["\\"], ["Z"]]},
+        schema_overrides={"year": pl.Int64, "genres": pl.List(pl.String)},
+    )  # fmt: skip
+    catalog = Catalog(np.array(ids, dtype=object), meta, ["A", "B", "Drama", "Z", "\\"])
+    rng = np.random.default_rng(3)
+    rows = [RankedRow(np.array([], dtype=np.int64), np.array([], dtype=np.float32))]
+    for n in (1, 3, 7):
+        items = rng.permutation(len(ids))[:n]
+        scores = np.concatenate([rng.normal(size=n - 1) * 10.0 ** rng.integers(-8, 8), [1e-30]]).astype(np.float32)
+        rows.append(RankedRow(items, scores))
+        because = [rng.choice(len(ids), size=int(rng.integers(0, 4)), replace=False).tolist() for _ in range(n)]
+        rows.append(RankedRow(items, scores.astype(np.float64), because))
+    rows.append(RankedRow(np.array([2, 0]), np.array([np.nan, np.inf])))  # non-finite: null, as orjson writes
+    for _ in range(2):  # the second pass uses the pieces serialised in the first
+        for row in rows:
+            raw, got_ids, got_scores = catalog.rows_json(row)
+            records = catalog.rows(row)
+            assert raw == orjson.dumps(records)
+            assert got_ids == [r["item_id"] for r in records]
+            assert orjson.dumps(got_scores) == orjson.dumps([r["score"] for r in records])
+
+
+def test_a_ranked_result_builds_its_item_dicts_only_when_read(toy_dataset: Dataset) -> None:
+    from tastebud.serving.engine import Result
+
+    model = create("ease", l2=50.0).fit(toy_dataset)
+    engine = Engine(model, {}, toy_dataset.item_meta)
+    user = str(toy_dataset.users.ids[0])
+    row = model.recommend_row(int(model.users_.lookup[user]), 4, explain=True)
+    result = Result.ranked(engine.catalog, row, 4)
+    assert result._items is None and result.returned == len(row.items)
+    body = bytes(orjson.dumps({"r": result.items_json()}))
+    ids, scores = result.logged()
+    assert result._items is None  # the response and its log record need no item dicts
+    assert result.items == engine.catalog.rows(row) and orjson.loads(body)["r"] == orjson.loads(
+        orjson.dumps(result.items)
+    )
+    assert ids == [it["item_id"] for it in result.items] and scores == [it["score"] for it in result.items]
+    assert result == Result(engine.catalog.rows(row), 4) and result != Result([], 4)
+    assert engine.recommend(user, 4) == Result(engine.catalog.rows(row), 4)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,6 +48,10 @@ _GET_PARAMETERS = [
 ]  # fmt: skip
 
 
+#: The query of a request without one (Starlette would parse the empty string into a new multidict).
+_NO_QUERY: Mapping[str, str] = MappingProxyType({})
+
+
 async def recommend_get(request: Request) -> Response:
     """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores.
 
@@ -54,7 +60,7 @@ async def recommend_get(request: Request) -> Response:
     started = time.perf_counter()
     served = served_model(request)
     user_id = valid_id(request, request.path_params["user_id"], "user_id")
-    q = request.query_params
+    q = request.query_params if request.scope["query_string"] else _NO_QUERY  # no query: nothing to parse
     k = query_int(q, "k", 10)
     assert k is not None
     check_k(k, max_k(request))
