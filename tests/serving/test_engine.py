@@ -168,6 +168,7 @@ def test_result_cache_answers_repeats_exactly_and_stays_bounded(toy_dataset: Dat
             first = cached.recommend(user, **kw)
             again = cached.recommend(user, **kw)  # served from the cache: the same answer, byte for byte
             assert orjson.dumps(again.items_json()) == orjson.dumps(first.items_json())
+            assert again.returned == first.returned and again._items is None  # its JSON is answered, not parsed
             assert orjson.dumps(again.items) == orjson.dumps(first.items)
             assert again.logged() == first.logged() and again.requested == first.requested
             assert (again.is_fallback, again.fallback_reason, again.source) == (

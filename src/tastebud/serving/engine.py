@@ -69,8 +69,9 @@ class Result:
     """One answered request: JSON-ready item records (best first) and how they were produced.
 
     A result of a ranked row (:meth:`ranked`) carries its items' JSON, ids and scores, assembled by
-    :meth:`Catalog.rows_json` without a dict per item; the item dicts are built only when ``items`` is read (an
-    interleaved or cached answer, a test), never on the plain path of a response and its request-log record.
+    :meth:`Catalog.rows_json` without a dict per item, and so does one answered by the result cache (the JSON it
+    stored); the item dicts are built (or parsed back) only when ``items`` is read (an interleaved answer, a test),
+    never for a response and its request-log record.
     """
 
     __slots__ = ("_items", "_json", "_logged", "_raw", "_rows", "extra", "fallback_reason", "is_fallback", "requested",
@@ -115,8 +116,11 @@ class Result:
     def items(self) -> list[dict[str, Any]]:
         """The item records, best first (``item_id``, metadata, ``score``, ``because``)."""
         if self._items is None:
-            assert self._rows is not None
-            self._items = self._rows[0].rows(self._rows[1])
+            if self._rows is not None:
+                self._items = self._rows[0].rows(self._rows[1])
+            else:  # a cache entry's: parsed back from the JSON it stored
+                assert self._raw is not None
+                self._items = orjson.loads(self._raw)
         return self._items
 
     @property
@@ -170,10 +174,10 @@ def _frozen(result: Result) -> tuple[Any, ...]:
 
 
 def _thawed(entry: tuple[Any, ...]) -> Result:
-    """The :class:`Result` of a :func:`_frozen` cache entry (items parsed back from their JSON, a few microseconds)."""
+    """The :class:`Result` of a :func:`_frozen` cache entry (its items parsed back from their JSON only if read)."""
     raw, requested, is_fallback, reason, source, ids, scores = entry
-    result = Result(orjson.loads(raw), requested, is_fallback=is_fallback, fallback_reason=reason, source=source)
-    result._raw, result._json = raw, orjson.Fragment(raw)
+    result = Result([], requested, is_fallback=is_fallback, fallback_reason=reason, source=source)
+    result._items, result._raw, result._json = None, raw, orjson.Fragment(raw)
     result._logged = (list(ids), list(scores))
     return result
 
@@ -291,7 +295,8 @@ class Catalog:
 
         Each item's record is serialised once, on its first use, up to its ``"score":`` key; a response joins those
         pieces with the scores (serialised together) and the explanations. Building a dict per item and
-        serialising it again cost a third of the CPU of a scored ``GET /recommend`` beyond the app's cheapest route.
+        serialising it cost about an eighth of a scored ``GET /recommend``'s own work (33 of 250 us in process;
+        bench/RESULTS.md, "Responses pieced from serialised records").
         """
         records, names, pieces = self.records, self.str_ids, self._pieces
         items = row.items.tolist()
