@@ -62,7 +62,9 @@ from _common import append_results, machine_note, table
 BENCH_DIR = Path(__file__).resolve().parent
 #: Environment variable naming a bundle directory to serve as version 1 / champion (the ``ann`` benchmark).
 BUNDLE_ENV = "TASTEBUD_BENCH_BUNDLE"
-#: Set (to anything) to run the server without a request log: a diagnostic, never the headline figure.
+#: Set to run the server without a request log (a diagnostic, never the headline figure): ``discard`` keeps the
+#: background writer and its thread but drops each batch instead of writing it (the thread's cost without SQLite's);
+#: any other value drops every record where it is submitted.
 NO_LOG_ENV = "TASTEBUD_BENCH_NO_REQUEST_LOG"
 #: Seconds for ``sys.setswitchinterval`` in the server (diagnostic; Python's default is 0.005).
 SWITCH_ENV = "TASTEBUD_BENCH_SWITCH_INTERVAL"
@@ -149,6 +151,13 @@ class _NullLog:
         return None
 
 
+class _DiscardSink:
+    """A request-log store that accepts every batch and keeps nothing (``TASTEBUD_BENCH_NO_REQUEST_LOG=discard``)."""
+
+    def write_request_logs(self, records: Any) -> int:
+        return len(records)
+
+
 def bench_app() -> Any:
     """The served app plus ``GET /_floor``; with ``TASTEBUD_BENCH_BUNDLE`` set it serves that bundle directly."""
     from fastapi.responses import ORJSONResponse
@@ -158,7 +167,15 @@ def bench_app() -> Any:
 
     bundle = os.environ.get(BUNDLE_ENV)
     synth = os.environ.get(SYNTH_ENV)
-    request_log = _NullLog() if os.environ.get(NO_LOG_ENV) else None
+    no_log = os.environ.get(NO_LOG_ENV)
+    request_log: Any = None
+    if no_log == "discard":
+        from tastebud.store import RequestLogWriter
+
+        request_log = RequestLogWriter(_DiscardSink())
+        request_log.start()
+    elif no_log:
+        request_log = _NullLog()
     if os.environ.get(SWITCH_ENV):  # diagnostic: how long a background thread may hold the GIL
         sys.setswitchinterval(float(os.environ[SWITCH_ENV]))
     if bundle or synth or request_log is not None:
