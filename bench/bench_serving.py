@@ -63,8 +63,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 #: Environment variable naming a bundle directory to serve as version 1 / champion (the ``ann`` benchmark).
 BUNDLE_ENV = "TASTEBUD_BENCH_BUNDLE"
 #: Set to run the server without a request log (a diagnostic, never the headline figure): ``discard`` keeps the
-#: background writer and its thread but drops each batch instead of writing it (the thread's cost without SQLite's);
-#: any other value drops every record where it is submitted.
+#: background writer and its thread but drops each batch instead of writing it (the thread's cost without SQLite's),
+#: ``encode`` also encodes each batch as the SQLite store does before dropping it; any other value drops every
+#: record where it is submitted.
 NO_LOG_ENV = "TASTEBUD_BENCH_NO_REQUEST_LOG"
 #: Seconds for ``sys.setswitchinterval`` in the server (diagnostic; Python's default is 0.005).
 SWITCH_ENV = "TASTEBUD_BENCH_SWITCH_INTERVAL"
@@ -152,9 +153,17 @@ class _NullLog:
 
 
 class _DiscardSink:
-    """A request-log store that accepts every batch and keeps nothing (``TASTEBUD_BENCH_NO_REQUEST_LOG=discard``)."""
+    """A request-log store that accepts every batch and keeps nothing (``TASTEBUD_BENCH_NO_REQUEST_LOG=discard``);
+    with ``encode`` (``=encode``) it first encodes the batch as the SQLite store does, in Python, holding the GIL."""
+
+    def __init__(self, encode: bool = False) -> None:
+        self.encode = encode
 
     def write_request_logs(self, records: Any) -> int:
+        if self.encode:
+            from tastebud.store.sql import _sqlite_request_batch
+
+            _sqlite_request_batch(records)
         return len(records)
 
 
@@ -169,10 +178,10 @@ def bench_app() -> Any:
     synth = os.environ.get(SYNTH_ENV)
     no_log = os.environ.get(NO_LOG_ENV)
     request_log: Any = None
-    if no_log == "discard":
+    if no_log in ("discard", "encode"):
         from tastebud.store import RequestLogWriter
 
-        request_log = RequestLogWriter(_DiscardSink())
+        request_log = RequestLogWriter(_DiscardSink(encode=no_log == "encode"))
         request_log.start()
     elif no_log:
         request_log = _NullLog()
