@@ -125,7 +125,7 @@ class Result:
 
     @property
     def returned(self) -> int:
-        return len(self._logged[0]) if self._items is None and self._logged is not None else len(self.items)
+        return len(self._items) if self._items is not None else len(self.logged()[0])
 
     def raw_json(self) -> bytes:
         """``items`` serialised, once."""

@@ -6,6 +6,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, get_type_hints
 
 import orjson
@@ -113,6 +114,16 @@ def valid_id(request: Request, value: Any, field: str) -> str:
 def split_genres(raw: str | None) -> list[str]:
     """``"Comedy,Drama"`` -> ``["Comedy", "Drama"]`` (empty parts dropped)."""
     return [g.strip() for g in raw.split(",") if g.strip()] if raw else []
+
+
+#: The query of a request without one.
+_NO_QUERY: Mapping[str, str] = MappingProxyType({})
+
+
+def query_of(request: Request) -> Mapping[str, str]:
+    """The request's query parameters, for the routes that parse them by hand (:func:`query_int`,
+    :func:`query_bool`); a request without a query gets an empty mapping rather than Starlette's parse of ``""``."""
+    return request.query_params if request.scope["query_string"] else _NO_QUERY
 
 
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})

@@ -9,7 +9,14 @@ from starlette.responses import Response
 
 from tastebud.serving.deps import max_k, served_model
 from tastebud.serving.offload import is_slow, to_thread
-from tastebud.serving.routes._shared import add_request_route, check_k, list_response, query_int, query_parameter
+from tastebud.serving.routes._shared import (
+    add_request_route,
+    check_k,
+    list_response,
+    query_int,
+    query_of,
+    query_parameter,
+)
 from tastebud.serving.schemas import PopularResponse
 
 router = APIRouter(tags=["popular"])
@@ -27,7 +34,7 @@ async def popular(request: Request) -> Response:
     """The ``k`` most popular items (of ``genre`` when given)."""
     started = time.perf_counter()
     served = served_model(request)
-    q = request.query_params
+    q = query_of(request)
     k = query_int(q, "k", 10)
     assert k is not None
     check_k(k, max_k(request))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,6 +20,7 @@ from tastebud.serving.routes._shared import (
     list_response,
     query_bool,
     query_int,
+    query_of,
     query_parameter,
     split_genres,
     valid_id,
@@ -48,10 +47,6 @@ _GET_PARAMETERS = [
 ]  # fmt: skip
 
 
-#: The query of a request without one (Starlette would parse the empty string into a new multidict).
-_NO_QUERY: Mapping[str, str] = MappingProxyType({})
-
-
 async def recommend_get(request: Request) -> Response:
     """Top-``k`` items for a user; unknown users get popular items, users with a short history content scores.
 
@@ -60,7 +55,7 @@ async def recommend_get(request: Request) -> Response:
     started = time.perf_counter()
     served = served_model(request)
     user_id = valid_id(request, request.path_params["user_id"], "user_id")
-    q = request.query_params if request.scope["query_string"] else _NO_QUERY  # no query: nothing to parse
+    q = query_of(request)
     k = query_int(q, "k", 10)
     assert k is not None
     check_k(k, max_k(request))
