@@ -219,6 +219,14 @@ class ServingSettings(BaseModel):
         "headers and body separately, two sends and two TCP segments per response "
         "(tastebud.serving.http.CoalescingHttpProtocol). false: uvicorn's own protocol.",
     )
+    opentelemetry: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="FastAPI's own OpenTelemetry instrumentation of each HTTP request (spans, request metrics, "
+        "logs), exported by the OpenTelemetry providers the process configures. auto: on when the environment "
+        "configures OpenTelemetry (a variable named OTEL_..., or FASTAPI_OTEL_AUTO_CONFIGURE=true), off "
+        "otherwise; on: always (for providers set up in code); off: never. Tastebud's Prometheus metrics do not "
+        "depend on it. Left on without a provider, FastAPI looks for one on every request (about 5 us).",
+    )
     batch_wait_ms: float = Field(
         2.0,
         ge=0.0,

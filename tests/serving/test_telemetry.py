@@ -1,0 +1,82 @@
+"""``serving.opentelemetry``: FastAPI's own OpenTelemetry instrumentation only where the process configures it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+
+from tastebud.config import Settings, build_settings
+from tastebud.serving import create_app
+from tastebud.serving.app import opentelemetry_wanted
+
+from .conftest import FakeRegistry, FakeWriter
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "wanted"),
+    [
+        ("auto", {}, False),
+        ("auto", {"PATH": "/bin", "HOTEL_X": "1"}, False),  # only names that start with OTEL_
+        ("auto", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, True),
+        ("auto", {"OTEL_TRACES_EXPORTER": "console"}, True),
+        ("auto", {"FASTAPI_OTEL_AUTO_CONFIGURE": "TRUE"}, True),
+        ("auto", {"FASTAPI_OTEL_AUTO_CONFIGURE": "false"}, False),
+        ("on", {}, True),
+        ("off", {"OTEL_TRACES_EXPORTER": "console"}, False),
+    ],
+)
+def test_opentelemetry_wanted(setting: str, environ: dict[str, str], wanted: bool) -> None:
+    assert opentelemetry_wanted(setting, environ) is wanted
+
+
+def test_setting_refuses_other_values(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="opentelemetry"):
+        build_settings(home=tmp_path, serving={"opentelemetry": "maybe"})
+
+
+@pytest.fixture
+def provider_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How often FastAPI asks OpenTelemetry for the tracer provider (its per-request check when instrumenting)."""
+    for name in [n for n in os.environ if n.startswith("OTEL_") or n == "FASTAPI_OTEL_AUTO_CONFIGURE"]:
+        monkeypatch.delenv(name)
+    calls = [0]
+    real = trace.get_tracer_provider
+
+    def counted() -> trace.TracerProvider:
+        calls[0] += 1
+        return real()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counted)
+    yield calls
+
+
+def _lookups_per_request(settings: Settings, registry: FakeRegistry, calls: list[int]) -> int:
+    app = create_app(settings, registry=registry, request_log=FakeWriter())
+    with TestClient(app) as client:
+        calls[0] = 0
+        for _ in range(5):
+            assert client.get("/healthz").status_code == 200
+        return calls[0]
+
+
+@pytest.mark.parametrize(("setting", "instrumented"), [("auto", False), ("off", False), ("on", True)])
+def test_requests_skip_the_provider_lookup_unless_wanted(
+    tmp_path: Path, registry: FakeRegistry, provider_lookups: list[int], setting: str, instrumented: bool
+) -> None:
+    settings = build_settings(home=tmp_path, serving={"model_name": "ml", "watch_interval_s": 0,
+                                                      "opentelemetry": setting})  # fmt: skip
+    lookups = _lookups_per_request(settings, registry, provider_lookups)
+    assert (lookups >= 5) is instrumented, lookups
+
+
+def test_environment_turns_auto_on(
+    tmp_path: Path, registry: FakeRegistry, provider_lookups: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "tastebud-api")
+    settings = build_settings(home=tmp_path, serving={"model_name": "ml", "watch_interval_s": 0})
+    assert _lookups_per_request(settings, registry, provider_lookups) >= 5
