@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from tastebud.config import Settings, build_settings
 from tastebud.monitoring.metrics import DRIFT_TEXTFILE, RETRAIN_TEXTFILE, ServingMetrics, mark_process_dead
@@ -38,6 +37,7 @@ from tastebud.serving.routes import (
     similar,
     trace,
 )
+from tastebud.serving.routes._shared import OrjsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def create_app(
         summary="Recommendations with provenance: personal top-k, similar items, popular lists.",
         version=_package_version(),
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
         **_telemetry(cfg.opentelemetry),
     )
     app.state.settings = settings

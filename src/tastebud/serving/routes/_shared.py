@@ -12,7 +12,7 @@ from typing import Any, get_type_hints
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from tastebud.ids import MAX_ID_LENGTH, InvalidIdError, normalise_id
 from tastebud.serving.engine import Result
@@ -25,6 +25,17 @@ from tastebud.store.schema import RequestLogRecord
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+
+class OrjsonResponse(JSONResponse):
+    """The app's default response class: JSON by orjson, numpy values and non-string keys included.
+
+    What FastAPI's ``ORJSONResponse`` renders, without its deprecation: recent FastAPI releases deprecate that
+    class and warn on every instance, a ``warnings.warn`` call per response.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
 class RequestRoute(APIRoute):

@@ -1,10 +1,13 @@
-"""``serving.opentelemetry``: FastAPI's own OpenTelemetry instrumentation only where the process configures it."""
+"""What the app asks of FastAPI on every request: its OpenTelemetry instrumentation only where the process configures
+it (``serving.opentelemetry``), and a default response class that is not deprecated."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -80,3 +83,18 @@ def test_environment_turns_auto_on(
     monkeypatch.setenv("OTEL_SERVICE_NAME", "tastebud-api")
     settings = build_settings(home=tmp_path, serving={"model_name": "ml", "watch_interval_s": 0})
     assert _lookups_per_request(settings, registry, provider_lookups) >= 5
+
+
+def test_default_response_class_renders_without_deprecation(settings: Settings, registry: FakeRegistry) -> None:
+    app = create_app(settings, registry=registry, request_log=FakeWriter())
+
+    @app.get("/_numbers", response_model=None)
+    async def numbers() -> Any:  # no response model: the default response class renders it
+        return {"count": 3, "score": 0.5, "title": "Amélie", 7: "non-string key"}
+
+    with TestClient(app) as client, warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated response class warns on each instance
+        response = client.get("/_numbers")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == '{"count":3,"score":0.5,"title":"Amélie","7":"non-string key"}'.encode()
