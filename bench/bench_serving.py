@@ -161,9 +161,9 @@ class _DiscardSink:
 
     def write_request_logs(self, records: Any) -> int:
         if self.encode:
-            from tastebud.store.sql import _sqlite_request_params
+            from tastebud.store.sql import _sqlite_request_batch
 
-            _sqlite_request_params(records)
+            _sqlite_request_batch(records)
         return len(records)
 
 

@@ -1,5 +1,4 @@
-"""The server's own request-log records (RequestLogRecord): multi-row SQLite statements of bound values, same rows as
-dicts."""
+"""The server's own request-log records (RequestLogRecord): one SQLite statement per batch, same rows as dicts."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 import tastebud.store.sql as store_sql
 from contracts.store import IST, T0, log_record, row_count
@@ -93,7 +93,7 @@ def new_store(tmp_path: Path) -> Iterator[Any]:
 
 
 def _refuse(*_: Any, **__: Any) -> Any:
-    raise AssertionError("a RequestLogRecord batch left the bound-values path")
+    raise AssertionError("a RequestLogRecord batch left the single-statement path")
 
 
 @pytest.fixture
@@ -169,50 +169,39 @@ def test_duplicates_keep_the_first_row_and_are_not_counted(new_store: Any, only_
         assert store.get_request(f"req-{n:05d}") == expected(record(n))
 
 
-@pytest.mark.parametrize("size", [1, 31, 32, 33, 64, 100, 500])
-def test_a_batch_is_written_in_statements_of_32_rows(
-    new_store: Any, only_batch_statement: None, monkeypatch: pytest.MonkeyPatch, size: int
-) -> None:
+def test_a_full_batch_is_written_in_one_statement(new_store: Any, only_batch_statement: None) -> None:
     store = new_store()
-    statements: list[int] = []
-    real = store_sql._sqlite_request_insert
+    statements: list[str] = []
 
-    def spy(rows: int) -> str:
-        statements.append(rows)
-        return real(rows)
+    def spy(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "request_logs" in statement:
+            statements.append(("many " if executemany else "one ") + statement.split()[0])
 
-    monkeypatch.setattr(store_sql, "_sqlite_request_insert", spy)
-    batch = [record(n, timestamp=T0 + timedelta(microseconds=n * 7919)) for n in range(size)]
-    assert store.write_request_logs(batch) == size
-    assert statements == [32] * (size // 32) + ([size % 32] if size % 32 else [])
+    sa.event.listen(store.engine, "before_cursor_execute", spy)
+    batch = [record(n, timestamp=T0 + timedelta(microseconds=n * 7919)) for n in range(500)]
+    assert store.write_request_logs(batch) == 500
+    sa.event.remove(store.engine, "before_cursor_execute", spy)
+    assert statements == ["one WITH"]
     stored = store.query_request_logs()
     assert stored == [expected(r) for r in sorted(batch, key=lambda r: (r.timestamp, r.request_id))]
-    assert store.write_request_logs(batch) == 0  # all known: nothing new, nothing counted
 
 
-def test_statement_parameters_are_numbered_per_row() -> None:
-    sql = store_sql._sqlite_request_insert(3)
-    assert sql.count("(") - sql.count("strftime(") - sql.count("printf(") == 1 + 3 + 1  # columns, rows, ON CONFLICT
-    assert "?1," in sql and "?54)" in sql and "?55" not in sql  # 3 rows x 18 columns
-    assert sql.count("?20 / 1000000") == 1 and sql.count("?20 % 1000000") == 1  # row 2's timestamp, used twice
-
-
-def test_a_string_sqlite_cannot_bind_takes_the_validating_path(new_store: Any) -> None:
-    """A lone surrogate cannot be encoded as UTF-8: the batch is rolled back and validated, naming what is wrong."""
+def test_a_string_sqlite_cannot_bind_is_a_validation_error(new_store: Any) -> None:
+    """A lone surrogate cannot be encoded as UTF-8: nothing is written, and the error says a value cannot be stored."""
     store = new_store()
-    with pytest.raises(DataValidationError, match="request log write"):
-        store.write_request_logs([record(0), record(1, user_id="bad \ud800 id")])
-    assert row_count(store, "request_logs") == 0
+    for batch in ([record(0), record(1, user_id="bad \ud800 id")], [log_record(0), log_record(1, user_id="\udfff")]):
+        with pytest.raises(DataValidationError, match=r"request log write .*a value cannot be stored.*surrogate"):
+            store.write_request_logs(batch)
+        assert row_count(store, "request_logs") == 0
     assert store.write_request_logs([record(0)]) == 1
 
 
-def test_an_integer_beyond_64_bits_takes_the_validating_path(new_store: Any) -> None:
-    dicts, store = new_store("dicts"), new_store("records")
-    for target, batch in ((dicts, [log_record(0), log_record(1, model_version=2**70)]),
-                          (store, [record(0), record(1, model_version=2**70)])):  # fmt: skip
-        with pytest.raises(DataValidationError):
-            target.write_request_logs(batch)
-        assert row_count(target, "request_logs") == 0
+def test_an_integer_beyond_64_bits_is_a_validation_error(new_store: Any) -> None:
+    store = new_store()
+    for batch in ([record(0), record(1, model_version=2**70)], [log_record(0), log_record(1, model_version=-(2**70))]):
+        with pytest.raises(DataValidationError, match="a value cannot be stored"):
+            store.write_request_logs(batch)
+        assert row_count(store, "request_logs") == 0
 
 
 @pytest.mark.parametrize("latency", [math.nan, math.inf, -math.inf])
@@ -236,8 +225,16 @@ def test_non_finite_scores_never_reach_the_batch_statement(
     dicts = new_store("dicts")
     dicts.write_request_logs([log_record(0), log_record(1, scores=scores)])
     store = new_store("records")
-    monkeypatch.setattr(Store, "_write_request_chunks", _refuse)
+    batch_statements: list[str] = []
+    real_execute = Store._execute_sqlite
+
+    def spy(self: Store, sql: str, params: Any, what: str) -> int:
+        batch_statements.append(sql)
+        return real_execute(self, sql, params, what)
+
+    monkeypatch.setattr(Store, "_execute_sqlite", spy)
     assert store.write_request_logs([record(0), record(1, scores=scores)]) == 2
+    assert store_sql._SQLITE_REQUEST_INSERT_BATCH not in batch_statements
     stored = store.get_request("req-00001")
     assert stored is not None and stored == dicts.get_request("req-00001")
     assert stored["scores"] == [s if math.isfinite(s) else None for s in scores]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -183,12 +183,9 @@ class Store:
         if not records:
             return 0
         if self.backend == "sqlite":
-            params = _sqlite_request_params(records)
-            if params is not None:
-                try:
-                    return self._write_request_chunks(params, len(records), "request log write")
-                except _Unbindable:
-                    pass  # the dict paths below name the record and field
+            batch = _sqlite_request_batch(records)
+            if batch is not None:
+                return self._execute_sqlite(_SQLITE_REQUEST_INSERT_BATCH, (batch,), "request log write")
         # PostgreSQL, a mixed batch, or records failing the cheap checks: the dict paths below.
         dicts = [r._asdict() if isinstance(r, RequestLogRecord) else r for r in records]
         if self.backend == "sqlite":
@@ -1125,37 +1122,6 @@ class Store:
             conn.exec_driver_sql(sql, params)
             return int(raw.total_changes - before)  # type: ignore[attr-defined]
 
-    def _write_request_chunks(self, params: list[Any], n_rows: int, what: str) -> int:
-        """Insert ``n_rows`` request-log rows of :func:`_sqlite_request_params` in one transaction; the rows inserted.
-
-        Statements of :data:`_REQUEST_CHUNK` rows go straight to the sqlite3 cursor (SQLAlchemy's execution
-        machinery per statement cost more than binding the rows), each row's values bound directly: SQLite then
-        inserts without parsing anything, about half of what one statement splitting the batch's JSON cost a record
-        (``json_each``; bench/RESULTS.md, "The request log written from bound values"). A database error becomes
-        a :class:`StoreError` as any other write's, and the transaction is rolled back (nothing is written).
-        """
-        import sqlite3
-
-        with self._begin(what) as conn:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            before = raw.total_changes  # type: ignore[attr-defined]  # sqlite3.Connection
-            cursor = raw.cursor()
-            step = _REQUEST_CHUNK * _N_REQUEST_FIELDS
-            sql = ""
-            try:
-                for start in range(0, n_rows * _N_REQUEST_FIELDS, step):
-                    chunk = params[start : start + step]
-                    sql = _sqlite_request_insert(len(chunk) // _N_REQUEST_FIELDS)
-                    cursor.execute(sql, chunk)
-            except (UnicodeEncodeError, OverflowError) as err:
-                raise _Unbindable(str(err)) from err
-            except sqlite3.Error as err:
-                raise sa.exc.DBAPIError.instance(sql, None, err, sqlite3.Error) from err
-            finally:
-                cursor.close()
-            return int(raw.total_changes - before)  # type: ignore[attr-defined]
-
     def _insert_new(self, table: sa.Table, key: str, rows: list[dict[str, Any]], what: str) -> int:
         """Insert ``rows`` skipping conflicts on ``key``; the number actually inserted."""
         if not rows:
@@ -1224,76 +1190,54 @@ _MICROSECOND = timedelta(microseconds=1)
 _YEAR_ONE_TO_UNIX_EPOCH_S = 62_135_596_800
 
 
-#: Rows per statement of a batch of :class:`RequestLogRecord` s on SQLite: one ``INSERT .. VALUES`` of up to this many
-#: rows, its parameters bound directly (32 rows x 18 columns = 576 parameters, under SQLite's historical limit of
-#: 999). A batch of 400 records takes 13 statements, each prepared once per connection (the sqlite3 module caches
-#: them by text: at most 32 texts).
-_REQUEST_CHUNK = 32
-_N_REQUEST_FIELDS = len(_REQUEST_FIELDS)
-_INT64 = 2**63
-
-
-@lru_cache(maxsize=_REQUEST_CHUNK)
-def _sqlite_request_insert(rows: int) -> str:
-    """The ``INSERT .. VALUES`` of ``rows`` request-log rows, parameters numbered in :data:`_REQUEST_FIELDS` order.
-
-    The timestamp travels as integer microseconds since 0001-01-01 UTC and is written as the naive-UTC text that
-    :func:`_sqlite_time` and SQLAlchemy's SQLite ``DATETIME`` write (its parameter is used twice, hence the numbers).
-    """
-
-    def column(number: int, name: str) -> str:
-        if name == "timestamp":
-            return (
-                f"strftime('%Y-%m-%d %H:%M:%S', ?{number} / 1000000 - {_YEAR_ONE_TO_UNIX_EPOCH_S}, 'unixepoch') "
-                f"|| printf('.%06d', ?{number} % 1000000)"
-            )
-        return f"?{number}"
-
-    values = ", ".join(
-        "(" + ", ".join(column(r * _N_REQUEST_FIELDS + c + 1, name) for c, name in enumerate(_REQUEST_FIELDS)) + ")"
-        for r in range(rows)
-    )
-    return (
-        f"INSERT INTO request_logs ({', '.join(_REQUEST_FIELDS)}) VALUES {values} ON CONFLICT (request_id) DO NOTHING"
-    )
+def _sqlite_batch_column(index: int, name: str) -> str:
+    if name == "timestamp":
+        # Naive-UTC text exactly as _sqlite_time and SQLAlchemy's SQLite DATETIME write it.
+        us = f"json_extract(r, '$[{index}]')"
+        return (
+            f"strftime('%Y-%m-%d %H:%M:%S', {us} / 1000000 - {_YEAR_ONE_TO_UNIX_EPOCH_S}, 'unixepoch') "
+            f"|| printf('.%06d', {us} % 1000000)"
+        )
+    if name in ("item_ids", "scores", "provenance"):
+        return f"r -> '$[{index}]'"  # JSON text (minified), what the JSON columns hold
+    if name == "exposure":  # nullable JSON: SQL NULL, not the JSON text 'null'
+        return f"CASE WHEN json_type(r, '$[{index}]') = 'null' THEN NULL ELSE r -> '$[{index}]' END"
+    return f"json_extract(r, '$[{index}]')"  # SQL value: JSON null -> NULL, true/false -> 1/0
 
 
 assert RequestLogRecord._fields == _REQUEST_FIELDS, "RequestLogRecord must list the request_logs columns in order"
+# One statement for the whole batch: a JSON array of per-record arrays, split by json_each. The CTE is materialised
+# so that each record's JSON text is rendered once, not once per column (which cost twice the time). ``WHERE true``
+# lets SQLite's parser tell the upsert clause from a join constraint of INSERT .. SELECT.
+_SQLITE_REQUEST_INSERT_BATCH = (
+    "WITH batch(r) AS MATERIALIZED (SELECT value FROM json_each(?)) "
+    f"INSERT INTO request_logs ({', '.join(_REQUEST_FIELDS)}) "
+    f"SELECT {', '.join(_sqlite_batch_column(i, name) for i, name in enumerate(_REQUEST_FIELDS))} "
+    "FROM batch WHERE true ON CONFLICT (request_id) DO NOTHING"
+)
 
 
-def _sqlite_request_params(records: Sequence[Mapping[str, Any] | RequestLogRecord]) -> list[Any] | None:
-    """The parameters of :func:`_sqlite_request_insert` for a whole batch, or None to take the dict paths.
+def _sqlite_request_batch(records: Sequence[Mapping[str, Any] | RequestLogRecord]) -> str | None:
+    """The batch as the JSON parameter of :data:`_SQLITE_REQUEST_INSERT_BATCH`, or None to take the dict paths.
 
-    Only a batch made entirely of :class:`~tastebud.store.schema.RequestLogRecord` s is encoded: the records are
-    trusted to have their annotated types, so the only checks are those that keep a wrong value out of the table:
-    finite latency and scores (JSON would turn NaN into null), an aware timestamp (subtracting it from an aware
-    datetime fails otherwise), integers SQLite can hold, and JSON columns orjson can encode. Strings are bound as
-    they are; one SQLite cannot take fails the write, which then takes the validating path.
+    Only a batch made entirely of :class:`~tastebud.store.schema.RequestLogRecord` s is encoded, with one
+    ``orjson.dumps``; the records are trusted to have their annotated types, so the only checks are those that
+    keep a wrong value out of the table: finite latency and scores (JSON would turn NaN into null), an aware
+    timestamp (subtracting it from an aware datetime fails otherwise) and values orjson can encode.
     """
-    out: list[Any] = []
-    extend = out.extend
-    isfinite, dumps = math.isfinite, orjson.dumps
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    isfinite = math.isfinite
     try:
         for r in records:
             # sum() of finite floats is finite unless it overflows (then the validating path stores them anyway);
             # any inf or NaN makes it non-finite.
             if type(r) is not RequestLogRecord or not (isfinite(r[10]) and isfinite(sum(r[9]))):
                 return None
-            version, status, exposure = r[6], r[11], r[17]
-            if not -_INT64 <= status < _INT64 or (version is not None and not -_INT64 <= version < _INT64):
-                return None
-            extend((
-                r[0], (r[1] - _YEAR_ONE) // _MICROSECOND, r[2], r[3], r[4], r[5], version, r[7],
-                dumps(r[8]).decode(), dumps(r[9]).decode(), r[10], status, 1 if r[12] else 0, r[13], r[14],
-                dumps(r[15]).decode(), r[16], None if exposure is None else dumps(exposure).decode(),
-            ))  # fmt: skip
+            append((r[0], (r[1] - _YEAR_ONE) // _MICROSECOND, *r[2:]))
+        return orjson.dumps(rows).decode()
     except (TypeError, OverflowError):  # naive timestamp, a value of another type, an int beyond 64 bits
         return None
-    return out
-
-
-class _Unbindable(Exception):
-    """A batch value the sqlite3 module cannot bind (a string with a lone surrogate): the batch takes the dict paths."""
 
 
 def _sqlite_request_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]] | None:
