@@ -183,6 +183,24 @@ def test_rank_rows_ranks_each_row_like_a_full_sort(n_items: int) -> None:
             assert idx.tolist() == want[r], f"row {r}"
 
 
+@pytest.mark.parametrize("n_items", [59_904, 60_000, 60_031])  # 468 whole blocks of 128: no tail, 96 items, 127
+def test_rank_rows_answers_ordinary_rows_from_the_block_bound(n_items: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound from the block maxima answers every row of finite scores itself, the items past the last whole
+    block included: no row falls back to rank_one, and the lists are a full sort's."""
+    rng = np.random.default_rng(n_items)
+    scores = rng.normal(size=(16, n_items)).astype(np.float32)
+    tail = n_items // sc.TOP_BLOCK * sc.TOP_BLOCK
+    scores[1, tail:] += 10.0  # row 1's best items all lie past the last whole block (when there is a tail)
+    seen = [np.sort(rng.choice(n_items, 150, replace=False)) for _ in range(16)]
+    want = [_plain_rank_one(scores[r], 10, seen[r], None) for r in range(16)]
+    alone = []
+    real = sc.rank_one
+    monkeypatch.setattr(sc, "rank_one", lambda *args: alone.append(1) or real(*args))
+    got = sc.rank_rows(scores.copy(), [10] * 16, seen)
+    assert alone == []
+    assert [idx.tolist() for idx, _ in got] == want
+
+
 @pytest.mark.parametrize("n_items", [1_682, 8_000])  # the k-th score's bound, the block maxima
 def test_rank_rows_takes_the_one_row_path_for_nan_rows(n_items: int) -> None:
     """A row with NaN scores (no usable bound) still gets rank_one's answer; the other rows are unaffected."""
