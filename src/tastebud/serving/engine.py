@@ -74,7 +74,7 @@ class Result:
     never for a response and its request-log record.
     """
 
-    __slots__ = ("_items", "_json", "_logged", "_raw", "_rows", "extra", "fallback_reason", "is_fallback", "requested",
+    __slots__ = ("_items", "_logged", "_raw", "_rows", "extra", "fallback_reason", "is_fallback", "requested",
                  "source")  # fmt: skip
 
     def __init__(
@@ -91,9 +91,25 @@ class Result:
         self.requested, self.is_fallback, self.fallback_reason = requested, is_fallback, fallback_reason
         self.source = source
         self.extra: dict[str, Any] = {} if extra is None else extra
-        self._json: Any = None
         self._raw: bytes | None = None
         self._logged: tuple[list[str], list[float]] | None = None
+
+    @classmethod
+    def _serialised(
+        cls,
+        raw: bytes,
+        logged: tuple[list[str], list[float]],
+        requested: int,
+        is_fallback: bool,
+        fallback_reason: str | None,
+        source: str,
+        rows: tuple[Catalog, RankedRow] | None = None,
+    ) -> Result:
+        """A result known by its items' JSON and logged (ids, scores); item dicts built from ``rows`` (a catalogue
+        and its ranked row) or parsed back from ``raw`` when read."""
+        result = cls([], requested, is_fallback, fallback_reason, source)
+        result._items, result._rows, result._raw, result._logged = None, rows, raw, logged
+        return result
 
     @classmethod
     def ranked(
@@ -106,11 +122,8 @@ class Result:
         source: str = "model",
     ) -> Result:
         """The result of a ranked row of ``catalog``'s vocabulary: its JSON, ids and scores, item dicts on demand."""
-        result = cls([], requested, is_fallback, fallback_reason, source)
-        result._items, result._rows = None, (catalog, row)
         raw, ids, scores = catalog.rows_json(row)
-        result._raw, result._json, result._logged = raw, orjson.Fragment(raw), (ids, scores)
-        return result
+        return cls._serialised(raw, (ids, scores), requested, is_fallback, fallback_reason, source, (catalog, row))
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -135,9 +148,7 @@ class Result:
 
     def items_json(self) -> orjson.Fragment:
         """``items`` serialised once (a cached result answers many requests); embed it in an orjson body."""
-        if self._json is None:
-            self._json = orjson.Fragment(self.raw_json())
-        return self._json
+        return orjson.Fragment(self.raw_json())
 
     def logged(self) -> tuple[list[str], list[float]]:
         """(item ids, scores) of ``items`` for the request log, built once like :meth:`items_json`."""
@@ -176,10 +187,7 @@ def _frozen(result: Result) -> tuple[Any, ...]:
 def _thawed(entry: tuple[Any, ...]) -> Result:
     """The :class:`Result` of a :func:`_frozen` cache entry (its items parsed back from their JSON only if read)."""
     raw, requested, is_fallback, reason, source, ids, scores = entry
-    result = Result([], requested, is_fallback=is_fallback, fallback_reason=reason, source=source)
-    result._items, result._raw, result._json = None, raw, orjson.Fragment(raw)
-    result._logged = (list(ids), list(scores))
-    return result
+    return Result._serialised(raw, (list(ids), list(scores)), requested, is_fallback, reason, source)
 
 
 class PlainRequest(NamedTuple):
