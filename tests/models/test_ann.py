@@ -210,3 +210,101 @@ def test_factor_model_serves_a_user_who_has_seen_most_items_through_hnsw() -> No
         model.user_factors_, model.item_factors_, model.seen_, model.users_, model.items_, factors=16
     ).recommend_row(row, k=10)
     assert len(set(exact.items.tolist()) & set(one.items.tolist())) >= 8
+
+
+def _selector_search(index: FaissIndex, query: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarray:
+    """The reference: one query, its rows left out inside FAISS's search by an ID selector."""
+    import faiss
+
+    raw = index.index_
+    assert raw is not None
+    hnsw = isinstance(raw, faiss.IndexHNSW)
+    params = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()
+    if hnsw:
+        params.efSearch = max(raw.hnsw.efSearch, k)
+    skip = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+    keep = faiss.IDSelectorNot(skip)
+    params.sel = keep
+    return raw.search(query[None, :], k, params=params)[1][0]
+
+
+@pytest.mark.parametrize("threshold", [100_000, 100])
+def test_short_exclusion_lists_are_dropped_from_one_batched_search_with_the_selectors_rows(
+    vectors: np.ndarray, threshold: int
+) -> None:
+    """Lists within reach are over-fetched in one call; every row equals the ID selector's, alone or batched."""
+    index = FaissIndex(hnsw_threshold=threshold, ef_search=64).build(vectors)
+    rng = np.random.default_rng(21)
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    top = np.argsort(-(queries @ vectors.T), axis=1)
+    # lengths 0..54: within efSearch - k (short), the best rows themselves (the hardest case), and random ones
+    exclude = [top[q, : q % 30] if q % 2 else rng.choice(3000, q + 15, replace=False) for q in range(40)]
+    exclude[3] = np.array([], dtype=np.int64)
+    ids, scores = index.search(queries, 10, exclude=exclude)
+    assert ids.shape == (40, 10) and (ids >= 0).all() and np.isfinite(scores).all()
+    for q, ex in enumerate(exclude):
+        np.testing.assert_array_equal(ids[q], _selector_search(index, queries[q], 10, ex))
+        alone, _ = index.search(queries[q : q + 1], 10, exclude=[ex])
+        np.testing.assert_array_equal(alone[0], ids[q])
+        assert not set(ids[q].tolist()) & set(np.asarray(ex).tolist())
+        np.testing.assert_allclose(scores[q], vectors[ids[q]] @ queries[q], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_mixing_short_and_long_lists_counts_each_search_once() -> None:
+    """A long list takes the selector (no longer candidate list); the short ones share one over-fetched call."""
+    import faiss
+
+    vectors = np.random.default_rng(5).normal(size=(20_000, 16)).astype(np.float32)
+    hnsw = FaissIndex(hnsw_threshold=100, ef_search=64).build(vectors)
+    queries = np.random.default_rng(9).normal(size=(8, 16)).astype(np.float32)
+    exclude = [np.argsort(-(vectors @ q))[: (1500 if i == 0 else 20)] for i, q in enumerate(queries)]
+    stats = faiss.cvar.hnsw_stats
+    stats.reset()
+    ids, _ = hnsw.search(queries, 10, exclude=exclude)
+    mixed = int(stats.ndis)
+    stats.reset()
+    hnsw.search(queries, 10)
+    plain = int(stats.ndis)
+    assert mixed < 1.5 * plain, (mixed, plain)  # no query's walk was widened by its list
+    for q, ex in enumerate(exclude):
+        np.testing.assert_array_equal(ids[q], _selector_search(hnsw, queries[q], 10, ex))
+
+
+def test_drop_keeps_the_first_k_allowed_rows_and_missing_results_last() -> None:
+    from tastebud.models.ann import _drop
+
+    ids = np.array([[5, 7, 9, 11, -1, -1], [0, 1, 2, 3, 4, 5]])
+    scores = -np.arange(12, dtype=np.float32).reshape(2, 6)
+    got_s, got_i = _drop(scores, ids, [np.array([7, 11]), np.array([], dtype=np.int64)], 3)
+    np.testing.assert_array_equal(got_i, [[5, 9, -1], [0, 1, 2]])
+    np.testing.assert_array_equal(got_s, [[0, -2, -4], [-6, -7, -8]])
+    # an excluded id equal to another row's key offset must not leak across rows
+    got_s, got_i = _drop(scores, ids, [np.array([], dtype=np.int64), np.array([0, 5])], 2)
+    np.testing.assert_array_equal(got_i, [[5, 7], [1, 2]])
+
+
+def test_factor_model_batch_through_hnsw_equals_one_user_at_a_time() -> None:
+    """``recommend_rows`` on an ANN model: one search for the batch, the same items, scores and explanations."""
+    import polars as pl
+
+    from tastebud.data.dataset import Dataset
+    from tastebud.models.als import ALSRecommender
+
+    rng = np.random.default_rng(12)
+    frame = pl.DataFrame({"user_id": rng.integers(0, 200, 5000), "item_id": rng.integers(0, 900, 5000)}).unique()
+    heavy = pl.DataFrame({"user_id": np.zeros(600, dtype=np.int64), "item_id": rng.permutation(900)[:600]})
+    data = Dataset.from_frame(pl.concat([frame, heavy]).unique())
+    model = ALSRecommender(factors=16, iterations=4, use_ann=True, ann_threshold=100).fit(data)
+    assert model.ann_ is not None and model.ann_.kind == "hnsw"
+    rows = [int(r) for r in data.user_index(["0", "1", "2", "3", "4", "5"])]
+    ks = [10, 10, 5, 200, 10, 1]  # 200 > efSearch: that row's own, wider search
+    excl = [True, True, False, True, True, True]
+    batch = model.recommend_rows(rows, ks, exclude_seen=excl, explain=True)
+    for r, kk, e, got in zip(rows, ks, excl, batch, strict=True):
+        one = model.recommend_row(r, kk, exclude_seen=e, explain=True)
+        np.testing.assert_array_equal(got.items, one.items)
+        np.testing.assert_array_equal(got.scores, one.scores)
+        assert got.because == one.because and got.because is not None and len(got.because) == len(got.items)
+        assert len(got.items) == kk or kk > 64  # a walk may find fewer than k when k exceeds efSearch
+        if e:
+            assert not set(got.items.tolist()) & set(data.user_item[r].indices.tolist())

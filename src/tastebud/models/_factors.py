@@ -330,17 +330,31 @@ class FactorRecommender(Recommender):
         (:meth:`_explain_rows`), with the lists :meth:`recommend_row` gives each of them. The matrix product
         sums each score's ``d`` terms in another order than the matrix-vector product of :meth:`recommend_row`,
         so a score can differ in its last bits (about 1e-7 relative); only items whose scores are that close can
-        change places. Batches of fewer than :data:`GEMM_MIN_ROWS` users, and models answering from a FAISS
-        index, take :meth:`recommend_row` for each user (the same results as one request).
+        change places. Batches of fewer than :data:`GEMM_MIN_ROWS` users take :meth:`recommend_row` for each user
+        (the same results as one request). Models answering from a FAISS index search the batch's users in one
+        call (:meth:`FaissIndex.search`, the same rows as one user at a time) and explain them together.
         """
         self.check_fitted()
         assert self.users_ is not None and self.user_factors_ is not None and self.item_factors_ is not None
         rows_, ks, excl, expl = per_row_args(rows, len(self.users_), k, exclude_seen, explain)
         ks = [sc.check_k(x) for x in ks]
-        if len(rows_) < GEMM_MIN_ROWS or self.ann_ is not None:
+        indptr, indices = self.seen_.indptr, self.seen_.indices
+        if self.ann_ is not None:
+            us = rows_.tolist()
+            seen = [indices[indptr[u] : indptr[u + 1]] if excl[j] else indices[:0] for j, u in enumerate(us)]
+            ranked: list[tuple[np.ndarray, np.ndarray]] = [(indices[:0], np.empty(0, dtype=np.float32))] * len(us)
+            by_k: dict[int, list[int]] = {}
+            for j, kj in enumerate(ks):  # one search per k: a k beyond efSearch widens that search only
+                by_k.setdefault(kj, []).append(j)
+            for kj, js in by_k.items():
+                ids, found = self.ann_.search(self.user_factors_[rows_[js]], kj, exclude=[seen[j] for j in js])
+                for j, row_ids, row_scores in zip(js, ids, found, strict=True):
+                    keep = row_ids >= 0
+                    ranked[j] = (row_ids[keep], row_scores[keep])
+            return sc.explained_rows(ranked, expl, us, self._explain_rows)
+        if len(rows_) < GEMM_MIN_ROWS:
             return super().recommend_rows(rows_, ks, exclude_seen=excl, explain=expl)
         users, items_t = self.user_factors_, self._items_by_dim()
-        indptr, indices = self.seen_.indptr, self.seen_.indices
         chunk = max(1, sc.MAX_CELLS // max(1, items_t.shape[1]))
         out: list[RankedRow] = []
         for start in range(0, len(rows_), chunk):

@@ -17,6 +17,10 @@ import numpy as np
 
 from tastebud.errors import BundleError, NotFittedError, ParameterError
 
+#: Exact search drops a query's excluded rows from ``k + len(exclude)`` results while that count is at most this
+#: (one batched call, a slightly longer heap); longer lists are left out inside the search by an ID selector.
+FLAT_REACH = 256
+
 
 class FaissIndex:
     """A FAISS inner-product index over row vectors; ids are the row positions.
@@ -101,11 +105,14 @@ class FaissIndex:
         Args:
             queries: (n_queries, d) vectors.
             k: results per query.
-            exclude: per query, row ids never to return (e.g. a user's seen items), or ``None``. They are left out
-                inside the search, by a FAISS ID selector, so a long list costs neither more results nor a longer
-                HNSW candidate list: over-fetching ``k + len(exclude)`` and dropping them afterwards raised
-                ``efSearch`` to that count, and a user with 4,000 seen items took 40-150 ms a request on a
-                60,000-item graph instead of about 1 ms (``bench/bench_ann_seen.py``).
+            exclude: per query, row ids never to return (e.g. a user's seen items), or ``None``. A short list
+                (``k + len`` within HNSW's candidate list, or :data:`FLAT_REACH` for exact search) is dropped from
+                ``k + len`` results; the queries with such lists are searched together in one call. A longer list
+                is left out inside the search, by a FAISS ID selector, one query a call: over-fetching would
+                raise ``efSearch`` to ``k + len``, and a user with 4,000 seen items took 40-150 ms a request on a
+                60,000-item graph instead of about 1 ms (``bench/bench_ann_seen.py``). Both give the same rows:
+                FAISS's HNSW walk visits the same nodes whatever ``k`` (up to ``efSearch``) and selector, and
+                returns the best ``k`` visited nodes that pass the selector.
 
         Returns:
             (ids, scores), each of shape (n_queries, min(k, n_vectors)); missing results have id -1 and score
@@ -120,18 +127,25 @@ class FaissIndex:
         kk = min(int(k), index.ntotal)
         if kk < 1 or len(queries) == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        plain = np.arange(len(queries)) if exclude is None else np.flatnonzero([len(ex) == 0 for ex in exclude])
         scores = np.empty((len(queries), kk), dtype=np.float32)
         ids = np.empty((len(queries), kk), dtype=np.int64)
-        if len(plain):
-            scores[plain], ids[plain] = index.search(queries[plain], kk, params=self._params(kk, None))
-        for i, ex in enumerate(exclude or ()):
-            if len(ex):
-                # both selectors stay referenced here while FAISS reads them through raw pointers
-                skip = faiss.IDSelectorBatch(np.ascontiguousarray(ex, dtype=np.int64))
-                keep = faiss.IDSelectorNot(skip)
-                found = index.search(queries[i : i + 1], kk, params=self._params(kk, keep))
-                scores[i], ids[i] = found[0][0], found[1][0]
+        lengths = np.zeros(len(queries), dtype=np.int64) if exclude is None else np.array([len(ex) for ex in exclude])
+        reach = int(index.hnsw.efSearch) if isinstance(index, faiss.IndexHNSW) else FLAT_REACH  # type: ignore[attr-defined]
+        short = np.flatnonzero(lengths <= max(0, reach - kk))
+        if len(short):
+            fetch = kk + int(lengths[short].max())
+            found_s, found_i = index.search(queries[short], fetch, params=self._params(fetch, None))
+            if fetch > kk:
+                assert exclude is not None
+                found_s, found_i = _drop(found_s, found_i, [exclude[q] for q in short.tolist()], kk)
+            scores[short], ids[short] = found_s, found_i
+        for i in np.flatnonzero(lengths > max(0, reach - kk)).tolist():
+            assert exclude is not None
+            # both selectors stay referenced here while FAISS reads them through raw pointers
+            skip = faiss.IDSelectorBatch(np.ascontiguousarray(exclude[i], dtype=np.int64))
+            keep = faiss.IDSelectorNot(skip)
+            found = index.search(queries[i : i + 1], kk, params=self._params(kk, keep))
+            scores[i], ids[i] = found[0][0], found[1][0]
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         return ids, scores
 
@@ -191,3 +205,18 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ParameterError("FaissIndex: vectors contain NaN or infinite values")
     return arr
+
+
+def _drop(scores: np.ndarray, ids: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of an over-fetched search, the first ``k`` results whose id is not in that row's ``exclude``.
+
+    Each row has at least ``k`` such results (it fetched ``k`` plus at least its own list's length); missing
+    results (id -1) stay, last, as FAISS gave them. One membership test for the whole batch: ids are keyed by row.
+    """
+    rows = len(ids)
+    span = int(max(ids.max(initial=0), max((int(ex.max(initial=0)) for ex in exclude), default=0))) + 2
+    keys = ids + 1 + np.arange(rows, dtype=np.int64)[:, None] * span
+    banned = np.concatenate([np.asarray(ex, dtype=np.int64) + 1 + r * span for r, ex in enumerate(exclude)])
+    keep = ~np.isin(keys, banned)
+    keep &= np.cumsum(keep, axis=1) <= k
+    return scores[keep].reshape(rows, k), ids[keep].reshape(rows, k)
