@@ -148,8 +148,8 @@ class ServingSettings(BaseModel):
     blas_threads: int = Field(
         1,
         ge=0,
-        description="BLAS threads per server process (0 leaves the library default); one request's scoring is "
-        "too small to gain from more, and extra threads contend across workers.",
+        description="BLAS and OpenMP (FAISS) threads per server process (0 leaves the library defaults); one "
+        "request's scoring is too small to gain from more, and extra threads contend across workers.",
     )
     max_body_bytes: int = Field(
         1024 * 1024,

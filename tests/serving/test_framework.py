@@ -98,3 +98,32 @@ def test_default_response_class_renders_without_deprecation(settings: Settings, 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.content == '{"count":3,"score":0.5,"title":"Amélie","7":"non-string key"}'.encode()
+
+
+@pytest.mark.parametrize("faiss_first", [False, True])
+def test_limit_blas_threads_caps_faiss_openmp_threads_in_every_thread(faiss_first: bool) -> None:
+    """A serving batch's FAISS search must not spread over an OpenMP thread per core in every worker.
+
+    Three threads (not one) so the check discriminates on any machine short of exactly three cores; run in a fresh
+    interpreter because the cap changes the whole process. Imported before the cap, FAISS is capped for the
+    calling thread (the event loop's); imported after, OpenMP reads the cap for every thread.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import threading\n"
+        + ("import faiss\n" if faiss_first else "")
+        + "from tastebud.serving.app import limit_blas_threads\n"
+        "limit_blas_threads(3)\n"
+        "import faiss\n"
+        "seen = [faiss.omp_get_max_threads()]\n"
+        "t = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))\n"
+        "t.start(); t.join()\n"
+        "print(seen[0], seen[1])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    seen = [int(x) for x in out.stdout.split()]
+    assert seen[0] == 3, out.stdout
+    if not faiss_first:
+        assert seen[1] == 3, out.stdout

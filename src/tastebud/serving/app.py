@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -201,14 +202,20 @@ def create_app_from_env() -> FastAPI:
 
 
 def limit_blas_threads(n: int) -> None:
-    """Cap the BLAS thread pools of this process at ``n`` (0: leave them).
+    """Cap the BLAS thread pools and FAISS's OpenMP threads of this process at ``n`` (0: leave them).
 
     A request scores one user: matrices far too small for threads to pay off, while thread hand-offs (and
-    contention between worker processes) cost milliseconds. Call it from a server process's entry point only;
-    it changes the whole process.
+    contention between worker processes) cost milliseconds. FAISS searches a serving batch's queries in one call
+    and would spread them over an OpenMP thread per core, in every worker at once. Call it from a server
+    process's entry point only; it changes the whole process.
     """
     if n <= 0:
         return
+    # OpenMP reads OMP_NUM_THREADS when the library loads (FAISS is imported with the first model) and gives it to
+    # every thread; a library already loaded gets it through FAISS for this thread, which runs the event loop.
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
