@@ -211,12 +211,17 @@ def _drop(scores: np.ndarray, ids: np.ndarray, exclude: Sequence[np.ndarray], k:
     """Per row of an over-fetched search, the first ``k`` results whose id is not in that row's ``exclude``.
 
     Each row has at least ``k`` such results (it fetched ``k`` plus at least its own list's length); missing
-    results (id -1) stay, last, as FAISS gave them. One membership test for the whole batch: ids are keyed by row.
+    results (id -1) stay, last, as FAISS gave them. One sorted lookup for the whole batch: ids are keyed by row.
     """
     rows = len(ids)
-    span = int(max(ids.max(initial=0), max((int(ex.max(initial=0)) for ex in exclude), default=0))) + 2
-    keys = ids + 1 + np.arange(rows, dtype=np.int64)[:, None] * span
-    banned = np.concatenate([np.asarray(ex, dtype=np.int64) + 1 + r * span for r, ex in enumerate(exclude)])
-    keep = ~np.isin(keys, banned)
+    lengths = np.fromiter((len(ex) for ex in exclude), dtype=np.int64, count=rows)
+    banned = np.concatenate([np.asarray(ex, dtype=np.int64).ravel() for ex in exclude] or [np.empty(0, np.int64)])
+    keep = np.ones(ids.shape, dtype=bool)
+    if len(banned):
+        span = int(max(int(ids.max()), int(banned.max()))) + 2  # keys of different rows never meet
+        banned = np.sort(banned + 1 + np.repeat(np.arange(rows, dtype=np.int64) * span, lengths))
+        keys = ids + 1 + np.arange(rows, dtype=np.int64)[:, None] * span
+        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
+        keep = banned[at] != keys
     keep &= np.cumsum(keep, axis=1) <= k
     return scores[keep].reshape(rows, k), ids[keep].reshape(rows, k)
