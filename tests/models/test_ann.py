@@ -278,6 +278,9 @@ def test_drop_keeps_the_first_k_allowed_rows_and_missing_results_last() -> None:
     got_s, got_i = _drop(scores, ids, [np.array([7, 11]), np.array([], dtype=np.int64)], 3)
     np.testing.assert_array_equal(got_i, [[5, 9, -1], [0, 1, 2]])
     np.testing.assert_array_equal(got_s, [[0, -2, -4], [-6, -7, -8]])
+    # a negative id excludes nothing, not even a missing result
+    got_s, got_i = _drop(scores, ids, [np.array([-1, 7]), np.array([-5], dtype=np.int64)], 3)
+    np.testing.assert_array_equal(got_i, [[5, 9, 11], [0, 1, 2]])
     # an excluded id equal to another row's key offset must not leak across rows
     got_s, got_i = _drop(scores, ids, [np.array([], dtype=np.int64), np.array([0, 5])], 2)
     np.testing.assert_array_equal(got_i, [[5, 7], [1, 2]])

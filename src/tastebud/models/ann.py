@@ -214,14 +214,15 @@ def _drop(scores: np.ndarray, ids: np.ndarray, exclude: Sequence[np.ndarray], k:
     results (id -1) stay, last, as FAISS gave them. One sorted lookup for the whole batch: ids are keyed by row.
     """
     rows = len(ids)
-    lengths = np.fromiter((len(ex) for ex in exclude), dtype=np.int64, count=rows)
-    banned = np.concatenate([np.asarray(ex, dtype=np.int64).ravel() for ex in exclude] or [np.empty(0, np.int64)])
+    lists = [np.asarray(ex, dtype=np.int64).ravel() for ex in exclude]
+    banned = np.concatenate(lists) if lists else np.empty(0, dtype=np.int64)
     keep = np.ones(ids.shape, dtype=bool)
     if len(banned):
         span = int(max(int(ids.max()), int(banned.max()))) + 2  # keys of different rows never meet
-        banned = np.sort(banned + 1 + np.repeat(np.arange(rows, dtype=np.int64) * span, lengths))
-        keys = ids + 1 + np.arange(rows, dtype=np.int64)[:, None] * span
-        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
-        keep = banned[at] != keys
+        owner = np.repeat(np.arange(rows, dtype=np.int64), [len(x) for x in lists])
+        keyed = np.sort((banned + 1 + owner * span)[banned >= 0])  # a negative id names no row, nor a missing one
+        if len(keyed):
+            keys = ids + 1 + np.arange(rows, dtype=np.int64)[:, None] * span
+            keep = keyed[np.minimum(np.searchsorted(keyed, keys), len(keyed) - 1)] != keys
     keep &= np.cumsum(keep, axis=1) <= k
     return scores[keep].reshape(rows, k), ids[keep].reshape(rows, k)
