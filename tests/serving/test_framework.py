@@ -127,3 +127,22 @@ def test_limit_blas_threads_caps_faiss_openmp_threads_in_every_thread(faiss_firs
     assert seen[0] == 3, out.stdout
     if not faiss_first:
         assert seen[1] == 3, out.stdout
+
+
+def test_limit_blas_threads_caps_the_pools_of_libraries_loaded_later() -> None:
+    """SciPy's OpenBLAS and FAISS's (and their OpenMP) load with the first model, after the server's cap."""
+    import subprocess
+    import sys
+
+    script = (
+        "from tastebud.serving.app import limit_blas_threads\n"
+        "limit_blas_threads(1)\n"
+        "import scipy.linalg, faiss\n"
+        "from threadpoolctl import threadpool_info\n"
+        "for pool in threadpool_info(): print(pool['internal_api'], pool['num_threads'], pool['filepath'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    pools = [line.split(" ", 2) for line in out.stdout.strip().splitlines()]
+    assert {api for api, _, _ in pools} >= {"openblas", "openmp"}, out.stdout
+    assert len(pools) >= 3, out.stdout  # NumPy's OpenBLAS, SciPy's, FAISS's OpenMP at least
+    assert all(n == "1" for _, n, _ in pools), out.stdout

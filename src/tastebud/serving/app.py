@@ -211,9 +211,9 @@ def limit_blas_threads(n: int) -> None:
     """
     if n <= 0:
         return
-    # OpenMP reads OMP_NUM_THREADS when the library loads (FAISS is imported with the first model) and gives it to
-    # every thread; a library already loaded gets it through FAISS for this thread, which runs the event loop.
-    os.environ["OMP_NUM_THREADS"] = str(n)
+    # Libraries loaded later (SciPy's OpenBLAS, FAISS's and its OpenMP, with the first model) read these variables
+    # when they load, for every thread; FAISS already loaded gets it for this thread, which runs the event loop.
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(n)
     if "faiss" in sys.modules:
         sys.modules["faiss"].omp_set_num_threads(n)
     try:
