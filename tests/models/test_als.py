@@ -95,3 +95,32 @@ def test_explanations_do_not_depend_on_what_is_cached(toy_dataset: Dataset, cach
     assert (model.user_inv_ is not None) == (cache == "inverses")
     assert got.item_ids == reference.item_ids
     assert got.explanations == reference.explanations
+
+
+def test_explanations_of_a_system_that_is_not_positive_definite(toy_dataset: Dataset, monkeypatch) -> None:
+    """Zero regularization and a factor no item uses: Cholesky fails, least squares still explains each item."""
+    from tastebud.models import als
+
+    fitted = ALSRecommender(factors=4, iterations=5, alpha=4.0, regularization=0.1).fit(toy_dataset)
+    y = fitted.item_factors_.copy()
+    y[:, -1] = 0.0  # YᵀY + Y_uᵀ(C_u − I)Y_u is then singular for every user
+    model = ALSRecommender.from_factors(
+        fitted.user_factors_, y, fitted.seen_, fitted.users_, fitted.items_, factors=4, alpha=4.0, regularization=0.0
+    )
+    monkeypatch.setattr(als, "EXPLAIN_CACHE_BYTES", 0)  # no cache: every system is solved per request
+    model.explain_rows_, model.user_inv_, model._inv_cached = None, None, False
+    users = [str(u) for u in toy_dataset.users.ids[:5].tolist()]
+    recs = model.recommend(users, k=3, explain=True)
+    assert recs.explanations is not None and model.user_inv_ is None and model.explain_rows_ is None
+    y64 = y.astype(np.float64)
+    for user, items, reasons in zip(users, recs.item_ids, recs.explanations, strict=True):
+        seen = sorted(seen_items(toy_dataset, user))
+        idx = toy_dataset.item_index(seen)
+        conf = 4.0 * model.seen_[toy_dataset.user_index([user])[0]].toarray()[0][idx]
+        ys = y64[idx]
+        w = y64.T @ y64 + ys.T @ (ys * (conf - 1.0)[:, None])
+        assert np.linalg.matrix_rank(w) < 4
+        for item, named in zip(items, reasons, strict=True):
+            i = toy_dataset.item_index([item])[0]
+            contrib = conf * (ys @ np.linalg.lstsq(w, y64[i], rcond=None)[0])
+            assert named == [seen[j] for j in np.argsort(-contrib, kind="stable") if contrib[j] > 0][:3]

@@ -25,6 +25,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from pydantic import Field
+from scipy.linalg.lapack import dposv
 from threadpoolctl import threadpool_limits
 
 from tastebud.data.dataset import Dataset, IdMap
@@ -277,9 +278,7 @@ class ALSRecommender(FactorRecommender):
         entries), so the contributions to the k recommended items are ``rows[u] @ Y[rec]ᵀ``. Else the inverses
         ``W_u⁻¹`` per user; else the inverses of as many users as fit, longest histories first (building ``W_u``
         costs ``O(n_u d²)`` per request: 25 ms for a 12,000-item history at d=64, against about 1 ms with the
-        inverse cached). NumPy only, here and in :meth:`_explain_row`: server processes cap NumPy's BLAS at one
-        thread, while SciPy's LAPACK and FAISS load their own OpenBLAS with a thread per core, which contends
-        between workers.
+        inverse cached).
         """
         self._inv_cached = True
         self.explain_rows_ = self.user_inv_ = self.inv_slot_ = None
@@ -325,11 +324,13 @@ class ALSRecommender(FactorRecommender):
     def _explain_rows(self, us: list[int], recs: list[np.ndarray]) -> list[list[list[int]] | None]:
         """:meth:`_explain_row` for the users of a scoring batch, the systems of uncached users solved together.
 
-        Users without a cached inverse need ``W_u⁻¹ y_i``: their systems are stacked and solved by one
-        ``np.linalg.solve`` (one LAPACK call per system, as alone, without NumPy's per-call overhead), and each
-        user's gathered item factors serve both the system and the contributions, and every user's
-        contributions are ranked together (:func:`~tastebud.models._scoring.top_contributors_many`). The same
-        explanations as one user at a time.
+        Users without a cached inverse need ``W_u⁻¹ y_i``: each system (symmetric positive definite, ``λ > 0``) is
+        solved by LAPACK's Cholesky solver ``dposv`` in place, about 17 us a user less than NumPy's batched LU
+        solve at ML-25M size with the same lists (bench/RESULTS.md); a system that is not positive definite (zero
+        regularization) falls back to LU or least squares. Each user's gathered item factors serve both the
+        system and the contributions, and every user's contributions are ranked together
+        (:func:`~tastebud.models._scoring.top_contributors_many`). The same explanations as one user at a time.
+        Server processes cap SciPy's OpenBLAS at one thread like NumPy's (``serving.blas_threads``).
         """
         assert self.item_factors_ is not None
         if not self._inv_cached:
@@ -356,17 +357,13 @@ class ALSRecommender(FactorRecommender):
                 # 7 digits); YᵀY + λI and the solve below stay float64.
                 pending.append((j, ys, conf, ys.T @ (ys * (conf - 1.0).astype(np.float32)[:, None]), y_rec))
         if pending:
-            width = max(p[4].shape[1] for p in pending)
-            rhs = np.zeros((len(pending), y.shape[1], width))
-            for i, p in enumerate(pending):
-                rhs[i, :, : p[4].shape[1]] = p[4]
             systems = self._with_prior(np.stack([p[3] for p in pending]).astype(np.float64))
-            try:
-                solved = np.linalg.solve(systems, rhs)
-            except np.linalg.LinAlgError:  # a singular system (zero regularization): each on its own
-                solved = np.stack([_solve(systems[i], rhs[i]) for i in range(len(pending))])
-            for i, (j, ys, conf, _, y_rec) in enumerate(pending):
-                contribs[j] = (ys @ solved[i, :, : y_rec.shape[1]]) * conf[:, None]
+            for i, (j, ys, conf, system, y_rec) in enumerate(pending):
+                # the transpose of a C-order symmetric matrix is itself in Fortran order: factored in place, no copy
+                _, solved, info = dposv(systems[i].T, y_rec, overwrite_a=True)
+                if info != 0:  # not positive definite (zero regularization): LU, else least squares
+                    solved = _solve(self._with_prior(system.astype(np.float64)), y_rec.astype(np.float64))
+                contribs[j] = (ys @ solved) * conf[:, None]
         ready = [c for c in contribs if c is not None]
         assert len(ready) == len(us)
         return list(sc.top_contributors_many(ready, [indices[indptr[u] : indptr[u + 1]] for u in us]))
