@@ -322,7 +322,7 @@ class Catalog:
                 piece = pieces[i] = head + (b',"score":' if len(head) > 1 else b'"score":')
             named = b"[]" if because is None else orjson.dumps([names[j] for j in because[n]])
             parts.append(b"".join((piece, encoded[n], b',"because":', named, b"}")))
-        ids = [records[i]["item_id"] for i in items]
+        ids = [names[i] for i in items]  # each record's item_id is its str id (cached pieces leave records untouched)
         return b"[" + b",".join(parts) + b"]", ids, scores
 
     def record(self, item_id: str) -> dict[str, Any] | None:
