@@ -322,7 +322,7 @@ class ALSRecommender(FactorRecommender):
         return because
 
     def _explain_rows(self, us: list[int], recs: list[np.ndarray]) -> list[list[list[int]] | None]:
-        """:meth:`_explain_row` for the users of a scoring batch, the systems of uncached users solved together.
+        """:meth:`_explain_row` for the users of a scoring batch: the systems formed, the contributions ranked together.
 
         Users without a cached inverse need ``W_u⁻¹ y_i``: each system (symmetric positive definite, ``λ > 0``) is
         solved by LAPACK's Cholesky solver ``dposv`` in place, about 17 us a user less than NumPy's batched LU
