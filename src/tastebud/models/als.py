@@ -363,7 +363,8 @@ class ALSRecommender(FactorRecommender):
                 _, solved, info = dposv(systems[i].T, y_rec, overwrite_a=True)
                 if info != 0:  # not positive definite (zero regularization): LU, else least squares
                     solved = _solve(self._with_prior(system.astype(np.float64)), y_rec.astype(np.float64))
-                contribs[j] = (ys @ solved) * conf[:, None]
+                # float32, as the cached paths compute them: about 6 us a user less than ys promoted to float64
+                contribs[j] = (ys @ solved.astype(np.float32)) * conf[:, None]
         ready = [c for c in contribs if c is not None]
         assert len(ready) == len(us)
         return list(sc.top_contributors_many(ready, [indices[indptr[u] : indptr[u + 1]] for u in us]))
