@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -212,16 +211,15 @@ def limit_blas_threads(n: int) -> None:
     if n <= 0:
         return
     # Libraries loaded later (SciPy's OpenBLAS, FAISS's and its OpenMP, with the first model) read these variables
-    # when they load, for every thread; FAISS already loaded gets it for this thread, which runs the event loop.
+    # when they load, for every thread; threadpoolctl caps the pools already loaded (OpenMP's for this thread, which
+    # runs the event loop).
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(n)
-    if "faiss" in sys.modules:
-        sys.modules["faiss"].omp_set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         logger.warning("threadpoolctl is not installed: BLAS threads are not limited")
         return
-    threadpool_limits(limits=n, user_api="blas")
+    threadpool_limits(limits=n)  # every API: BLAS and OpenMP
 
 
 def overlay_bounds(settings: Settings) -> dict[str, Any]:
