@@ -131,7 +131,8 @@ class FaissIndex:
         ids = np.empty((len(queries), kk), dtype=np.int64)
         lengths = np.zeros(len(queries), dtype=np.int64) if exclude is None else np.array([len(ex) for ex in exclude])
         reach = int(index.hnsw.efSearch) if isinstance(index, faiss.IndexHNSW) else FLAT_REACH  # type: ignore[attr-defined]
-        short = np.flatnonzero(lengths <= max(0, reach - kk))
+        fits = lengths <= max(0, reach - kk)  # over-fetching k + len stays within the search list
+        short = np.flatnonzero(fits)
         if len(short):
             fetch = kk + int(lengths[short].max())
             found_s, found_i = index.search(queries[short], fetch, params=self._params(fetch, None))
@@ -139,7 +140,7 @@ class FaissIndex:
                 assert exclude is not None
                 found_s, found_i = _drop(found_s, found_i, [exclude[q] for q in short.tolist()], kk)
             scores[short], ids[short] = found_s, found_i
-        for i in np.flatnonzero(lengths > max(0, reach - kk)).tolist():
+        for i in np.flatnonzero(~fits).tolist():
             assert exclude is not None
             # both selectors stay referenced here while FAISS reads them through raw pointers
             skip = faiss.IDSelectorBatch(np.ascontiguousarray(exclude[i], dtype=np.int64))
