@@ -348,9 +348,8 @@ class FactorRecommender(Recommender):
                 by_k.setdefault(kj, []).append(j)
             for kj, js in by_k.items():
                 ids, found = self.ann_.search(self.user_factors_[rows_[js]], kj, exclude=[seen[j] for j in js])
-                for j, row_ids, row_scores in zip(js, ids, found, strict=True):
-                    keep = row_ids >= 0
-                    ranked[j] = (row_ids[keep], row_scores[keep])
+                for j, row_ids, row_scores in zip(js, *_present(ids, found), strict=True):
+                    ranked[j] = (row_ids, row_scores)
             return sc.explained_rows(ranked, expl, us, self._explain_rows)
         if len(rows_) < GEMM_MIN_ROWS:
             return super().recommend_rows(rows_, ks, exclude_seen=excl, explain=expl)
@@ -391,8 +390,8 @@ class FactorRecommender(Recommender):
         seen = self.seen_.indices[lo:hi] if exclude_seen else self.seen_.indices[:0]
         if self.ann_ is not None and cands is None:
             ids, found = self.ann_.search(x[None, :], k, exclude=[seen])  # seen left out inside the search
-            keep = ids[0] >= 0
-            return ids[0][keep], found[0][keep]
+            kept_ids, kept_scores = _present(ids, found)
+            return kept_ids[0], kept_scores[0]
         scores = self.item_factors_ @ x if cands is None else self.item_factors_[cands] @ x
         return sc.rank_one(scores, k, seen, cands)
 
@@ -426,9 +425,7 @@ class FactorRecommender(Recommender):
         if exclude is not None:
             indptr, indices = exclude.indptr, exclude.indices
             lists = [indices[indptr[i] : indptr[i + 1]] for i in range(len(queries))]
-        ids, scores = index.search(queries, k, exclude=lists)
-        keep = ids >= 0
-        return [i[m] for i, m in zip(ids, keep, strict=True)], [s[m] for s, m in zip(scores, keep, strict=True)]
+        return _present(*index.search(queries, k, exclude=lists))
 
     def _explain(self, rows: np.ndarray, rec_rows: list[np.ndarray]) -> list[list[list[str]]] | None:
         """Explanations for recommended items as item ids; ``None`` where the model cannot explain."""
@@ -523,3 +520,9 @@ class FactorRecommender(Recommender):
                 if (index.n_vectors, index.dim) != (len(model.items_), d):
                     raise BundleError(f"{directory}: FAISS index does not match the item factors")
         return model
+
+
+def _present(ids: np.ndarray, scores: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per query of :meth:`FaissIndex.search`'s results, its ids and scores without the missing ones (id -1)."""
+    keep = ids >= 0
+    return [i[m] for i, m in zip(ids, keep, strict=True)], [s[m] for s, m in zip(scores, keep, strict=True)]
